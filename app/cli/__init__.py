@@ -1,0 +1,22 @@
+"""The ``rbmrec`` command line (typer). Each command group lives in its own module."""
+
+from __future__ import annotations
+
+import typer
+
+from app.cli import db, evaluate, importer, models, serve, train, worker
+
+cli = typer.Typer(
+    name="rbmrec",
+    help="rbmrec: a recommender service built around a softmax-visible RBM.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+for module in (db, importer, train, evaluate, serve, models, worker):
+    module.register(cli)
+
+
+def main() -> None:
+    cli()

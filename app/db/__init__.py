@@ -1,0 +1,1 @@
+"""The ratings store: engine, ORM models and repository functions."""

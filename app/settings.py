@@ -1,0 +1,105 @@
+"""Service configuration, read once from the environment (prefix ``RBMREC_``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from rbm_core.scale import RatingScale
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """All settings of the service, the CLI and the worker.
+
+    Every field is read from the environment variable ``RBMREC_<FIELD NAME>``
+    (or a ``.env`` file in the working directory). README.md lists them.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="RBMREC_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    database_url: str = Field(
+        default="sqlite:///./rbmrec.db",
+        description="SQLAlchemy URL of the ratings store (sqlite:/// or postgresql+psycopg://).",
+    )
+    model_dir: Path = Field(
+        default=Path("./models"), description="Directory holding the model artifacts."
+    )
+    rating_scale: str = Field(
+        default="1,2,3,4,5",
+        description="Allowed rating values, comma separated, or a range 'lo..hi:step'.",
+    )
+    movielens_dir: Path | None = Field(
+        default=None,
+        description="Unpacked MovieLens directory used by `make demo` instead of downloading.",
+    )
+    auto_create_items: bool = Field(
+        default=False, description="Create unknown items on POST /ratings instead of 404."
+    )
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Keys accepted for writes (comma separated)."
+    )
+    admin_api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Keys accepted for admin routes (comma separated)."
+    )
+    model_poll_seconds: float = Field(
+        default=10.0, gt=0, le=30, description="How often the API checks for a new model."
+    )
+    db_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="Connect and statement timeout for the database."
+    )
+    max_body_bytes: int = Field(
+        default=2_000_000, gt=0, description="Largest request body accepted."
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Allowed CORS origins (comma separated); empty = off."
+    )
+    docs_enabled: bool = Field(default=True, description="Serve /docs and /openapi.json.")
+    log_level: str = Field(default="INFO", description="Logging level.")
+    retrain_cron: str = Field(
+        default="0 3 * * *", description="Cron schedule (UTC) of the worker's retrain."
+    )
+    keep_versions: int = Field(
+        default=5, ge=1, description="Model versions kept on disk (the active one always)."
+    )
+    promotion_tolerance: float = Field(
+        default=0.005,
+        ge=0,
+        description="A candidate is activated unless its RMSE is worse than the active "
+        "model's by more than this.",
+    )
+    host: str = Field(default="127.0.0.1", description="Bind address of `rbmrec serve`.")
+    port: int = Field(default=8000, ge=1, le=65535, description="Port of `rbmrec serve`.")
+    workers: int = Field(default=1, ge=1, description="Uvicorn worker processes.")
+
+    @field_validator("api_keys", "admin_api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("rating_scale")
+    @classmethod
+    def _valid_scale(cls, value: str) -> str:
+        RatingScale.parse(value)
+        return value
+
+    @property
+    def scale(self) -> RatingScale:
+        return RatingScale.parse(self.rating_scale)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings()
