@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -40,7 +41,7 @@ class RatingScale:
             raise RatingScaleError("a rating scale needs at least two levels")
         if any(not np.isfinite(v) for v in levels):
             raise RatingScaleError("rating levels must be finite numbers")
-        if any(b <= a for a, b in zip(levels, levels[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(levels)):
             raise RatingScaleError("rating levels must be strictly increasing")
         object.__setattr__(self, "levels", levels)
 

@@ -58,7 +58,7 @@ def postgres_url() -> Iterator[str]:
     try:
         with admin.connect() as conn:
             conn.execute(text("SELECT 1"))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         admin.dispose()
         pytest.skip(
             f"PostgreSQL not reachable at {admin_url.render_as_string()} ({POSTGRES_ENV}): {exc}"
