@@ -1,5 +1,48 @@
-"""rbm_core: a softmax-visible Restricted Boltzmann Machine for collaborative filtering."""
+"""rbm_core: a softmax-visible Restricted Boltzmann Machine for collaborative filtering.
 
+Pure numerical code (numpy, scipy, pandas): no web framework and no database.
+"""
+
+from rbm_core.artifact import (
+    FORMAT_VERSION,
+    ArtifactError,
+    load_model,
+    read_artifact_metadata,
+    save_model,
+    verify_artifact,
+)
+from rbm_core.data import RatingDataError, RatingMatrix, UserRatings
+from rbm_core.model import (
+    DTYPE,
+    ItemScores,
+    NotFittedError,
+    Prediction,
+    Recommendation,
+    SoftmaxRBM,
+    TrainingDivergedError,
+    UnknownItemError,
+)
 from rbm_core.scale import DEFAULT_SCALE, RatingScale, RatingScaleError
 
-__all__ = ["DEFAULT_SCALE", "RatingScale", "RatingScaleError"]
+__all__ = [
+    "DEFAULT_SCALE",
+    "DTYPE",
+    "FORMAT_VERSION",
+    "ArtifactError",
+    "ItemScores",
+    "NotFittedError",
+    "Prediction",
+    "RatingDataError",
+    "RatingMatrix",
+    "RatingScale",
+    "RatingScaleError",
+    "Recommendation",
+    "SoftmaxRBM",
+    "TrainingDivergedError",
+    "UnknownItemError",
+    "UserRatings",
+    "load_model",
+    "read_artifact_metadata",
+    "save_model",
+    "verify_artifact",
+]

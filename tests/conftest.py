@@ -26,7 +26,7 @@ DEFAULT_MOVIELENS_DIR = PROJECT_ROOT.parent / "shared" / "datasets" / "ml-100k"
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 # Tables emptied between tests, children first.
-_TABLES_TO_CLEAR = ["ratings", "items"]
+_TABLES_TO_CLEAR = ["ratings", "items", "training_runs", "model_versions"]
 
 
 def pytest_configure(config: pytest.Config) -> None:

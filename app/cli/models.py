@@ -1,9 +1,130 @@
-"""``rbmrec`` commands: models (being built)."""
+"""``rbmrec models``: list the registered model versions, activate one (rollback).
+
+Also holds the helpers the registry commands share (``train``, ``retrain``,
+``worker``): opening the store with clear errors, and parsing hyperparameters.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
+from collections.abc import Iterator
+from typing import Any
+
 import typer
+from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.cli.common import fail, load_settings
+from app.db.engine import make_engine, make_sessionmaker
+from app.services import registry
+from app.settings import Settings
+
+models_app = typer.Typer(help="Model versions: list them, activate one.", no_args_is_help=True)
+
+
+@contextlib.contextmanager
+def open_store(settings: Settings) -> Iterator[sessionmaker[Session]]:
+    """A session factory on the configured store; database trouble becomes ``error: ...``."""
+    engine = make_engine(settings.database_url, timeout_seconds=settings.db_timeout_seconds)
+    try:
+        yield make_sessionmaker(engine)
+    except (ProgrammingError, OperationalError) as exc:
+        message = str(exc.orig)
+        if "no such table" in message or "does not exist" in message:
+            fail(
+                "the database schema is not up to date "
+                f"({message.splitlines()[0]}); run `rbmrec db upgrade`"
+            )
+        fail(f"cannot reach the database: {message.splitlines()[0] if message else exc}")
+    except DBAPIError as exc:
+        fail(f"database error: {str(exc.orig).splitlines()[0]}")
+    finally:
+        engine.dispose()
+
+
+def model_params(
+    epochs: int | None, hidden: int | None, seed: int | None, params: list[str] | None
+) -> dict[str, Any]:
+    """Hyperparameter overrides from the command line (``--param name=value``, JSON values).
+
+    Unknown names are refused here, before anything runs.
+    """
+    from rbm_core.model import SoftmaxRBM
+
+    out: dict[str, Any] = {}
+    for item in params or []:
+        name, sep, raw = item.partition("=")
+        if not sep or not name.strip():
+            fail(f"--param expects NAME=VALUE, got {item!r}")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out[name.strip()] = value
+    if epochs is not None:
+        out["n_epochs"] = epochs
+    if hidden is not None:
+        out["n_hidden"] = hidden
+    if seed is not None:
+        out["random_state"] = seed
+    try:
+        SoftmaxRBM().set_params(**out)
+    except ValueError as exc:
+        fail(str(exc))
+    return out
+
+
+def _metric(version: registry.ModelVersionInfo, key: str) -> str:
+    value = version.metrics.get(key)
+    return f"{value:.4f}" if isinstance(value, int | float) else "-"
+
+
+@models_app.command("list")
+def list_command(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    limit: int = typer.Option(50, min=1, help="Show at most this many versions."),
+) -> None:
+    """List model versions, newest first (the active one is marked with *)."""
+    settings = load_settings()
+    with open_store(settings) as session_factory, session_factory() as session:
+        versions = registry.list_versions(session, limit=limit)
+    if as_json:
+        typer.echo(json.dumps([v.to_dict() for v in versions], indent=2))
+        return
+    if not versions:
+        typer.echo("no model versions yet: run `rbmrec train` or `rbmrec retrain`")
+        return
+    header = (
+        f"  {'id':<28} {'status':<10} {'created (UTC)':<20} {'ratings':>8} {'val_rmse':>9}  files"
+    )
+    typer.echo(header)
+    for v in versions:
+        mark = "*" if v.status == "active" else " "
+        files = "yes" if v.artifact_available else "deleted" if v.artifact_deleted_at else "-"
+        typer.echo(
+            f"{mark} {v.id:<28} {v.status:<10} {v.created_at:%Y-%m-%d %H:%M:%S} "
+            f"{v.n_ratings:>8} {_metric(v, 'validation_rmse'):>9}  {files}"
+        )
+
+
+@models_app.command("activate")
+def activate_command(
+    version_id: str = typer.Argument(..., help="The version to activate (e.g. to roll back)."),
+) -> None:
+    """Activate VERSION_ID; the API processes switch to it within RBMREC_MODEL_POLL_SECONDS."""
+    settings = load_settings()
+    with open_store(settings) as session_factory:
+        try:
+            with session_factory.begin() as session:
+                previous = registry.get_active_version(session)
+                version = registry.activate_version(session, version_id)
+        except registry.RegistryError as exc:
+            fail(str(exc))
+    before = f" (was {previous.id})" if previous is not None and previous.id != version.id else ""
+    typer.echo(f"active model version: {version.id}{before}")
 
 
 def register(cli: typer.Typer) -> None:
-    """Add this module's commands to the CLI."""
+    """Add ``rbmrec models`` to the CLI."""
+    cli.add_typer(models_app, name="models")

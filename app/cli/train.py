@@ -1,9 +1,97 @@
-"""``rbmrec`` commands: train (being built)."""
+"""``rbmrec train`` (train and activate, no gating) and ``rbmrec retrain`` (one gated run)."""
 
 from __future__ import annotations
 
+import json
+
 import typer
+
+from app.cli.common import fail, load_settings
+from app.cli.models import model_params, open_store
+from app.services.locks import LockBusyError
+from app.services.retrain import RetrainError, TrainingRunInfo, run_retrain, train_and_activate
+
+_EPOCHS = typer.Option(None, "--epochs", min=1, help="Training epochs (default: the model's).")
+_HIDDEN = typer.Option(None, "--hidden", min=1, help="Hidden units (default: the model's).")
+_SEED = typer.Option(None, "--seed", help="Random seed (default: a random one, recorded).")
+_PARAM = typer.Option(
+    None, "--param", help="Any SoftmaxRBM hyperparameter as NAME=VALUE (JSON value); repeatable."
+)
+_JSON = typer.Option(False, "--json", help="Print the result as JSON.")
+
+
+def train(
+    epochs: int | None = _EPOCHS,
+    hidden: int | None = _HIDDEN,
+    seed: int | None = _SEED,
+    param: list[str] | None = _PARAM,
+    as_json: bool = _JSON,
+) -> None:
+    """Train a model on all ratings in the store and activate it (no comparison)."""
+    settings = load_settings()
+    params = model_params(epochs, hidden, seed, param)
+    with open_store(settings) as session_factory:
+        try:
+            version = train_and_activate(session_factory, settings, trigger="cli", params=params)
+        except LockBusyError as exc:
+            fail(f"{exc}; try again when it has finished")
+        except RetrainError as exc:
+            fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(version.to_dict(), indent=2))
+        return
+    rmse = version.metrics.get("validation_rmse")
+    shown = f", validation RMSE {rmse:.4f}" if isinstance(rmse, float) else ""
+    typer.echo(
+        f"trained and activated model version {version.id} "
+        f"({version.n_users} users, {version.n_items} items, {version.n_ratings} ratings{shown})"
+    )
+
+
+def retrain(
+    epochs: int | None = _EPOCHS,
+    hidden: int | None = _HIDDEN,
+    seed: int | None = _SEED,
+    param: list[str] | None = _PARAM,
+    as_json: bool = _JSON,
+) -> None:
+    """Run one retrain now: train a candidate and activate it if it is not worse."""
+    from app.worker import StopController
+
+    settings = load_settings()
+    params = model_params(epochs, hidden, seed, param)
+    stop = StopController()
+    stop.install()
+    with open_store(settings) as session_factory:
+        info = run_retrain(
+            session_factory,
+            settings,
+            trigger="cli",
+            params=params,
+            interrupt_guard=stop.interruptible,
+        )
+    if as_json:
+        typer.echo(json.dumps(info.to_dict(), indent=2))
+    else:
+        typer.echo(describe_run(info))
+    if info.status == "failed":
+        fail(f"retrain run {info.id} failed: {info.error}")
+
+
+def describe_run(info: TrainingRunInfo) -> str:
+    """One line about a run's outcome."""
+    if info.status == "activated":
+        return f"run {info.id}: activated model version {info.model_version_id} ({info.reason})"
+    if info.status == "rejected":
+        return f"run {info.id}: rejected model version {info.model_version_id}: {info.reason}"
+    if info.status == "skipped":
+        return f"run {info.id}: skipped: {info.reason}"
+    if info.status == "failed":
+        return f"run {info.id}: failed: {info.error}"
+    return f"run {info.id}: {info.status}"
 
 
 def register(cli: typer.Typer) -> None:
-    """Add this module's commands to the CLI."""
+    """Add ``rbmrec train`` and ``rbmrec retrain`` to the CLI."""
+    cli.command("train")(train)
+    cli.command("retrain")(retrain)

@@ -1,9 +1,40 @@
-"""``rbmrec`` commands: worker (being built)."""
+"""``rbmrec worker``: the retrain scheduler, running until SIGTERM."""
 
 from __future__ import annotations
 
 import typer
 
+from app.cli.common import fail, load_settings
+from app.cli.models import model_params, open_store
+from app.cli.train import _EPOCHS, _HIDDEN, _PARAM, _SEED
+
+
+def worker(
+    poll_seconds: float = typer.Option(
+        5.0, "--poll-seconds", min=0.05, help="How often to look for queued retrains."
+    ),
+    epochs: int | None = _EPOCHS,
+    hidden: int | None = _HIDDEN,
+    seed: int | None = _SEED,
+    param: list[str] | None = _PARAM,
+) -> None:
+    """Run retrains on RBMREC_RETRAIN_CRON (UTC) and as requested by POST /admin/retrain."""
+    from app.worker import StopController, Worker
+
+    settings = load_settings()
+    params = model_params(epochs, hidden, seed, param)
+    stop = StopController()
+    stop.install()
+    with open_store(settings) as session_factory:
+        try:
+            loop = Worker(
+                session_factory, settings, poll_seconds=poll_seconds, params=params, stop=stop
+            )
+        except ValueError as exc:
+            fail(str(exc))
+        loop.run_forever()
+
 
 def register(cli: typer.Typer) -> None:
-    """Add this module's commands to the CLI."""
+    """Add ``rbmrec worker`` to the CLI."""
+    cli.command("worker")(worker)

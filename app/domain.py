@@ -1,0 +1,121 @@
+"""Domain rules shared by the store, the import and the API: ids and rating values.
+
+User and item ids are opaque strings (real systems use UUIDs), 1-64 characters of
+letters, digits and ``_.:-``; MovieLens ids are stored as their decimal strings.
+Ratings must be one of the levels of the configured :class:`RatingScale`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Final
+
+from rbm_core.scale import RatingScale, RatingScaleError
+
+ID_MAX_LENGTH: Final = 64
+"""Longest user or item id accepted (the width of the id columns)."""
+
+ID_PATTERN: Final = r"^[A-Za-z0-9_.:\-]{1,64}$"
+"""Regular expression every user and item id must match in full."""
+
+_ID_RE: Final = re.compile(ID_PATTERN)
+
+
+class InvalidIdError(ValueError):
+    """A user or item id is not a 1-64 character string of letters, digits and ``_.:-``."""
+
+
+class InvalidRatingError(RatingScaleError):
+    """A rating value is not a number on the configured rating scale."""
+
+
+class UnknownItemError(LookupError):
+    """A rating refers to an item that is not in the store."""
+
+    def __init__(self, item_ids: list[str]) -> None:
+        self.item_ids = item_ids
+        shown = ", ".join(repr(i) for i in item_ids[:5])
+        more = f" (and {len(item_ids) - 5} more)" if len(item_ids) > 5 else ""
+        super().__init__(f"unknown item id {shown}{more}")
+
+
+def is_valid_id(value: object) -> bool:
+    """Whether ``value`` is a string that satisfies :data:`ID_PATTERN`."""
+    # fullmatch, because a bare '$' would also accept a trailing newline
+    return isinstance(value, str) and _ID_RE.fullmatch(value) is not None
+
+
+def validate_id(value: str, what: str = "id") -> str:
+    """Check a user or item id and return it unchanged.
+
+    Parameters
+    ----------
+    value : str
+        The id to check.
+    what : str, default "id"
+        How the id is named in the error message, e.g. ``"user id"``.
+
+    Returns
+    -------
+    str
+        ``value``, unchanged.
+
+    Raises
+    ------
+    InvalidIdError
+        If ``value`` is not a string of 1-64 letters, digits or ``_.:-``.
+    """
+    if not isinstance(value, str):
+        raise InvalidIdError(f"{what} must be a string, got {type(value).__name__}")
+    if not is_valid_id(value):
+        shown = value if len(value) <= 80 else value[:77] + "..."
+        raise InvalidIdError(
+            f"invalid {what} {shown!r}: use 1-{ID_MAX_LENGTH} characters from "
+            "letters, digits and '_', '.', ':', '-'"
+        )
+    return value
+
+
+def validate_rating(value: float, scale: RatingScale | None = None) -> float:
+    """Check a rating value against a rating scale and return the level it denotes.
+
+    Parameters
+    ----------
+    value : float
+        The rating sent by a user or read from a file.
+    scale : RatingScale, optional
+        The allowed levels; by default the configured ``RBMREC_RATING_SCALE``.
+
+    Returns
+    -------
+    float
+        The scale level equal to ``value`` (floating-point noise removed).
+
+    Raises
+    ------
+    InvalidRatingError
+        If ``value`` is not a finite number equal to one of the levels; the message
+        lists the allowed values.
+    """
+    scale = scale if scale is not None else configured_scale()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidRatingError(
+            f"rating must be a number, got {type(value).__name__}; "
+            f"allowed values: {scale.describe()}"
+        )
+    if not math.isfinite(value):
+        raise InvalidRatingError(
+            f"rating {value} is not on the rating scale; allowed values: {scale.describe()}"
+        )
+    try:
+        return scale.value_of(scale.index_of(float(value)))
+    except RatingScaleError as exc:
+        raise InvalidRatingError(str(exc)) from None
+
+
+def configured_scale() -> RatingScale:
+    """The rating scale of the running configuration (``RBMREC_RATING_SCALE``)."""
+    from app.settings import get_settings
+
+    return get_settings().scale

@@ -1,0 +1,1 @@
+"""Services: plain functions used by the API, the CLI and the worker."""

@@ -1,0 +1,393 @@
+"""Import an unpacked MovieLens directory into the ratings store.
+
+The whole import is **one transaction**: a malformed line, a bad id or an off-scale
+rating anywhere stops it with the file and line number, and the store is left as it
+was. Re-running it is idempotent: rows whose values did not change are not touched
+(not even ``updated_at``).
+
+How it writes
+    Items go through :func:`app.db.repository.upsert_items`. Ratings are streamed in
+    blocks from the file, validated, and loaded into a temporary staging table
+    (PostgreSQL: ``COPY FROM STDIN``; SQLite: ``executemany``); one
+    ``INSERT .. SELECT .. ON CONFLICT DO UPDATE .. WHERE <changed>`` then merges the
+    staging table into ``ratings``.
+
+Decisions
+    * A (user, item) pair rated twice in the file is malformed: the error names the
+      line of the second rating.
+    * An item that is rated but missing from the item file is created with an empty
+      title and no genres (the foreign key needs it; a warning says how many). A
+      later import whose item file has it fills the title in.
+    * Ratings already in the store but absent from the files are kept: the import
+      adds and updates, it never deletes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.orm import Session
+
+from app.db import repository
+from app.db.models import SQLITE_UTCNOW
+from app.domain import ID_PATTERN, InvalidIdError, InvalidRatingError, validate_id, validate_rating
+from rbm_core.movielens import (
+    DataFormatError,
+    MovieLensFormat,
+    iter_ratings,
+    locate,
+    read_items,
+)
+from rbm_core.scale import RatingScale
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ImportReport", "ProgressCallback", "import_movielens"]
+
+ProgressCallback = Callable[[int], object]
+"""Called with the number of rating lines read since the previous call."""
+
+_STAGE = "rbmrec_import_ratings"
+_SCALE_HINT = (
+    "set RBMREC_RATING_SCALE or pass --rating-scale (MovieLens 20M/25M/32M/latest: 0.5..5:0.5)"
+)
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    """What an import read and changed.
+
+    Attributes
+    ----------
+    directory : Path
+        The MovieLens directory.
+    format : {"ml-100k", "csv"}
+        Its detected layout.
+    items_read : int
+        Items in the item file.
+    ratings_read : int
+        Ratings in the ratings file.
+    users : int
+        Distinct users in the ratings file.
+    ratings_inserted, ratings_updated : int
+        Ratings the store did not have / had with another value or time.
+    placeholder_items : int
+        Rated items missing from the item file, created with an empty title.
+    seconds : float
+        Wall time of the import.
+    """
+
+    directory: Path
+    format: MovieLensFormat
+    items_read: int
+    ratings_read: int
+    users: int
+    ratings_inserted: int
+    ratings_updated: int
+    placeholder_items: int
+    seconds: float
+
+    @property
+    def ratings_unchanged(self) -> int:
+        """Ratings of the file the store already held with the same value and time."""
+        return self.ratings_read - self.ratings_inserted - self.ratings_updated
+
+
+def import_movielens(
+    engine: Engine,
+    directory: str | Path,
+    *,
+    scale: RatingScale,
+    progress: ProgressCallback | None = None,
+    chunksize: int = 500_000,
+) -> ImportReport:
+    """Import a MovieLens directory (ML-100K or the CSV family) in one transaction.
+
+    Parameters
+    ----------
+    engine : Engine
+        The migrated ratings store (SQLite or PostgreSQL).
+    directory : str or Path
+        An unpacked MovieLens archive; its layout is detected.
+    scale : RatingScale
+        The allowed rating values; any other value stops the import.
+    progress : callable, optional
+        Receives the number of rating lines read, block by block.
+    chunksize : int, default 500_000
+        Rating lines read and validated per block.
+
+    Returns
+    -------
+    ImportReport
+        Counts of what was read and changed.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``directory`` does not exist.
+    DataFormatError
+        A malformed file, a bad id or an off-scale rating (the message names the file
+        and line). Nothing is written.
+    """
+    started = time.perf_counter()
+    files = locate(directory)
+    items = read_items(files.items, with_lines=True)
+    _check_ids(items["id"], items["line"], files.items, "item id")
+    file_item_ids = set(items["id"])
+
+    with Session(engine) as session, session.begin():
+        conn = session.connection()
+        backend = conn.dialect.name
+        if backend == "postgresql":
+            # a large import outlives the service's statement timeout
+            conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
+            conn.exec_driver_sql("SET LOCAL work_mem = '256MB'")
+        ratings_before = repository.count_ratings(session)
+
+        repository.upsert_items(
+            session,
+            [
+                repository.ItemIn(id=i, title=t, genres=g, attributes=a)
+                for i, t, g, a in zip(
+                    items["id"], items["title"], items["genres"], items["attributes"], strict=True
+                )
+            ],
+        )
+
+        stage = _Stage.create(conn)
+        users: set[str] = set()
+        rated_items: set[str] = set()
+        pair_hashes: list[np.ndarray[Any, np.dtype[np.uint64]]] = []
+        n_read = 0
+        for block in iter_ratings(files.ratings, chunksize=chunksize):
+            lines = block["line"]
+            _check_ids(block["user_id"], lines, files.ratings, "user id")
+            _check_ids(block["item_id"], lines, files.ratings, "item id")
+            values = _check_scale(block["rating"], lines, files.ratings, scale)
+            block = block.assign(rating=values)
+            stage.write(block)
+            pair_hashes.append(
+                pd.util.hash_pandas_object(block[["user_id", "item_id"]], index=False)
+                .to_numpy()
+                .astype(np.uint64, copy=False)
+            )
+            users.update(pd.unique(block["user_id"]))
+            rated_items.update(pd.unique(block["item_id"]))
+            n_read += len(block)
+            if progress is not None:
+                progress(len(block))
+
+        logger.debug("read and staged %d ratings: %.1f s", n_read, time.perf_counter() - started)
+        if _may_have_duplicates(pair_hashes):
+            stage.check_duplicates(files.ratings)
+        del pair_hashes
+        stage.analyze()
+        logger.debug("duplicate check: %.1f s", time.perf_counter() - started)
+        placeholders = _create_placeholder_items(session, rated_items - file_item_ids)
+        changed = stage.merge()
+        logger.debug("merged %d changed ratings: %.1f s", changed, time.perf_counter() - started)
+        stage.drop()
+        inserted = repository.count_ratings(session) - ratings_before
+        if backend == "postgresql":
+            conn.exec_driver_sql("ANALYZE items")
+            conn.exec_driver_sql("ANALYZE ratings")
+        logger.debug("committing: %.1f s", time.perf_counter() - started)
+
+    report = ImportReport(
+        directory=Path(directory),
+        format=files.format,
+        items_read=len(items),
+        ratings_read=n_read,
+        users=len(users),
+        ratings_inserted=inserted,
+        ratings_updated=changed - inserted,
+        placeholder_items=placeholders,
+        seconds=time.perf_counter() - started,
+    )
+    logger.info(
+        "imported %s (%s): %d items, %d ratings of %d users; %d inserted, %d updated, "
+        "%d unchanged in %.1f s",
+        report.directory,
+        report.format,
+        report.items_read,
+        report.ratings_read,
+        report.users,
+        report.ratings_inserted,
+        report.ratings_updated,
+        report.ratings_unchanged,
+        report.seconds,
+    )
+    return report
+
+
+# -- validation ------------------------------------------------------------------------
+def _check_ids(ids: pd.Series[Any], lines: pd.Series[Any], path: Path, what: str) -> None:
+    """Raise at the first line whose id breaks the id rules."""
+    # Check the distinct ids only: MovieLens files repeat each id many times.
+    uniques = pd.Series(pd.unique(ids), dtype=object)
+    ok = uniques.str.fullmatch(ID_PATTERN).fillna(False).to_numpy(dtype=bool)
+    if ok.all():
+        return
+    bad = ids.isin(set(uniques[~ok])).to_numpy(dtype=bool)
+    at = int(np.argmax(bad))
+    value = str(ids.iloc[at])
+    try:
+        validate_id(value, what)
+    except InvalidIdError as exc:
+        raise DataFormatError(str(exc), path=path, line=int(lines.iloc[at])) from None
+    raise AssertionError(f"id {value!r} failed the pattern but passed validate_id")
+
+
+def _check_scale(
+    ratings: pd.Series[Any], lines: pd.Series[Any], path: Path, scale: RatingScale
+) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """The ratings snapped to the scale's levels; raise at the first off-scale line."""
+    values = ratings.to_numpy(dtype=np.float64)
+    canonical: dict[float, float] = {}
+    off_scale: list[float] = []
+    for value in np.unique(values):
+        try:
+            canonical[float(value)] = validate_rating(float(value), scale)
+        except InvalidRatingError:
+            off_scale.append(float(value))
+    if off_scale:
+        at = int(np.argmax(np.isin(values, off_scale)))
+        try:
+            validate_rating(float(values[at]), scale)
+        except InvalidRatingError as exc:
+            raise DataFormatError(
+                f"{exc}; {_SCALE_HINT}", path=path, line=int(lines.iloc[at])
+            ) from None
+    if all(k == v for k, v in canonical.items()):
+        return values
+    return np.asarray([canonical[float(v)] for v in values], dtype=np.float64)
+
+
+def _may_have_duplicates(hashes: list[np.ndarray[Any, np.dtype[np.uint64]]]) -> bool:
+    """Whether two staged ratings may share a (user, item) pair.
+
+    A 64-bit hash per pair, sorted: equal neighbours are either a real duplicate or
+    a (very unlikely) collision, which the exact check in the database then settles.
+    """
+    if not hashes:
+        return False
+    ordered = np.sort(np.concatenate(hashes))
+    return bool((ordered[1:] == ordered[:-1]).any())
+
+
+def _create_placeholder_items(session: Session, missing: set[str]) -> int:
+    """Create rated items that the item file lacks, unless the store has them already."""
+    if not missing:
+        return 0
+    new = sorted(missing - repository.existing_item_ids(session, missing))
+    if new:
+        repository.upsert_items(session, [repository.ItemIn(id=item_id) for item_id in new])
+        logger.warning(
+            "%d rated items are not in the item file; created them with an empty title (e.g. %s)",
+            len(new),
+            ", ".join(new[:5]),
+        )
+    return len(new)
+
+
+# -- staging table -----------------------------------------------------------------------
+class _Stage:
+    """A temporary table holding the validated ratings of the file, then merged."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.backend = conn.dialect.name
+
+    @classmethod
+    def create(cls, conn: Connection) -> _Stage:
+        stage = cls(conn)
+        on_commit = " ON COMMIT DROP" if stage.backend == "postgresql" else ""
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {_STAGE}")
+        conn.exec_driver_sql(
+            f"CREATE TEMPORARY TABLE {_STAGE} (user_id TEXT NOT NULL, item_id TEXT NOT NULL, "
+            f"rating DOUBLE PRECISION NOT NULL, ts BIGINT NOT NULL, line BIGINT NOT NULL)"
+            f"{on_commit}"
+        )
+        return stage
+
+    def write(self, block: pd.DataFrame) -> None:
+        columns = block[["user_id", "item_id", "rating", "timestamp", "line"]]
+        raw = self.conn.connection.driver_connection
+        assert raw is not None
+        rows = zip(
+            columns["user_id"].tolist(),
+            columns["item_id"].tolist(),
+            columns["rating"].tolist(),
+            columns["timestamp"].tolist(),
+            columns["line"].tolist(),
+            strict=True,
+        )
+        if self.backend == "postgresql":
+            with (
+                raw.cursor() as cur,
+                cur.copy(f"COPY {_STAGE} FROM STDIN (FORMAT BINARY)") as copy,
+            ):
+                copy.set_types(["text", "text", "float8", "int8", "int8"])
+                for row in rows:
+                    copy.write_row(row)
+        else:
+            raw.executemany(f"INSERT INTO {_STAGE} VALUES (?, ?, ?, ?, ?)", rows)  # noqa: S608
+
+    def check_duplicates(self, path: Path) -> None:
+        row = self.conn.execute(
+            text(
+                f"SELECT user_id, item_id, min(line), max(line) FROM {_STAGE} "  # noqa: S608
+                "GROUP BY user_id, item_id HAVING count(*) > 1 ORDER BY 4 LIMIT 1"
+            )
+        ).first()
+        if row is not None:
+            user_id, item_id, first, second = row
+            # the second of the earliest-ending pair is the first line to reject
+            raise DataFormatError(
+                f"second rating of user {user_id!r} for item {item_id!r} (first on line {first})",
+                path=path,
+                line=int(second),
+            )
+
+    def analyze(self) -> None:
+        # row counts for the planner, so the merge joins by hash, not by loops
+        if self.backend == "postgresql":
+            self.conn.exec_driver_sql(f"ANALYZE {_STAGE}")
+
+    def merge(self) -> int:
+        """Upsert the staged ratings; the number of rows inserted or changed."""
+        if self.backend == "postgresql":
+            rated_at = "to_timestamp(s.ts)"
+            now = "now()"
+            distinct = "IS DISTINCT FROM"
+        else:
+            # the text format app.db.models.UTCDateTime writes on SQLite
+            rated_at = "strftime('%Y-%m-%d %H:%M:%S', s.ts, 'unixepoch') || '.000000'"
+            now = SQLITE_UTCNOW
+            distinct = "IS NOT"
+        # The join drops rows the store already holds unchanged, so a re-import does
+        # not lock or rewrite them; ON CONFLICT still settles races with other writers.
+        result = self.conn.exec_driver_sql(
+            f"INSERT INTO ratings (user_id, item_id, rating, rated_at, version, updated_at) "  # noqa: S608
+            f"SELECT s.user_id, s.item_id, s.rating, {rated_at}, 1, {now} FROM {_STAGE} s "
+            "LEFT JOIN ratings r ON r.user_id = s.user_id AND r.item_id = s.item_id "
+            f"WHERE r.user_id IS NULL OR r.rating {distinct} s.rating "
+            f"OR r.rated_at {distinct} {rated_at} "
+            "ORDER BY s.user_id, s.item_id "
+            "ON CONFLICT (user_id, item_id) DO UPDATE SET rating = excluded.rating, "
+            f"rated_at = excluded.rated_at, version = ratings.version + 1, updated_at = {now} "
+            f"WHERE ratings.rating {distinct} excluded.rating "
+            f"OR ratings.rated_at {distinct} excluded.rated_at"
+        )
+        return int(result.rowcount)
+
+    def drop(self) -> None:
+        self.conn.exec_driver_sql(f"DROP TABLE IF EXISTS {_STAGE}")

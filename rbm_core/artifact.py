@@ -1,0 +1,324 @@
+"""Model artifacts: a versioned, self-describing directory of ``.npy`` arrays and JSON.
+
+Layout of an artifact directory::
+
+    metadata.json      format version, model class, hyperparameters, rating scale,
+                       item ids, training history, training-data fingerprint, array
+                       shapes and dtypes, and the caller's own metadata ("user")
+    arrays/<name>.npy  one learned array each (loadable with mmap)
+    checksums.json     SHA-256 of every other file
+
+Artifacts are data, never code: nothing is pickled and arrays load with
+``allow_pickle=False``. Writing is atomic: the files go to a temporary directory
+beside the target, are fsynced, and the directory is renamed into place, so a reader
+sees either nothing or a complete artifact. An existing directory is never
+overwritten.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+
+from rbm_core.model import SoftmaxRBM
+from rbm_core.scale import RatingScale, RatingScaleError
+
+logger = logging.getLogger(__name__)
+
+FORMAT_NAME: Final = "rbmrec-softmax-rbm"
+FORMAT_VERSION: Final = 1
+"""Bumped on any incompatible change of the layout; older readers refuse newer artifacts."""
+
+METADATA_FILE: Final = "metadata.json"
+CHECKSUM_FILE: Final = "checksums.json"
+ARRAY_DIR: Final = "arrays"
+
+_ARRAYS: Final = (
+    "weights_",
+    "visible_bias_",
+    "hidden_bias_",
+    "offset_weights_",
+    "item_means_",
+    "item_popularity_",
+)
+_SCALARS: Final = ("n_items_", "n_users_", "n_epochs_", "training_fingerprint_")
+
+
+class ArtifactError(Exception):
+    """An artifact is missing, corrupt, truncated, incompatible or cannot be written."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _hyperparameters(model: SoftmaxRBM) -> dict[str, Any]:
+    params = model.get_params()
+    # a Generator is run-time state, not a reproducible setting
+    if isinstance(params.get("random_state"), np.random.Generator):
+        params["random_state"] = None
+    cd = params.get("cd_steps")
+    if not isinstance(cd, int | np.integer):
+        params["cd_steps"] = [[int(e), int(t)] for e, t in cd]
+    return params
+
+
+def save_model(
+    model: SoftmaxRBM, directory: Path | str, *, metadata: Mapping[str, Any] | None = None
+) -> Path:
+    """Write a fitted model to a new artifact directory, atomically.
+
+    Parameters
+    ----------
+    model : SoftmaxRBM
+        A fitted model.
+    directory : path
+        The artifact directory to create; it must not exist (its parent must).
+    metadata : mapping, optional
+        JSON-serialisable caller metadata, stored under ``"user"`` in metadata.json.
+
+    Returns
+    -------
+    pathlib.Path
+        ``directory``.
+
+    Raises
+    ------
+    ArtifactError
+        If the directory exists, the parent is missing, the model is not fitted, the
+        metadata is not JSON-serialisable or writing fails (nothing is left behind).
+    """
+    target = Path(directory)
+    if not isinstance(model, SoftmaxRBM):
+        raise ArtifactError(f"can only save a SoftmaxRBM, got {type(model).__name__}")
+    if not model.is_fitted:
+        raise ArtifactError("cannot save a model that is not fitted")
+    if target.exists():
+        raise ArtifactError(f"refusing to overwrite existing path {target}")
+    parent = target.parent
+    if not parent.is_dir():
+        raise ArtifactError(f"parent directory {parent} does not exist")
+    try:
+        user_meta = json.loads(json.dumps(dict(metadata or {}), default=_json_default))
+    except (TypeError, ValueError) as exc:
+        raise ArtifactError(f"metadata is not JSON-serialisable: {exc}") from None
+
+    arrays = {name.rstrip("_"): np.ascontiguousarray(getattr(model, name)) for name in _ARRAYS}
+    meta: dict[str, Any] = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "model_class": "SoftmaxRBM",
+        "created_at": dt.datetime.now(dt.UTC).isoformat(),
+        "hyperparameters": _hyperparameters(model),
+        "rating_scale": list(model.scale_.levels),
+        "item_ids": [str(i) for i in model.item_ids_.tolist()],
+        "n_hidden": int(model.weights_.shape[2]),
+        "history": model.history_,
+        "arrays": {
+            name: {"shape": list(arr.shape), "dtype": str(arr.dtype)}
+            for name, arr in arrays.items()
+        },
+        "user": user_meta,
+    }
+    for name in _SCALARS:
+        meta[name.rstrip("_")] = getattr(model, name)
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
+    try:
+        (tmp / ARRAY_DIR).mkdir()
+        files: list[Path] = []
+        for name, arr in arrays.items():
+            path = tmp / ARRAY_DIR / f"{name}.npy"
+            np.save(path, arr, allow_pickle=False)
+            files.append(path)
+        meta_path = tmp / METADATA_FILE
+        meta_path.write_text(
+            json.dumps(meta, indent=2, sort_keys=True, default=_json_default, allow_nan=True)
+        )
+        files.append(meta_path)
+        sums = {str(p.relative_to(tmp).as_posix()): _sha256(p) for p in files}
+        sum_path = tmp / CHECKSUM_FILE
+        sum_path.write_text(json.dumps({"sha256": sums}, indent=2, sort_keys=True))
+        files.append(sum_path)
+        for path in files:
+            _fsync_path(path)
+        _fsync_path(tmp / ARRAY_DIR)
+        _fsync_path(tmp)
+        os.rename(tmp, target)
+        _fsync_path(parent)
+    except FileExistsError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ArtifactError(f"refusing to overwrite existing path {target}") from None
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if target.exists():
+            raise ArtifactError(f"refusing to overwrite existing path {target}") from None
+        raise ArtifactError(f"could not write artifact {target}: {exc}") from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("saved model artifact %s", target)
+    return target
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"not a model artifact: {path.name} missing in {path.parent}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"unreadable {path.name} in {path.parent}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{path.name} in {path.parent} is not a JSON object")
+    return data
+
+
+def _check_format(meta: Mapping[str, Any], directory: Path) -> None:
+    if meta.get("format") != FORMAT_NAME:
+        raise ArtifactError(f"{directory} is not a {FORMAT_NAME} artifact")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version != FORMAT_VERSION:
+        raise ArtifactError(
+            f"artifact {directory} has format version {version!r}; "
+            f"this rbmrec reads version {FORMAT_VERSION}"
+        )
+
+
+def read_artifact_metadata(directory: Path | str) -> dict[str, Any]:
+    """The metadata.json of an artifact (without loading arrays or verifying them).
+
+    Includes the caller's metadata under ``"user"``.
+
+    Raises
+    ------
+    ArtifactError
+        If the directory is not an artifact of a readable format version.
+    """
+    path = Path(directory)
+    if not path.is_dir():
+        raise ArtifactError(f"model artifact {path} does not exist")
+    meta = _read_json(path / METADATA_FILE)
+    _check_format(meta, path)
+    return meta
+
+
+def verify_artifact(directory: Path | str) -> None:
+    """Check every file of an artifact against its recorded SHA-256.
+
+    Raises
+    ------
+    ArtifactError
+        On a missing, extra-short, altered or unlisted file.
+    """
+    path = Path(directory)
+    if not path.is_dir():
+        raise ArtifactError(f"model artifact {path} does not exist")
+    sums = _read_json(path / CHECKSUM_FILE).get("sha256")
+    if not isinstance(sums, dict) or METADATA_FILE not in sums:
+        raise ArtifactError(f"{CHECKSUM_FILE} in {path} is malformed")
+    for rel, expected in sums.items():
+        file = path / rel
+        if not file.resolve().is_relative_to(path.resolve()):
+            raise ArtifactError(f"{CHECKSUM_FILE} in {path} names a path outside it: {rel}")
+        if not file.is_file():
+            raise ArtifactError(f"artifact {path} is incomplete: {rel} missing")
+        if _sha256(file) != expected:
+            raise ArtifactError(f"checksum mismatch for {rel} in {path}: the file is corrupt")
+
+
+def load_model(directory: Path | str, *, mmap: bool = True) -> SoftmaxRBM:
+    """Load a model saved by :func:`save_model`, verifying its checksums first.
+
+    Parameters
+    ----------
+    directory : path
+        The artifact directory.
+    mmap : bool
+        Memory-map the arrays read-only (processes loading the same artifact share
+        the pages) instead of reading them into private memory.
+
+    Returns
+    -------
+    SoftmaxRBM
+        A fitted model, ready for inference (and for ``partial_fit`` if not mmapped).
+
+    Raises
+    ------
+    ArtifactError
+        If the artifact is missing, corrupt, truncated or of another format version.
+    """
+    path = Path(directory)
+    verify_artifact(path)
+    meta = read_artifact_metadata(path)
+    try:
+        params = dict(meta["hyperparameters"])
+        scale = RatingScale(tuple(float(v) for v in meta["rating_scale"]))
+        item_ids = np.asarray([str(i) for i in meta["item_ids"]], dtype=np.str_)
+        shapes = meta["arrays"]
+        model = SoftmaxRBM().set_params(**params)
+        for name in _ARRAYS:
+            key = name.rstrip("_")
+            file = path / ARRAY_DIR / f"{key}.npy"
+            arr = np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
+            spec = shapes[key]
+            if list(arr.shape) != list(spec["shape"]) or str(arr.dtype) != spec["dtype"]:
+                raise ArtifactError(
+                    f"array {key} in {path} has shape {arr.shape} / {arr.dtype}, "
+                    f"expected {spec['shape']} / {spec['dtype']}"
+                )
+            setattr(model, name, arr)
+        for name in _SCALARS:
+            setattr(model, name, meta[name.rstrip("_")])
+        model.item_ids_ = item_ids
+        model.scale_ = scale
+        model.history_ = list(meta.get("history", []))
+    except ArtifactError:
+        raise
+    except (KeyError, TypeError, ValueError, RatingScaleError) as exc:
+        raise ArtifactError(f"artifact {path} has invalid metadata: {exc!r}") from None
+    m, k, f = model.weights_.shape
+    if (m, k) != (len(item_ids), scale.n_levels) or model.visible_bias_.shape != (m, k):
+        raise ArtifactError(f"artifact {path} is inconsistent: array shapes do not match")
+    if model.hidden_bias_.shape != (f,) or model.item_popularity_.shape != (m,):
+        raise ArtifactError(f"artifact {path} is inconsistent: array shapes do not match")
+    try:
+        model._validate_params()
+    except ValueError as exc:
+        raise ArtifactError(f"artifact {path} has invalid hyperparameters: {exc}") from None
+    return model

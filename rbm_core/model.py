@@ -1,0 +1,1163 @@
+"""The softmax-visible Restricted Boltzmann Machine for collaborative filtering.
+
+The estimator validates input, initialises and loops; the formulas live in
+:mod:`rbm_core.functional`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeAlias, overload
+
+import numpy as np
+import scipy.sparse as sp
+from numpy.typing import NDArray
+from scipy.special import expit
+
+from rbm_core import functional as fn
+from rbm_core.data import RatingMatrix, UserRatings
+from rbm_core.scale import RatingScaleError
+
+logger = logging.getLogger(__name__)
+
+DTYPE = np.float32
+"""dtype of every learned array and of all inference arithmetic."""
+
+CDSchedule: TypeAlias = int | Sequence[Sequence[int]]
+"""``cd_steps``: an int, or ``[[first_epoch, steps], ...]`` pairs (epochs counted from 0)."""
+
+PredictionMode = Literal["mean_field", "exact"]
+RankingScore = Literal["expected", "p_high", "p_high_popularity"]
+
+_PARAM_NAMES = (
+    "n_hidden",
+    "learning_rate",
+    "learning_rate_decay",
+    "momentum",
+    "weight_decay",
+    "batch_size",
+    "n_epochs",
+    "cd_steps",
+    "prediction",
+    "ranking",
+    "high_rating",
+    "popularity_weight",
+    "hidden_dropout",
+    "user_offset",
+    "offset_shrinkage",
+    "early_stopping",
+    "validation_fraction",
+    "n_iter_no_change",
+    "random_state",
+    "verbose",
+)
+
+
+class NotFittedError(ValueError, AttributeError):
+    """The model is used before ``fit`` (or ``load_model``) gave it weights."""
+
+
+class UnknownItemError(KeyError):
+    """An item id the model does not know was asked for where it cannot be ignored."""
+
+    def __init__(self, item_id: str) -> None:
+        super().__init__(item_id)
+        self.item_id = item_id
+
+    def __str__(self) -> str:
+        return f"unknown item id {self.item_id!r}"
+
+
+class TrainingDivergedError(ArithmeticError):
+    """Training produced non-finite weights (learning rate too high?)."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Predicted ratings of one user for some items.
+
+    Attributes
+    ----------
+    item_ids : list of str
+        The known items asked for (or every model item), in order.
+    expected : ndarray of shape (n,)
+        Expected rating (value units) under ``distribution``.
+    distribution : ndarray of shape (n, K)
+        ``p(rating = level k)`` for each item; rows sum to one.
+    unknown_items : list of str
+        Items asked for that the model does not know (no prediction made).
+    ignored_ratings : list of str
+        Rated items the model does not know (left out of the fold-in).
+    """
+
+    item_ids: list[str]
+    expected: NDArray[np.floating]
+    distribution: NDArray[np.floating]
+    unknown_items: list[str] = field(default_factory=list)
+    ignored_ratings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ItemScores:
+    """Scores of one user for every model item (in ``model.item_ids_`` order).
+
+    Attributes
+    ----------
+    score : ndarray of shape (n_items,)
+        The ranking score ``recommend`` sorts by (see ``SoftmaxRBM.ranking``).
+    expected : ndarray of shape (n_items,)
+        Expected rating.
+    rated : ndarray of bool, shape (n_items,)
+        Items present in the user's ratings.
+    ignored_ratings : list of str
+        Rated items the model does not know.
+    """
+
+    score: NDArray[np.floating]
+    expected: NDArray[np.floating]
+    rated: NDArray[np.bool_]
+    ignored_ratings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """One recommended item: its id, ranking score and expected rating."""
+
+    item_id: str
+    score: float
+    predicted_rating: float
+
+
+_ITEM_MEAN_PRIOR = 10.0
+"""Pseudo-count shrinking each item's mean rating towards the global mean."""
+
+_LEARNED = ("weights_", "visible_bias_", "hidden_bias_", "offset_weights_")
+"""The arrays contrastive divergence updates (in this order)."""
+
+
+@dataclass(frozen=True)
+class _FoldIn:
+    """Users folded into the model: hidden inputs and conditional visible biases."""
+
+    x: NDArray[np.floating]  # (n, F) hidden inputs
+    user_bias: NDArray[np.floating] | None  # (n, K) or None
+
+    def __getitem__(self, rows: slice) -> _FoldIn:
+        return _FoldIn(self.x[rows], None if self.user_bias is None else self.user_bias[rows])
+
+
+def _aligned_inputs(train: RatingMatrix, user_ids: NDArray[np.str_]) -> sp.csr_matrix:
+    """Rows of ``train.codes`` for ``user_ids`` (empty rows for users not in ``train``)."""
+    pos = np.searchsorted(train.user_ids, user_ids)
+    pos_c = np.minimum(pos, max(train.n_users - 1, 0))
+    known = (pos < train.n_users) & (train.user_ids[pos_c] == user_ids)
+    inputs = train.codes[pos_c].multiply(known[:, None].astype(np.int8)).tocsr()
+    inputs.eliminate_zeros()
+    inputs.sort_indices()
+    return inputs.astype(np.int8)
+
+
+@dataclass(frozen=True)
+class _Encoded:
+    """A batch of users' ratings on the model's items."""
+
+    codes: sp.csr_matrix  # (n_users, n_items_) level codes
+    ignored: list[list[str]]
+
+
+def _is_user_batch(obj: object) -> bool:
+    return isinstance(obj, Sequence) and not isinstance(obj, str | bytes | Mapping)
+
+
+class SoftmaxRBM:
+    """Restricted Boltzmann Machine with K-way softmax visible units, one per rated item.
+
+    Salakhutdinov, Mnih and Hinton, "Restricted Boltzmann Machines for Collaborative
+    Filtering", ICML 2007. Each user is one training case; the weights ``W`` (M x K x F),
+    visible biases (M x K) and hidden biases (F) are shared by all users, and a user's
+    visible units exist only for the items that user rated. Training is contrastive
+    divergence (CD-T) with momentum and weight decay; prediction folds in any user's
+    ratings (seen in training or not) through ``p(h | V)``.
+
+    Parameters
+    ----------
+    n_hidden : int
+        F, the number of binary hidden units.
+    learning_rate : float
+        Step size for gradients averaged over the users of a mini-batch.
+    learning_rate_decay : float
+        The rate at epoch ``e`` is ``learning_rate / (1 + learning_rate_decay * e)``.
+    momentum : float
+        Momentum of the parameter updates, in [0, 1).
+    weight_decay : float
+        L2 penalty on ``W``.
+    batch_size : int
+        Users per mini-batch.
+    n_epochs : int
+        Passes over the training users (the maximum, with early stopping).
+    cd_steps : int or sequence of [first_epoch, steps]
+        Gibbs steps T of CD-T, fixed or growing over the epochs, e.g.
+        ``[[0, 1], [20, 3], [30, 5]]``.
+    prediction : {"mean_field", "exact"}
+        How ``p(v_q | V)`` is computed: mean-field (one pass through ``p(h | V)``) or the
+        exact marginal over the hidden units.
+    ranking : {"expected", "p_high", "p_high_popularity"}
+        The score ``recommend`` sorts by: the expected rating, the probability of a
+        rating >= ``high_rating``, or that probability times the item's training
+        popularity to the power ``popularity_weight``.
+    high_rating : float
+        Threshold of a "high" rating for the ``p_high*`` scores.
+    popularity_weight : float
+        Exponent of the popularity factor of ``p_high_popularity``.
+    early_stopping : bool
+        Stop when the validation RMSE has not improved for ``n_iter_no_change`` epochs
+        and keep the best epoch's weights. Without an explicit validation matrix,
+        ``validation_fraction`` of each training user's ratings is held out for it.
+    validation_fraction : float
+        Share of ratings held out for early stopping when no validation is given.
+    n_iter_no_change : int
+        Patience of early stopping, in epochs.
+    random_state : int, numpy.random.Generator or None
+        Seed (or generator) for initialisation, batch order and Gibbs sampling.
+    verbose : bool
+        Show a progress bar (tqdm) and log each epoch at INFO level.
+
+    Attributes
+    ----------
+    weights_ : ndarray of shape (n_items_, K, n_hidden)
+    visible_bias_ : ndarray of shape (n_items_, K)
+    hidden_bias_ : ndarray of shape (n_hidden,)
+    item_ids_ : ndarray of str, shape (n_items_,)
+    item_popularity_ : ndarray of shape (n_items_,)
+        Number of training ratings of each item.
+    scale_ : RatingScale
+    n_items_, n_users_ : int
+        Items and users of the training data.
+    n_epochs_ : int
+        Epochs trained so far.
+    history_ : list of dict
+        Per epoch: epoch, cd_steps, learning_rate, train_rmse (reconstruction error),
+        train_free_energy, validation_rmse, validation_mae, validation_free_energy
+        (None without validation), seconds.
+    training_fingerprint_ : str
+        :meth:`RatingMatrix.fingerprint` of the training data.
+
+    Notes
+    -----
+    All arrays are float32 (:data:`DTYPE`). Single-user inference gathers only the rows
+    of ``W`` of the rated items, then one matrix-vector product over all items.
+    """
+
+    def __init__(
+        self,
+        *,
+        n_hidden: int = 100,
+        learning_rate: float = 0.05,
+        learning_rate_decay: float = 0.0,
+        momentum: float = 0.9,
+        weight_decay: float = 0.001,
+        batch_size: int = 100,
+        n_epochs: int = 30,
+        cd_steps: CDSchedule = 1,
+        prediction: PredictionMode = "mean_field",
+        ranking: RankingScore = "p_high_popularity",
+        high_rating: float = 4.0,
+        popularity_weight: float = 1.0,
+        hidden_dropout: float = 0.0,
+        user_offset: bool = True,
+        offset_shrinkage: float = 5.0,
+        early_stopping: bool = False,
+        validation_fraction: float = 0.1,
+        n_iter_no_change: int = 5,
+        random_state: int | np.random.Generator | None = None,
+        verbose: bool = False,
+    ) -> None:
+        self.n_hidden = n_hidden
+        self.learning_rate = learning_rate
+        self.learning_rate_decay = learning_rate_decay
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.n_epochs = n_epochs
+        self.cd_steps = cd_steps
+        self.prediction = prediction
+        self.ranking = ranking
+        self.high_rating = high_rating
+        self.popularity_weight = popularity_weight
+        self.hidden_dropout = hidden_dropout
+        self.user_offset = user_offset
+        self.offset_shrinkage = offset_shrinkage
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # -- scikit-learn plumbing ------------------------------------------------------
+    def get_params(self) -> dict[str, Any]:
+        """The hyperparameters, as passed to ``__init__``."""
+        return {name: getattr(self, name) for name in _PARAM_NAMES}
+
+    def set_params(self, **params: Any) -> SoftmaxRBM:
+        """Set hyperparameters by name; returns ``self``."""
+        for name, value in params.items():
+            if name not in _PARAM_NAMES:
+                raise ValueError(f"unknown hyperparameter {name!r}")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"SoftmaxRBM({shown})"
+
+    @property
+    def is_fitted(self) -> bool:
+        """Whether the model has weights."""
+        return hasattr(self, "weights_")
+
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise NotFittedError(
+                "this SoftmaxRBM is not fitted yet: call fit() or load_model() first"
+            )
+
+    def _validate_params(self) -> None:
+        def positive_int(name: str) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+        def non_negative(name: str, upper: float | None = None) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+            if not np.isfinite(value) or value < 0 or (upper is not None and value >= upper):
+                bound = f" and < {upper}" if upper is not None else ""
+                raise ValueError(f"{name} must be >= 0{bound}, got {value!r}")
+
+        for name in ("n_hidden", "batch_size", "n_epochs", "n_iter_no_change"):
+            positive_int(name)
+        non_negative("learning_rate")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        non_negative("learning_rate_decay")
+        non_negative("momentum", upper=1.0)
+        non_negative("weight_decay")
+        non_negative("popularity_weight")
+        non_negative("hidden_dropout", upper=1.0)
+        non_negative("offset_shrinkage")
+        if not isinstance(self.user_offset, bool):
+            raise ValueError(f"user_offset must be True or False, got {self.user_offset!r}")
+        if not isinstance(self.high_rating, int | float) or not np.isfinite(self.high_rating):
+            raise ValueError(f"high_rating must be a number, got {self.high_rating!r}")
+        if not isinstance(self.validation_fraction, int | float) or not (
+            0.0 < self.validation_fraction < 1.0
+        ):
+            raise ValueError(
+                f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}"
+            )
+        if self.prediction not in ("mean_field", "exact"):
+            raise ValueError(f"prediction must be 'mean_field' or 'exact', got {self.prediction!r}")
+        if self.ranking not in ("expected", "p_high", "p_high_popularity"):
+            raise ValueError(
+                f"ranking must be 'expected', 'p_high' or 'p_high_popularity', got {self.ranking!r}"
+            )
+        self._cd_schedule()
+        if self.random_state is not None and not isinstance(
+            self.random_state, int | np.integer | np.random.Generator
+        ):
+            raise ValueError(
+                f"random_state must be an int, a numpy Generator or None, got {self.random_state!r}"
+            )
+
+    def _cd_schedule(self) -> list[tuple[int, int]]:
+        steps = self.cd_steps
+        if isinstance(steps, bool):
+            raise ValueError(f"cd_steps must be an int or [[epoch, steps], ...], got {steps!r}")
+        if isinstance(steps, int | np.integer):
+            if steps < 1:
+                raise ValueError(f"cd_steps must be >= 1, got {steps!r}")
+            return [(0, int(steps))]
+        try:
+            pairs = [(int(e), int(t)) for e, t in steps]
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"cd_steps must be an int or [[epoch, steps], ...], got {steps!r}"
+            ) from None
+        if not pairs or pairs[0][0] != 0:
+            raise ValueError("a cd_steps schedule must start at epoch 0")
+        if any(t < 1 for _, t in pairs) or any(b[0] <= a[0] for a, b in zip(pairs, pairs[1:])):
+            raise ValueError("cd_steps schedule: epochs must increase and steps be >= 1")
+        return pairs
+
+    def _steps_at(self, epoch: int) -> int:
+        current = 1
+        for first, steps in self._cd_schedule():
+            if epoch >= first:
+                current = steps
+        return current
+
+    def _learning_rate_at(self, epoch: int) -> float:
+        return float(self.learning_rate) / (1.0 + float(self.learning_rate_decay) * epoch)
+
+    # -- training ---------------------------------------------------------------------
+    def fit(self, train: RatingMatrix, validation: RatingMatrix | None = None) -> SoftmaxRBM:
+        """Train from scratch on ``train``.
+
+        Parameters
+        ----------
+        train : RatingMatrix
+            Training ratings; its items become the model's items.
+        validation : RatingMatrix, optional
+            Held-out ratings of (mostly) the same users, predicted from their training
+            ratings for the history and early stopping.
+
+        Returns
+        -------
+        SoftmaxRBM
+            ``self``.
+        """
+        self._validate_params()
+        _check_matrix(train, "train")
+        if validation is not None:
+            _check_matrix(validation, "validation")
+            _check_same_scale(train, validation)
+        rng = np.random.default_rng(self.random_state)
+        if validation is None and self.early_stopping:
+            train, validation = train.split(self.validation_fraction, rng)
+        self._initialise(train, rng)
+        self._train(train, validation, self.n_epochs, rng, early_stopping=self.early_stopping)
+        return self
+
+    def partial_fit(
+        self, train: RatingMatrix, validation: RatingMatrix | None = None
+    ) -> SoftmaxRBM:
+        """Run one more epoch on ``train`` (initialising from it if not fitted yet).
+
+        On a fitted model, ``train`` is aligned with the model's items; ratings of
+        unknown items are dropped.
+
+        Returns
+        -------
+        SoftmaxRBM
+            ``self``.
+        """
+        self._validate_params()
+        _check_matrix(train, "train")
+        if validation is not None:
+            _check_matrix(validation, "validation")
+            _check_same_scale(train, validation)
+        if not hasattr(self, "_rng"):
+            self._rng = np.random.default_rng(self.random_state)
+        if not self.is_fitted:
+            self._initialise(train, self._rng)
+        else:
+            if train.scale != self.scale_:
+                raise RatingScaleError(
+                    f"training data uses scale {train.scale}, the model {self.scale_}"
+                )
+            if not np.array_equal(train.item_ids, self.item_ids_):
+                train = train.with_item_catalog(self.item_ids_)
+            # a memory-mapped (loaded) model is read-only: train on private copies
+            for name in _LEARNED:
+                arr = getattr(self, name)
+                if not arr.flags.writeable:
+                    setattr(self, name, np.array(arr, dtype=DTYPE))
+        self._train(train, validation, 1, self._rng, early_stopping=False)
+        return self
+
+    def _initialise(self, train: RatingMatrix, rng: np.random.Generator) -> None:
+        m, k, f = train.n_items, train.n_levels, int(self.n_hidden)
+        counts = train.level_counts().astype(np.float64)
+        values = train.scale.values
+        # visible biases: log of each item's smoothed rating frequencies, shrunk towards
+        # the global level frequencies so items with few ratings get sensible rates
+        prior = (counts.sum(axis=0) + 1.0) / (counts.sum() + k)
+        freq = (counts + 2.0 * prior) / (counts.sum(axis=1, keepdims=True) + 2.0)
+        global_mean = float(counts.sum(axis=0) @ values / max(counts.sum(), 1.0))
+        item_n = counts.sum(axis=1)
+        self.weights_ = (rng.standard_normal((m, k, f)) * 0.01).astype(DTYPE)
+        self.visible_bias_ = np.log(freq).astype(DTYPE)
+        self.hidden_bias_ = np.zeros(f, dtype=DTYPE)
+        self.offset_weights_ = np.zeros(k, dtype=DTYPE)
+        self.item_means_ = (
+            (counts @ values + _ITEM_MEAN_PRIOR * global_mean) / (item_n + _ITEM_MEAN_PRIOR)
+        ).astype(DTYPE)
+        self.item_popularity_ = item_n.astype(DTYPE)
+        self.item_ids_ = train.item_ids.copy()
+        self.scale_ = train.scale
+        self.n_items_ = m
+        self.n_users_ = train.n_users
+        self.n_epochs_ = 0
+        self.history_: list[dict[str, Any]] = []
+        self.training_fingerprint_ = train.fingerprint()
+        self._velocity = [np.zeros_like(getattr(self, name)) for name in _LEARNED]
+        self._reset_caches()
+
+    def _train(
+        self,
+        train: RatingMatrix,
+        validation: RatingMatrix | None,
+        n_epochs: int,
+        rng: np.random.Generator,
+        *,
+        early_stopping: bool,
+    ) -> None:
+        from tqdm.auto import tqdm
+
+        if not hasattr(self, "_velocity"):
+            self._velocity = [np.zeros_like(getattr(self, name)) for name in _LEARNED]
+        val = self._validation_set(train, validation) if validation is not None else None
+        fe_rows = np.sort(rng.permutation(train.n_users)[: min(train.n_users, 2000)])
+        fe_codes = train.codes[fe_rows]
+        level_values = self.scale_.values.astype(DTYPE)
+        best: tuple[float, list[NDArray[Any]]] | None = None
+        since_best = 0
+        batch_size = int(self.batch_size)
+        n_batches = -(-train.n_users // batch_size)
+        bar = tqdm(
+            total=n_epochs * n_batches, disable=not self.verbose, desc="SoftmaxRBM", unit="batch"
+        )
+        try:
+            for _ in range(n_epochs):
+                epoch = self.n_epochs_
+                start = time.perf_counter()
+                steps = self._steps_at(epoch)
+                lr = self._learning_rate_at(epoch)
+                sq_err, n_seen = 0.0, 0
+                order = rng.permutation(train.n_users)
+                for lo in range(0, train.n_users, batch_size):
+                    batch = np.sort(order[lo : lo + batch_size])
+                    codes = train.codes[batch]
+                    bar.update(1)
+                    if codes.nnz == 0:
+                        continue
+                    offsets = self._user_offsets(codes)
+                    stats = fn.cd_statistics(
+                        codes,
+                        self.weights_,
+                        self.visible_bias_,
+                        self.hidden_bias_,
+                        level_values,
+                        steps,
+                        rng,
+                        dropout=float(self.hidden_dropout),
+                        user_bias=self._user_bias(offsets),
+                    )
+                    self._apply_update(stats, offsets, lr)
+                    sq_err += stats.squared_error
+                    n_seen += stats.n_ratings
+                if not all(np.isfinite(getattr(self, name)).all() for name in _LEARNED):
+                    raise TrainingDivergedError(
+                        f"non-finite weights after epoch {epoch + 1}; "
+                        "lower the learning rate or raise the weight decay"
+                    )
+                self.n_epochs_ += 1
+                self._reset_caches()
+                entry: dict[str, Any] = {
+                    "epoch": self.n_epochs_,
+                    "cd_steps": steps,
+                    "learning_rate": lr,
+                    "train_rmse": float(np.sqrt(sq_err / max(n_seen, 1))),
+                    "train_free_energy": self._mean_free_energy(fe_codes),
+                    "validation_rmse": None,
+                    "validation_mae": None,
+                    "validation_free_energy": None,
+                }
+                if val is not None:
+                    rmse, mae = self._validation_scores(val)
+                    entry["validation_rmse"] = rmse
+                    entry["validation_mae"] = mae
+                    entry["validation_free_energy"] = self._mean_free_energy(val.targets_codes)
+                entry["seconds"] = time.perf_counter() - start
+                self.history_.append(entry)
+                if self.verbose:
+                    logger.info("epoch %d: %s", self.n_epochs_, entry)
+                    bar.set_postfix(
+                        train_rmse=f"{entry['train_rmse']:.4f}",
+                        val_rmse=("-" if val is None else f"{entry['validation_rmse']:.4f}"),
+                    )
+                if early_stopping and val is not None:
+                    score = float(entry["validation_rmse"])
+                    if best is None or score < best[0] - 1e-5:
+                        best = (score, [getattr(self, name).copy() for name in _LEARNED])
+                        since_best = 0
+                    else:
+                        since_best += 1
+                        if since_best >= int(self.n_iter_no_change):
+                            logger.info(
+                                "early stopping after epoch %d (best validation RMSE %.4f)",
+                                self.n_epochs_,
+                                best[0],
+                            )
+                            break
+        finally:
+            bar.close()
+        if best is not None:
+            for name, arr in zip(_LEARNED, best[1], strict=True):
+                setattr(self, name, arr)
+            self._reset_caches()
+
+    def _apply_update(
+        self, stats: fn.CDStatistics, offsets: NDArray[np.floating] | None, lr: float
+    ) -> None:
+        # momentum SGD: velocity <- momentum * velocity + lr * (gradient - decay * W)
+        mom = DTYPE(self.momentum)
+        rate = DTYPE(lr)
+        grad_w = stats.d_weights
+        grad_w -= DTYPE(self.weight_decay) * self.weights_
+        grads = [grad_w, stats.d_visible_bias, stats.d_hidden_bias]
+        if offsets is not None:
+            # the offset weights are shared by all items: average over the batch's ratings
+            grads.append(
+                (offsets[:, None] * stats.d_user_bias).sum(axis=0).astype(DTYPE)
+                / DTYPE(max(stats.n_ratings, 1))
+            )
+        else:
+            grads.append(np.zeros_like(self.offset_weights_))
+        for name, velocity, grad in zip(_LEARNED, self._velocity, grads, strict=True):
+            velocity *= mom
+            velocity += rate * grad
+            getattr(self, name).__iadd__(velocity)
+
+    def _mean_free_energy(self, codes: sp.csr_matrix) -> float:
+        if codes.shape[0] == 0:
+            return float("nan")
+        visible = fn.one_hot_visible(codes, self.scale_.n_levels, DTYPE)
+        ub = self._user_bias(self._user_offsets(codes))
+        fe = fn.free_energy(visible, self.weights_, self.visible_bias_, self.hidden_bias_, ub)
+        return float(np.mean(fe, dtype=np.float64))
+
+    # -- validation ---------------------------------------------------------------------
+    @dataclass(frozen=True)
+    class _ValidationSet:
+        inputs: sp.csr_matrix  # (n_val_users, M) level codes used for fold-in
+        rows: NDArray[np.int64]
+        items: NDArray[np.int64]
+        targets: NDArray[np.float64]
+        targets_codes: sp.csr_matrix
+
+    def _validation_set(
+        self, train: RatingMatrix, validation: RatingMatrix
+    ) -> SoftmaxRBM._ValidationSet:
+        if not np.array_equal(validation.item_ids, self.item_ids_):
+            validation = validation.with_item_catalog(self.item_ids_)
+        inputs = _aligned_inputs(train, validation.user_ids)
+        rows, items, levels = validation.triples()
+        return SoftmaxRBM._ValidationSet(
+            inputs=inputs,
+            rows=rows,
+            items=items,
+            targets=self.scale_.values[levels],
+            targets_codes=validation.codes,
+        )
+
+    def _validation_scores(self, val: SoftmaxRBM._ValidationSet) -> tuple[float, float]:
+        dist = self._distribution_at(self._fold_in(val.inputs), val.rows, val.items)
+        pred = dist.astype(np.float64) @ self.scale_.values
+        err = pred - val.targets
+        return float(np.sqrt(np.mean(err**2))), float(np.mean(np.abs(err)))
+
+    # -- fold-in: from ratings to the hidden layer ------------------------------------------
+    def _reset_caches(self) -> None:
+        self.__dict__.pop("_item_index_cache", None)
+        self.__dict__.pop("_item_unit_cache", None)
+
+    @property
+    def _item_index(self) -> dict[str, int]:
+        cache: dict[str, int] | None = self.__dict__.get("_item_index_cache")
+        if cache is None:
+            cache = {str(item): i for i, item in enumerate(self.item_ids_.tolist())}
+            self.__dict__["_item_index_cache"] = cache
+        return cache
+
+    def _user_offsets(self, codes: sp.csr_matrix) -> NDArray[np.floating] | None:
+        """Each user's rating offset ``z_u``: mean deviation from the items' means, shrunk.
+
+        ``z_u = sum_i (r_ui - mean_i) / (n_u + offset_shrinkage)``; None when the model
+        does not use it.
+        """
+        if not self.user_offset:
+            return None
+        rows = fn.rows_of(codes)
+        dev = self.scale_.values[codes.data.astype(np.int64) - 1] - self.item_means_[codes.indices]
+        total = np.bincount(rows, weights=dev, minlength=codes.shape[0])
+        z = total / (np.diff(codes.indptr) + float(self.offset_shrinkage))
+        return z.astype(DTYPE)
+
+    def _user_bias(self, offsets: NDArray[np.floating] | None) -> NDArray[np.floating] | None:
+        """Conditional visible bias ``u_k = a_k z_u`` of each user, shape (n, K)."""
+        if offsets is None:
+            return None
+        bias: NDArray[np.floating] = offsets[:, None] * self.offset_weights_[None, :]
+        return bias
+
+    def _fold_in(self, codes: sp.csr_matrix) -> _FoldIn:
+        visible = fn.one_hot_visible(codes, self.scale_.n_levels, DTYPE)
+        x = fn.hidden_input(visible, self.weights_, self.hidden_bias_)
+        return _FoldIn(x, self._user_bias(self._user_offsets(codes)))
+
+    def _fold_in_one(self, items: NDArray[np.int64], levels: NDArray[np.int64]) -> _FoldIn:
+        # sparse gather: only the rated items' rows of W take part
+        x = self.weights_[items, levels].sum(axis=0, dtype=DTYPE)
+        x += self.hidden_bias_
+        ub = None
+        if self.user_offset:
+            dev = self.scale_.values[levels] - self.item_means_[items]
+            z = float(dev.sum()) / (len(items) + float(self.offset_shrinkage))
+            ub = (DTYPE(z) * self.offset_weights_)[None, :]
+        return _FoldIn(x[None, :], ub)
+
+    def _top_down(self, x: NDArray[np.floating]) -> NDArray[np.floating]:
+        """Hidden probabilities as the visible layer sees them (scaled for dropout)."""
+        p: NDArray[np.floating] = expit(x)
+        if self.hidden_dropout:
+            p *= DTYPE(1.0 - float(self.hidden_dropout))
+        return p
+
+    def _distribution_at(
+        self, fold: _FoldIn, rows: NDArray[np.int64], items: NDArray[np.int64]
+    ) -> NDArray[np.floating]:
+        """``p(v_q | V)`` for (user row, item) pairs, shape (n_pairs, K)."""
+        if self.prediction == "exact":
+            return fn.exact_marginal_at(
+                fold.x, self.weights_, self.visible_bias_, rows, items, fold.user_bias
+            )
+        return fn.mean_field_at(
+            self._top_down(fold.x), self.weights_, self.visible_bias_, rows, items, fold.user_bias
+        )
+
+    def _distribution_items(
+        self, fold: _FoldIn, query: NDArray[np.int64] | None = None
+    ) -> NDArray[np.floating]:
+        """``p(v_q | V)`` of every folded-in user for items ``query`` (all by default).
+
+        Returns an array of shape (n_users, n_query, K).
+        """
+        w, b = self.weights_, self.visible_bias_
+        if query is not None:
+            w, b = w[query], b[query]
+        if self.prediction == "exact":
+            return fn.exact_marginal_distribution(fold.x, w, b, fold.user_bias)
+        return fn.mean_field_distribution(self._top_down(fold.x), w, b, fold.user_bias)
+
+    def _encode(self, users: Sequence[UserRatings]) -> _Encoded:
+        index = self._item_index
+        rows: list[int] = []
+        cols: list[int] = []
+        values: list[float] = []
+        ignored: list[list[str]] = []
+        for row, ratings in enumerate(users):
+            if not isinstance(ratings, Mapping):
+                raise TypeError(
+                    "user ratings must be a mapping item id -> rating, "
+                    f"got {type(ratings).__name__}"
+                )
+            unknown: list[str] = []
+            for item, value in ratings.items():
+                if not isinstance(item, str):
+                    raise TypeError(f"item ids must be strings, got {item!r}")
+                if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+                    raise RatingScaleError(f"rating for item {item!r} is not a number: {value!r}")
+                col = index.get(item)
+                if col is None:
+                    unknown.append(item)
+                    continue
+                rows.append(row)
+                cols.append(col)
+                values.append(float(value))
+            ignored.append(unknown)
+        levels = self.scale_.indices_of(np.asarray(values, dtype=np.float64))
+        codes = sp.csr_matrix(
+            ((levels + 1).astype(np.int8), (np.asarray(rows, dtype=np.int64), cols)),
+            shape=(len(users), self.n_items_),
+        )
+        codes.sort_indices()
+        return _Encoded(codes, ignored)
+
+    def _encode_one(
+        self, user_ratings: UserRatings
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64], list[str]]:
+        enc = self._encode([user_ratings])
+        return (
+            enc.codes.indices.astype(np.int64),
+            enc.codes.data.astype(np.int64) - 1,
+            enc.ignored[0],
+        )
+
+    def _score_from(
+        self, dist: NDArray[np.floating], expected: NDArray[np.floating]
+    ) -> NDArray[np.floating]:
+        if self.ranking == "expected":
+            return expected
+        high = self.scale_.values >= float(self.high_rating) - 1e-9
+        if not high.any():
+            high[-1] = True
+        p_high: NDArray[np.floating] = dist[..., high].sum(axis=-1)
+        if self.ranking == "p_high":
+            return p_high
+        pop = np.power(self.item_popularity_ + DTYPE(1.0), DTYPE(self.popularity_weight))
+        score: NDArray[np.floating] = p_high * pop
+        return score
+
+    # -- public inference -------------------------------------------------------------------
+    def predict(
+        self, user_ratings: UserRatings, item_ids: Sequence[str] | None = None
+    ) -> Prediction:
+        """Predict one user's ratings from the ratings given (fold-in).
+
+        Parameters
+        ----------
+        user_ratings : mapping of str to float
+            The user's ratings (item id -> value on the model's scale). Unknown items
+            are ignored and listed in ``Prediction.ignored_ratings``.
+        item_ids : sequence of str, optional
+            Items to predict; all model items by default. Unknown ones are listed in
+            ``Prediction.unknown_items``.
+
+        Returns
+        -------
+        Prediction
+        """
+        self._check_fitted()
+        items, levels, ignored = self._encode_one(user_ratings)
+        if isinstance(item_ids, str):
+            raise TypeError("item_ids must be a sequence of item ids, not a single string")
+        index = self._item_index
+        if item_ids is None:
+            query = np.arange(self.n_items_)
+            names = self.item_ids_.tolist()
+            unknown: list[str] = []
+        else:
+            names, cols, unknown = [], [], []
+            for item in item_ids:
+                col = index.get(item) if isinstance(item, str) else None
+                if col is None:
+                    unknown.append(str(item))
+                else:
+                    names.append(item)
+                    cols.append(col)
+            query = np.asarray(cols, dtype=np.int64)
+        dist = self._distribution_items(self._fold_in_one(items, levels), query)[0]
+        expected = dist @ self.scale_.values.astype(DTYPE)
+        return Prediction(
+            item_ids=[str(n) for n in names],
+            expected=expected,
+            distribution=dist,
+            unknown_items=unknown,
+            ignored_ratings=ignored,
+        )
+
+    def score_items(self, user_ratings: UserRatings) -> ItemScores:
+        """Score every model item for one user (see ``ranking``).
+
+        Returns
+        -------
+        ItemScores
+            Arrays over ``item_ids_``; rated items are scored too and flagged in
+            ``rated``.
+        """
+        self._check_fitted()
+        items, levels, ignored = self._encode_one(user_ratings)
+        dist = self._distribution_items(self._fold_in_one(items, levels))[0]
+        expected = dist @ self.scale_.values.astype(DTYPE)
+        rated = np.zeros(self.n_items_, dtype=bool)
+        rated[items] = True
+        return ItemScores(self._score_from(dist, expected), expected, rated, ignored)
+
+    def score_batch(
+        self, users: Sequence[UserRatings]
+    ) -> tuple[NDArray[np.floating], sp.csr_matrix]:
+        """Scores of many users at once.
+
+        Returns
+        -------
+        scores : ndarray of shape (n_users, n_items_)
+        codes : scipy.sparse.csr_matrix of shape (n_users, n_items_)
+            The users' known ratings as level codes (non-zero = rated).
+        """
+        self._check_fitted()
+        enc = self._encode(users)
+        scores, _ = self._scores_of_codes(enc.codes)
+        return scores, enc.codes
+
+    def _scores_of_codes(
+        self, codes: sp.csr_matrix
+    ) -> tuple[NDArray[np.floating], NDArray[np.floating]]:
+        fold = self._fold_in(codes)
+        n = codes.shape[0]
+        scores = np.empty((n, self.n_items_), dtype=DTYPE)
+        expected = np.empty((n, self.n_items_), dtype=DTYPE)
+        values = self.scale_.values.astype(DTYPE)
+        # bound the (users, M, K) temporaries
+        step = max(1, (64 * 2**20) // max(1, self.n_items_ * self.scale_.n_levels * 4))
+        for lo in range(0, n, step):
+            dist = self._distribution_items(fold[lo : lo + step])
+            expected[lo : lo + step] = dist @ values
+            scores[lo : lo + step] = self._score_from(dist, expected[lo : lo + step])
+        return scores, expected
+
+    @overload
+    def recommend(
+        self, user_ratings: UserRatings, n: int = 10, exclude: Iterable[str] = ()
+    ) -> list[Recommendation]: ...
+
+    @overload
+    def recommend(
+        self, user_ratings: Sequence[UserRatings], n: int = 10, exclude: Iterable[str] = ()
+    ) -> list[list[Recommendation]]: ...
+
+    def recommend(
+        self,
+        user_ratings: UserRatings | Sequence[UserRatings],
+        n: int = 10,
+        exclude: Iterable[str] = (),
+    ) -> list[Recommendation] | list[list[Recommendation]]:
+        """Top-``n`` items for one user (a mapping) or for many (a sequence of mappings).
+
+        Items the user rated and items in ``exclude`` are never returned; items are
+        ranked by the ``ranking`` score, ties broken by item order. Deterministic.
+
+        Parameters
+        ----------
+        user_ratings : mapping of str to float, or a sequence of them
+        n : int
+            Number of items per user (fewer if the catalog runs out).
+        exclude : iterable of str
+            Item ids never to return (for every user of a batch); unknown ids are fine.
+
+        Returns
+        -------
+        list of Recommendation, or a list of such lists for a batch
+        """
+        self._check_fitted()
+        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        if isinstance(exclude, str):
+            raise TypeError("exclude must be an iterable of item ids, not a single string")
+        excluded = np.zeros(self.n_items_, dtype=bool)
+        index = self._item_index
+        for item in exclude:
+            col = index.get(item)
+            if col is not None:
+                excluded[col] = True
+        single = not _is_user_batch(user_ratings)
+        users: Sequence[UserRatings] = (
+            [user_ratings] if single else user_ratings  # type: ignore[list-item]
+        )
+        if single:
+            items, levels, _ = self._encode_one(users[0])
+            dist = self._distribution_items(self._fold_in_one(items, levels))
+            expected = dist @ self.scale_.values.astype(DTYPE)
+            scores = self._score_from(dist, expected)
+            mask = sp.csr_matrix(
+                (np.ones(len(items), dtype=np.int8), items, [0, len(items)]),
+                shape=(1, self.n_items_),
+            )
+        else:
+            mask = self._encode(users).codes
+            scores, expected = self._scores_of_codes(mask)
+        out = self._top_n(scores, expected, mask, excluded, int(n))
+        return out[0] if single else out
+
+    def _top_n(
+        self,
+        scores: NDArray[np.floating],
+        expected: NDArray[np.floating],
+        rated: sp.csr_matrix,
+        excluded: NDArray[np.bool_],
+        n: int,
+    ) -> list[list[Recommendation]]:
+        scores = scores.astype(np.float64, copy=True)
+        scores[:, excluded] = -np.inf
+        rows = fn.rows_of(rated)
+        scores[rows, rated.indices] = -np.inf
+        allowed = np.isfinite(scores).sum(axis=1)
+        k = min(n, self.n_items_)
+        if k < self.n_items_:
+            part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        else:
+            part = np.tile(np.arange(self.n_items_), (scores.shape[0], 1))
+        part_scores = np.take_along_axis(scores, part, axis=1)
+        # sort by score, then by item index for a deterministic tie-break
+        order = np.lexsort((part, -part_scores), axis=1)
+        top = np.take_along_axis(part, order, axis=1)
+        ids = self.item_ids_
+        result: list[list[Recommendation]] = []
+        for r in range(scores.shape[0]):
+            cols = top[r, : min(k, int(allowed[r]))]
+            result.append(
+                [
+                    Recommendation(str(ids[c]), float(scores[r, c]), float(expected[r, c]))
+                    for c in cols
+                ]
+            )
+        return result
+
+    def transform(self, user_ratings: UserRatings | Sequence[UserRatings]) -> NDArray[np.floating]:
+        """Hidden features ``p(h | V)`` of one user, shape (F,), or many, shape (n, F)."""
+        self._check_fitted()
+        if _is_user_batch(user_ratings):
+            codes = self._encode(user_ratings).codes  # type: ignore[arg-type]
+            result: NDArray[np.floating] = expit(self._fold_in(codes).x)
+            return result
+        items, levels, _ = self._encode_one(user_ratings)  # type: ignore[arg-type]
+        single: NDArray[np.floating] = expit(self._fold_in_one(items, levels).x[0])
+        return single
+
+    def free_energy(
+        self, user_ratings: UserRatings | Sequence[UserRatings]
+    ) -> float | NDArray[np.floating]:
+        """Free energy ``F(V)`` of one user's ratings (a float) or many (shape (n,)).
+
+        ``p(V)`` is proportional to ``exp(-F(V))`` among rating vectors of the same items;
+        unknown items are ignored.
+        """
+        self._check_fitted()
+        batch = _is_user_batch(user_ratings)
+        users = user_ratings if batch else [user_ratings]
+        codes = self._encode(users).codes  # type: ignore[arg-type]
+        visible = fn.one_hot_visible(codes, self.scale_.n_levels, DTYPE)
+        ub = self._user_bias(self._user_offsets(codes))
+        fe = fn.free_energy(visible, self.weights_, self.visible_bias_, self.hidden_bias_, ub)
+        return fe if batch else float(fe[0])
+
+    def sample(
+        self,
+        user_ratings: UserRatings | None = None,
+        item_ids: Sequence[str] | None = None,
+        *,
+        n_samples: int = 1,
+        n_steps: int = 100,
+        random_state: int | np.random.Generator | None = None,
+    ) -> NDArray[np.float64]:
+        """Generate ratings from the model by block Gibbs sampling.
+
+        Parameters
+        ----------
+        user_ratings : mapping of str to float, optional
+            Starting state of the chains (its known items). Without it the chains
+            start from uniformly random levels.
+        item_ids : sequence of str, optional
+            The items to generate ratings for (the visible units present); by default
+            the known items of ``user_ratings``.
+        n_samples : int
+            Independent chains.
+        n_steps : int
+            Gibbs steps per chain (``v -> h -> v``).
+        random_state : int, numpy.random.Generator or None
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_items)
+            Sampled rating values, columns in the order of ``item_ids`` (or of the
+            known items of ``user_ratings``, in model order).
+
+        Raises
+        ------
+        UnknownItemError
+            If an item of ``item_ids`` is not known to the model.
+        ValueError
+            If no item is given, or ``n_samples`` / ``n_steps`` is not a positive int.
+        """
+        self._check_fitted()
+        for name, value in (("n_samples", n_samples), ("n_steps", n_steps)):
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        rng = np.random.default_rng(random_state)
+        start_items = np.empty(0, dtype=np.int64)
+        start_levels = np.empty(0, dtype=np.int64)
+        if user_ratings is not None:
+            start_items, start_levels, _ = self._encode_one(user_ratings)
+        if item_ids is None:
+            query = start_items
+        else:
+            if isinstance(item_ids, str):
+                raise TypeError("item_ids must be a sequence of item ids, not a single string")
+            index = self._item_index
+            cols = []
+            for item in item_ids:
+                col = index.get(item)
+                if col is None:
+                    raise UnknownItemError(str(item))
+                cols.append(col)
+            query = np.asarray(cols, dtype=np.int64)
+        if len(query) == 0:
+            raise ValueError("nothing to sample: give item_ids or ratings of known items")
+        k = self.scale_.n_levels
+        w = self.weights_[query]  # (Q, K, F)
+        b = self.visible_bias_[query]
+        q = len(query)
+        levels = rng.integers(0, k, size=(int(n_samples), q))
+        if len(start_items):
+            where = {int(c): int(lv) for c, lv in zip(start_items, start_levels, strict=True)}
+            for j, col in enumerate(query.tolist()):
+                if col in where:
+                    levels[:, j] = where[col]
+        cols_q = np.arange(q)
+        w2 = w.reshape(q * k, -1)
+        # the conditioning offset comes from the ratings given (none: zero)
+        if len(start_items):
+            ub = self._fold_in_one(start_items, start_levels).user_bias
+            if ub is not None:
+                b = b + ub
+        for _ in range(int(n_steps)):
+            x = w[cols_q[None, :], levels].sum(axis=1) + self.hidden_bias_
+            h = fn.sample_bernoulli(expit(x).astype(DTYPE), rng)
+            p_v = fn.softmax((h @ w2.T).reshape(-1, q, k) + b, axis=-1)
+            levels = fn.sample_categorical(p_v.reshape(-1, k), rng).reshape(-1, q)
+        return self.scale_.values[levels]
+
+    def similar_items(self, item_id: str, n: int = 10) -> list[tuple[str, float]]:
+        """The ``n`` items whose weights are most similar to ``item_id``'s (cosine).
+
+        Each item is represented by its weights ``W[m]`` (K x F, flattened); the item
+        itself is left out.
+
+        Raises
+        ------
+        UnknownItemError
+            If the model does not know ``item_id`` (a ``KeyError``).
+        """
+        self._check_fitted()
+        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        col = self._item_index.get(item_id) if isinstance(item_id, str) else None
+        if col is None:
+            raise UnknownItemError(str(item_id))
+        units = self._item_units()
+        sims = units @ units[col]
+        sims[col] = -np.inf
+        k = min(int(n), self.n_items_ - 1)
+        if k <= 0:
+            return []
+        part = np.argpartition(-sims, k - 1)[:k]
+        order = np.lexsort((part, -sims[part]))
+        return [(str(self.item_ids_[c]), float(sims[c])) for c in part[order]]
+
+    def _item_units(self) -> NDArray[np.floating]:
+        cache: NDArray[np.floating] | None = self.__dict__.get("_item_unit_cache")
+        if cache is None:
+            flat = self.weights_.reshape(self.n_items_, -1).astype(DTYPE)
+            flat = flat - flat.mean(axis=1, keepdims=True)
+            norms = np.linalg.norm(flat, axis=1, keepdims=True)
+            cache = flat / np.maximum(norms, DTYPE(1e-12))
+            self.__dict__["_item_unit_cache"] = cache
+        return cache
+
+
+def _check_matrix(matrix: object, what: str) -> None:
+    if not isinstance(matrix, RatingMatrix):
+        raise TypeError(f"{what} must be a RatingMatrix, got {type(matrix).__name__}")
+    if what == "train" and (matrix.n_ratings == 0 or matrix.n_items == 0):
+        raise ValueError("train has no ratings")
+
+
+def _check_same_scale(train: RatingMatrix, validation: RatingMatrix) -> None:
+    if train.scale != validation.scale:
+        raise RatingScaleError(
+            f"validation uses rating scale {validation.scale}, train {train.scale}"
+        )
