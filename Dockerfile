@@ -23,8 +23,8 @@ COPY pyproject.toml ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > requirements.txt \
     && pip wheel --wheel-dir /wheels -r requirements.txt \
-    && python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-index --find-links /wheels -r requirements.txt
+    && python -m venv --without-pip /opt/venv \
+    && pip --python /opt/venv/bin/python install --no-index --find-links /wheels -r requirements.txt
 
 # The project itself, as a wheel without its dependencies (they are installed above).
 COPY README.md ./
@@ -61,7 +61,8 @@ RUN groupadd --system --gid "${APP_GID}" rbmrec \
 
 COPY --from=builder /opt/venv /opt/venv
 COPY --from=builder /dist /tmp/dist
-RUN /opt/venv/bin/pip install --no-index --no-deps /tmp/dist/*.whl \
+# The base image's pip installs into the venv, which carries no pip of its own.
+RUN pip --python /opt/venv/bin/python install --no-index --no-deps /tmp/dist/*.whl \
     && rm -rf /tmp/dist
 
 # `rbmrec db upgrade` finds the Alembic scripts in ./migrations (app/db/migrate.py).

@@ -101,10 +101,18 @@ class StopController:
             self._interruptible = 0
             raise StopRequested(f"interrupted: received {name}")
 
-    def install(self) -> None:
-        """Install the handler for SIGTERM and SIGINT (main thread only)."""
-        signal.signal(signal.SIGTERM, self.handle_signal)
-        signal.signal(signal.SIGINT, self.handle_signal)
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """Handle SIGTERM and SIGINT within the block (main thread only); restore after."""
+        previous = {
+            signum: signal.signal(signum, self.handle_signal)
+            for signum in (signal.SIGTERM, signal.SIGINT)
+        }
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 def validate_cron(expression: str) -> str:
@@ -144,7 +152,7 @@ class Worker:
     params : mapping, optional
         Hyperparameter overrides for every run.
     stop : StopController, optional
-        Default: a new one (call :meth:`StopController.install` to connect signals).
+        Default: a new one (use :meth:`StopController.installed` to connect signals).
     clock : callable, optional
         Returns the current UTC time (tests pass a fake one).
     """

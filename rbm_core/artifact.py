@@ -93,7 +93,7 @@ def _hyperparameters(model: SoftmaxRBM) -> dict[str, Any]:
     # a Generator is run-time state, not a reproducible setting
     if isinstance(params.get("random_state"), np.random.Generator):
         params["random_state"] = None
-    cd = params.get("cd_steps")
+    cd = params["cd_steps"]
     if not isinstance(cd, int | np.integer):
         params["cd_steps"] = [[int(e), int(t)] for e, t in cd]
     return params

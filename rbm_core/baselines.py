@@ -110,9 +110,7 @@ class _Baseline:
 
     def _check_fitted(self) -> None:
         if not self.is_fitted:
-            raise NotFittedError(
-                f"this {type(self).__name__} is not fitted yet: call fit() first"
-            )
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call fit() first")
 
     def _store_catalog(self, train: RatingMatrix) -> None:
         self.item_ids_ = train.item_ids.copy()
@@ -141,9 +139,8 @@ class _Baseline:
         ignored: list[list[str]] = []
         for row, ratings in enumerate(users):
             if not isinstance(ratings, Mapping):
-                raise TypeError(
-                    f"user ratings must be a mapping item id -> rating, got {type(ratings).__name__}"
-                )
+                kind = type(ratings).__name__
+                raise TypeError(f"user ratings must be a mapping item id -> rating, got {kind}")
             unknown: list[str] = []
             for item, value in ratings.items():
                 if not isinstance(item, str):
@@ -166,7 +163,9 @@ class _Baseline:
         matrix.sort_indices()
         return matrix, ignored
 
-    def _query(self, item_ids: Sequence[str] | None) -> tuple[NDArray[np.int64], list[str], list[str]]:
+    def _query(
+        self, item_ids: Sequence[str] | None
+    ) -> tuple[NDArray[np.int64], list[str], list[str]]:
         if item_ids is None:
             return np.arange(self.n_items_), self.item_ids_.tolist(), []
         if isinstance(item_ids, str):
@@ -254,7 +253,9 @@ class _Ranker(_Baseline, ABC):
             raise TypeError("exclude must be an iterable of item ids, not a single string")
         single = not _is_user_batch(user_ratings)
         users: Sequence[UserRatings] = (
-            [user_ratings] if single else user_ratings  # type: ignore[list-item]
+            [user_ratings]  # type: ignore[list-item]
+            if single
+            else user_ratings  # type: ignore[assignment]
         )
         known, _ = self._encode(users)
         scores, predicted = self._scores(known)
@@ -314,9 +315,7 @@ class GlobalMean(_Baseline):
         self._check_fitted()
         _, ignored = self._encode([user_ratings])
         cols, names, unknown = self._query(item_ids)
-        return RatingPrediction(
-            names, np.full(len(cols), self.global_mean_), unknown, ignored[0]
-        )
+        return RatingPrediction(names, np.full(len(cols), self.global_mean_), unknown, ignored[0])
 
 
 class BiasBaseline(_Ranker):
@@ -412,7 +411,8 @@ class BiasBaseline(_Ranker):
         # b_u = sum_i (r_ui - mu - b_i) / (reg_user + n_u) over the ratings given
         residual = known.data - self.global_mean_ - self.item_bias_[known.indices]
         rows = np.repeat(np.arange(known.shape[0]), np.diff(known.indptr))
-        sums = np.bincount(rows, weights=residual, minlength=known.shape[0])
+        # bincount of no ratings at all comes back as int64: cast before dividing
+        sums = np.bincount(rows, weights=residual, minlength=known.shape[0]).astype(np.float64)
         denom = float(self.reg_user) + np.diff(known.indptr).astype(np.float64)
         result: NDArray[np.float64] = np.divide(
             sums, denom, out=np.zeros_like(sums), where=denom > 0

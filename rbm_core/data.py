@@ -38,7 +38,7 @@ class RatingDataError(ValueError):
 
 
 def _as_id_array(values: ArrayLike | Iterable[Any], what: str) -> NDArray[np.str_]:
-    arr = np.asarray(list(values) if not isinstance(values, np.ndarray) else values)
+    arr = values if isinstance(values, np.ndarray) else np.asarray(list(values))  # type: ignore[arg-type]
     if arr.ndim != 1:
         raise RatingDataError(f"{what} must be one-dimensional, got shape {arr.shape}")
     if arr.size and arr.dtype.kind not in "USO":
@@ -157,8 +157,8 @@ class RatingMatrix:
             uniq, counts = np.unique(key, return_counts=True)
             dup = uniq[counts > 1][0]
             raise RatingDataError(
-                f"duplicate rating for user {row_ids[dup // shape[1]]!r} "
-                f"and item {col_ids[dup % shape[1]]!r}"
+                f"duplicate rating for user {str(row_ids[dup // shape[1]])!r} "
+                f"and item {str(col_ids[dup % shape[1]])!r}"
             )
         matrix.sort_indices()
         return cls(row_ids, col_ids, scale, matrix, n_dropped)

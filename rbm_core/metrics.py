@@ -125,9 +125,7 @@ def hit_matrix(recommended: ArrayLike, relevant: sp.spmatrix | sp.sparray) -> ND
     rel.eliminate_zeros()
     n_users, n_items = rel.shape
     if rec.shape[0] != n_users:
-        raise ValueError(
-            f"recommended has {rec.shape[0]} rows but relevant has {n_users} users"
-        )
+        raise ValueError(f"recommended has {rec.shape[0]} rows but relevant has {n_users} users")
     if rec.size and (rec.max() >= n_items or rec.min() < -1):
         raise ValueError(f"recommended item indices must be in -1 .. {n_items - 1}")
     # (user, item) pairs as one sorted int64 key, so membership is a binary search
@@ -160,9 +158,7 @@ def _hits(hits: ArrayLike, k: int | None) -> tuple[NDArray[np.float64], int]:
 def _relevant_counts(n_relevant: ArrayLike, hits: NDArray[np.float64]) -> NDArray[np.float64]:
     counts = np.asarray(n_relevant)
     if counts.shape != (hits.shape[0],):
-        raise ValueError(
-            f"n_relevant must have shape ({hits.shape[0]},), got {counts.shape}"
-        )
+        raise ValueError(f"n_relevant must have shape ({hits.shape[0]},), got {counts.shape}")
     counts = counts.astype(np.float64)
     if (counts < 1).any():
         raise ValueError("every user needs at least one relevant item (skip the others)")

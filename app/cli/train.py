@@ -11,21 +11,23 @@ from app.cli.models import model_params, open_store
 from app.services.locks import LockBusyError
 from app.services.retrain import RetrainError, TrainingRunInfo, run_retrain, train_and_activate
 
-_EPOCHS = typer.Option(None, "--epochs", min=1, help="Training epochs (default: the model's).")
-_HIDDEN = typer.Option(None, "--hidden", min=1, help="Hidden units (default: the model's).")
-_SEED = typer.Option(None, "--seed", help="Random seed (default: a random one, recorded).")
-_PARAM = typer.Option(
+EPOCHS_OPTION = typer.Option(
+    None, "--epochs", min=1, help="Training epochs (default: the model's)."
+)
+HIDDEN_OPTION = typer.Option(None, "--hidden", min=1, help="Hidden units (default: the model's).")
+SEED_OPTION = typer.Option(None, "--seed", help="Random seed (default: a random one, recorded).")
+PARAM_OPTION = typer.Option(
     None, "--param", help="Any SoftmaxRBM hyperparameter as NAME=VALUE (JSON value); repeatable."
 )
-_JSON = typer.Option(False, "--json", help="Print the result as JSON.")
+JSON_OPTION = typer.Option(False, "--json", help="Print the result as JSON.")
 
 
 def train(
-    epochs: int | None = _EPOCHS,
-    hidden: int | None = _HIDDEN,
-    seed: int | None = _SEED,
-    param: list[str] | None = _PARAM,
-    as_json: bool = _JSON,
+    epochs: int | None = EPOCHS_OPTION,
+    hidden: int | None = HIDDEN_OPTION,
+    seed: int | None = SEED_OPTION,
+    param: list[str] | None = PARAM_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Train a model on all ratings in the store and activate it (no comparison)."""
     settings = load_settings()
@@ -49,27 +51,29 @@ def train(
 
 
 def retrain(
-    epochs: int | None = _EPOCHS,
-    hidden: int | None = _HIDDEN,
-    seed: int | None = _SEED,
-    param: list[str] | None = _PARAM,
-    as_json: bool = _JSON,
+    epochs: int | None = EPOCHS_OPTION,
+    hidden: int | None = HIDDEN_OPTION,
+    seed: int | None = SEED_OPTION,
+    param: list[str] | None = PARAM_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Run one retrain now: train a candidate and activate it if it is not worse."""
-    from app.worker import StopController
+    from app.worker import StopController, StopRequested
 
     settings = load_settings()
     params = model_params(epochs, hidden, seed, param)
     stop = StopController()
-    stop.install()
-    with open_store(settings) as session_factory:
-        info = run_retrain(
-            session_factory,
-            settings,
-            trigger="cli",
-            params=params,
-            interrupt_guard=stop.interruptible,
-        )
+    with open_store(settings) as session_factory, stop.installed():
+        try:
+            info = run_retrain(
+                session_factory,
+                settings,
+                trigger="cli",
+                params=params,
+                interrupt_guard=stop.interruptible,
+            )
+        except StopRequested as exc:
+            fail(f"{exc}; the run is recorded as failed, nothing was published")
     if as_json:
         typer.echo(json.dumps(info.to_dict(), indent=2))
     else:

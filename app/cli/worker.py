@@ -6,17 +6,17 @@ import typer
 
 from app.cli.common import fail, load_settings
 from app.cli.models import model_params, open_store
-from app.cli.train import _EPOCHS, _HIDDEN, _PARAM, _SEED
+from app.cli.train import EPOCHS_OPTION, HIDDEN_OPTION, PARAM_OPTION, SEED_OPTION
 
 
 def worker(
     poll_seconds: float = typer.Option(
         5.0, "--poll-seconds", min=0.05, help="How often to look for queued retrains."
     ),
-    epochs: int | None = _EPOCHS,
-    hidden: int | None = _HIDDEN,
-    seed: int | None = _SEED,
-    param: list[str] | None = _PARAM,
+    epochs: int | None = EPOCHS_OPTION,
+    hidden: int | None = HIDDEN_OPTION,
+    seed: int | None = SEED_OPTION,
+    param: list[str] | None = PARAM_OPTION,
 ) -> None:
     """Run retrains on RBMREC_RETRAIN_CRON (UTC) and as requested by POST /admin/retrain."""
     from app.worker import StopController, Worker
@@ -24,7 +24,6 @@ def worker(
     settings = load_settings()
     params = model_params(epochs, hidden, seed, param)
     stop = StopController()
-    stop.install()
     with open_store(settings) as session_factory:
         try:
             loop = Worker(
@@ -32,7 +31,8 @@ def worker(
             )
         except ValueError as exc:
             fail(str(exc))
-        loop.run_forever()
+        with stop.installed():
+            loop.run_forever()
 
 
 def register(cli: typer.Typer) -> None:

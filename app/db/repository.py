@@ -525,14 +525,14 @@ def _snapshot_in(conn: Connection) -> RatingsSnapshot:
     raise NotImplementedError(f"unsupported database backend {conn.dialect.name!r}")
 
 
-def _summary(conn_execute: Any) -> tuple[int, datetime | None, datetime | None]:
+def _summary(conn: Connection) -> tuple[int, datetime | None, datetime | None]:
     stmt = select(func.count(), func.max(Rating.rated_at), func.max(Rating.updated_at))
-    n, max_rated, max_updated = conn_execute(stmt).one()
+    n, max_rated, max_updated = conn.execute(stmt).one()
     return int(n), max_rated, max_updated
 
 
 def _snapshot_postgres(conn: Connection, raw: Any) -> RatingsSnapshot:
-    n, max_rated, max_updated = _summary(conn.execute)
+    n, max_rated, max_updated = _summary(conn)
     parser = _TsvBlocks()
     with raw.cursor() as cur, cur.copy(f"COPY ({_SNAPSHOT_QUERY}) TO STDOUT") as copy:
         for data in copy:

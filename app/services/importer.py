@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db import repository
@@ -150,7 +151,6 @@ def import_movielens(
             # a large import outlives the service's statement timeout
             conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
             conn.exec_driver_sql("SET LOCAL work_mem = '256MB'")
-        ratings_before = repository.count_ratings(session)
 
         repository.upsert_items(
             session,
@@ -192,10 +192,14 @@ def import_movielens(
         stage.analyze()
         logger.debug("duplicate check: %.1f s", time.perf_counter() - started)
         placeholders = _create_placeholder_items(session, rated_items - file_item_ids)
-        changed = stage.merge()
-        logger.debug("merged %d changed ratings: %.1f s", changed, time.perf_counter() - started)
+        inserted, updated = stage.merge(session)
+        logger.debug(
+            "merged: %d inserted, %d updated: %.1f s",
+            inserted,
+            updated,
+            time.perf_counter() - started,
+        )
         stage.drop()
-        inserted = repository.count_ratings(session) - ratings_before
         if backend == "postgresql":
             conn.exec_driver_sql("ANALYZE items")
             conn.exec_driver_sql("ANALYZE ratings")
@@ -208,7 +212,7 @@ def import_movielens(
         ratings_read=n_read,
         users=len(users),
         ratings_inserted=inserted,
-        ratings_updated=changed - inserted,
+        ratings_updated=updated,
         placeholder_items=placeholders,
         seconds=time.perf_counter() - started,
     )
@@ -342,15 +346,18 @@ class _Stage:
             raw.executemany(f"INSERT INTO {_STAGE} VALUES (?, ?, ?, ?, ?)", rows)  # noqa: S608
 
     def check_duplicates(self, path: Path) -> None:
+        """Raise at the earliest line that rates a (user, item) pair a second time."""
         row = self.conn.execute(
             text(
-                f"SELECT user_id, item_id, min(line), max(line) FROM {_STAGE} "  # noqa: S608
-                "GROUP BY user_id, item_id HAVING count(*) > 1 ORDER BY 4 LIMIT 1"
+                "SELECT user_id, item_id, first_line, line FROM ("  # noqa: S608
+                "SELECT user_id, item_id, line, min(line) OVER pair AS first_line, "
+                f"row_number() OVER pair AS n FROM {_STAGE} "
+                "WINDOW pair AS (PARTITION BY user_id, item_id ORDER BY line)"
+                ") repeated WHERE n = 2 ORDER BY line LIMIT 1"
             )
         ).first()
         if row is not None:
             user_id, item_id, first, second = row
-            # the second of the earliest-ending pair is the first line to reject
             raise DataFormatError(
                 f"second rating of user {user_id!r} for item {item_id!r} (first on line {first})",
                 path=path,
@@ -362,32 +369,71 @@ class _Stage:
         if self.backend == "postgresql":
             self.conn.exec_driver_sql(f"ANALYZE {_STAGE}")
 
-    def merge(self) -> int:
-        """Upsert the staged ratings; the number of rows inserted or changed."""
+    def merge(self, session: Session) -> tuple[int, int]:
+        """Write the staged ratings into ``ratings``: (rows inserted, rows changed).
+
+        Rows the store already holds with the same value and time are not touched, so
+        a re-import neither locks nor rewrites them.
+        """
         if self.backend == "postgresql":
-            rated_at = "to_timestamp(s.ts)"
-            now = "now()"
-            distinct = "IS DISTINCT FROM"
-        else:
-            # the text format app.db.models.UTCDateTime writes on SQLite
-            rated_at = "strftime('%Y-%m-%d %H:%M:%S', s.ts, 'unixepoch') || '.000000'"
-            now = SQLITE_UTCNOW
-            distinct = "IS NOT"
-        # The join drops rows the store already holds unchanged, so a re-import does
-        # not lock or rewrite them; ON CONFLICT still settles races with other writers.
-        result = self.conn.exec_driver_sql(
-            f"INSERT INTO ratings (user_id, item_id, rating, rated_at, version, updated_at) "  # noqa: S608
+            return self._merge_postgres(session)
+        return self._merge_sqlite(session)
+
+    def _upsert_sql(self, rated_at: str, now: str, distinct: str, where: str) -> str:
+        return (
+            "INSERT INTO ratings (user_id, item_id, rating, rated_at, version, updated_at) "  # noqa: S608
             f"SELECT s.user_id, s.item_id, s.rating, {rated_at}, 1, {now} FROM {_STAGE} s "
             "LEFT JOIN ratings r ON r.user_id = s.user_id AND r.item_id = s.item_id "
-            f"WHERE r.user_id IS NULL OR r.rating {distinct} s.rating "
-            f"OR r.rated_at {distinct} {rated_at} "
-            "ORDER BY s.user_id, s.item_id "
+            f"WHERE {where} ORDER BY s.user_id, s.item_id "
             "ON CONFLICT (user_id, item_id) DO UPDATE SET rating = excluded.rating, "
             f"rated_at = excluded.rated_at, version = ratings.version + 1, updated_at = {now} "
             f"WHERE ratings.rating {distinct} excluded.rating "
             f"OR ratings.rated_at {distinct} excluded.rated_at"
         )
-        return int(result.rowcount)
+
+    def _upsert_changes(
+        self, session: Session, rated_at: str, now: str, distinct: str
+    ) -> tuple[int, int]:
+        """One upsert of the staged rows that are new or differ from the store."""
+        before = repository.count_ratings(session)
+        changed = self.conn.exec_driver_sql(
+            self._upsert_sql(
+                rated_at,
+                now,
+                distinct,
+                f"r.user_id IS NULL OR r.rating {distinct} s.rating "
+                f"OR r.rated_at {distinct} {rated_at}",
+            )
+        ).rowcount
+        inserted = repository.count_ratings(session) - before
+        return inserted, changed - inserted
+
+    def _merge_sqlite(self, session: Session) -> tuple[int, int]:
+        # The import holds SQLite's write lock, so no other writer can interleave.
+        rated_at = "strftime('%Y-%m-%d %H:%M:%S', s.ts, 'unixepoch') || '.000000'"
+        return self._upsert_changes(session, rated_at, SQLITE_UTCNOW, "IS NOT")
+
+    def _merge_postgres(self, session: Session) -> tuple[int, int]:
+        rated_at = "to_timestamp(s.ts)"
+        if self.conn.exec_driver_sql("SELECT EXISTS (SELECT 1 FROM ratings)").scalar():
+            return self._upsert_changes(session, rated_at, "now()", "IS DISTINCT FROM")
+        # An empty store (the first import): a plain INSERT costs much less than
+        # INSERT .. ON CONFLICT. Should another writer add one of these rows
+        # meanwhile, the INSERT fails on the primary key and is redone, from a
+        # savepoint, as the upsert.
+        try:
+            with session.begin_nested():
+                # session.connection() inside the block is what emits the SAVEPOINT
+                insert = (
+                    "INSERT INTO ratings (user_id, item_id, rating, rated_at, version, "  # noqa: S608
+                    f"updated_at) SELECT s.user_id, s.item_id, s.rating, {rated_at}, 1, "
+                    f"now() FROM {_STAGE} s ORDER BY s.user_id, s.item_id"
+                )
+                inserted = session.connection().exec_driver_sql(insert).rowcount
+        except IntegrityError:
+            logger.info("ratings were written during the import; merging with an upsert")
+            return self._upsert_changes(session, rated_at, "now()", "IS DISTINCT FROM")
+        return inserted, 0
 
     def drop(self) -> None:
         self.conn.exec_driver_sql(f"DROP TABLE IF EXISTS {_STAGE}")

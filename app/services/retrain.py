@@ -63,12 +63,13 @@ from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.models import Rating
-from app.db.models_registry import ModelVersion, TrainingRun
+from app.db.models_registry import RUN_TRIGGERS, ModelVersion, TrainingRun
 from app.db.repository import RatingsSnapshot, read_ratings_snapshot
 from app.services import registry
 from app.services.locks import LockBusyError, RetrainLock
 from app.services.registry import ModelVersionInfo
 from app.settings import Settings
+from rbm_core.metrics import mae, rmse
 
 logger = logging.getLogger(__name__)
 
@@ -498,8 +499,11 @@ def _run(
     interrupt_guard: InterruptGuard | None,
     gated: bool,
 ) -> TrainingRunInfo:
+    if trigger not in RUN_TRIGGERS:
+        raise ValueError(f"trigger must be one of {', '.join(RUN_TRIGGERS)}, got {trigger!r}")
     engine = _engine_of(session_factory)
     model_dir = Path(settings.model_dir).resolve()
+    model_dir.mkdir(parents=True, exist_ok=True)
     lock = RetrainLock(engine, model_dir)
     try:
         lock.acquire()
@@ -640,7 +644,9 @@ def _record_failure(ctx: _Context, exc: BaseException) -> None:
     try:
         with ctx.session_factory.begin() as session:
             run = session.get(TrainingRun, ctx.run_id, with_for_update=True)
-            if run is not None:
+            # A run whose outcome is already committed keeps it (e.g. retention or a
+            # final read failed after the activation).
+            if run is not None and run.status == "running":
                 run.status = "failed"
                 run.finished_at = datetime.now(UTC)
                 run.error = message
@@ -803,8 +809,12 @@ def _execute(ctx: _Context, staging: Path) -> TrainingRunInfo:
         run.reason = reason
     logger.info("retrain run %s %s version %s: %s", ctx.run_id, status, version.id, reason)
 
-    with ctx.session_factory.begin() as session:
-        registry.prune_artifacts(session, settings.keep_versions)
+    try:
+        with ctx.session_factory.begin() as session:
+            registry.prune_artifacts(session, settings.keep_versions)
+    except Exception as exc:
+        # The run's outcome stands; the next run prunes again.
+        logger.warning("retention after run %s failed: %s", ctx.run_id, _describe(exc))
     with ctx.session_factory() as session:
         info = get_run(session, ctx.run_id)
     assert info is not None
@@ -897,10 +907,9 @@ def _scores(
 ) -> _Scores | None:
     if not mask.any():
         return None
-    err = predictions[mask] - truth[mask]
     return _Scores(
-        rmse=float(np.sqrt(np.mean(err**2))),
-        mae=float(np.mean(np.abs(err))),
+        rmse=rmse(truth[mask], predictions[mask]),
+        mae=mae(truth[mask], predictions[mask]),
         n=int(mask.sum()),
         predictions=predictions,
     )

@@ -8,7 +8,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import logging
 import threading
+import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import replace
@@ -18,7 +20,7 @@ from typing import Any
 
 import pytest
 from click.testing import Result
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
@@ -44,10 +46,21 @@ def run_cli(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]
     get_settings.cache_clear()
 
     def run(*args: str) -> Result:
-        return CliRunner().invoke(cli, list(args))
+        try:
+            return CliRunner().invoke(cli, list(args))
+        finally:
+            _drop_cli_log_handlers()
 
     yield run
     get_settings.cache_clear()
+
+
+def _drop_cli_log_handlers() -> None:
+    # The CLI logs to the stderr it found when it ran; under CliRunner that stream is
+    # closed afterwards, so the handler must not outlive the invocation.
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "_rbmrec", False)]:
+        root.removeHandler(handler)
 
 
 def _state(session_factory: sessionmaker[Session]) -> tuple[Any, ...]:
@@ -63,10 +76,9 @@ def _state(session_factory: sessionmaker[Session]) -> tuple[Any, ...]:
                 func.min(Rating.rated_at),
             )
         ).one()
-        items = session.execute(
-            select(func.count(), func.max(Item.updated_at), func.max(Item.title))
-        ).one()
-        return (*ratings, *items)
+        items = session.execute(select(func.count(), func.max(Item.updated_at))).one()
+        titles = tuple(session.execute(select(Item.id, Item.title).order_by(Item.id)))
+        return (*ratings, *items, titles)
 
 
 def _u_item(item_id: str, title: str) -> str:
@@ -296,7 +308,7 @@ def test_bad_files_fail_cleanly_and_write_nothing(
     ("make", "message"),
     [
         (lambda root: root / "absent", "no such directory"),
-        (lambda root: root, "not a MovieLens directory"),
+        (lambda root: _only(root, None), "not a MovieLens directory"),
         (lambda root: _only(root / "half", "u.data"), "missing u.item"),
         (lambda root: _only(root / "half", "movies.csv"), "missing ratings.csv"),
     ],
@@ -315,9 +327,10 @@ def test_missing_or_incomplete_directories(
     assert _state(session_factory) == base_store
 
 
-def _only(directory: Path, name: str) -> Path:
+def _only(directory: Path, name: str | None) -> Path:
     directory.mkdir(parents=True)
-    (directory / name).write_text("")
+    if name is not None:
+        (directory / name).write_text("")
     return directory
 
 
@@ -344,6 +357,7 @@ def test_unmigrated_database_is_a_clear_error(
         result = CliRunner().invoke(cli, ["import", "movielens", str(movielens_dir)])
     finally:
         get_settings.cache_clear()
+        _drop_cli_log_handlers()
     assert result.exit_code == 1
     assert "rbmrec db upgrade" in result.stderr
 
@@ -357,6 +371,18 @@ def test_a_late_bad_line_rolls_back_staged_blocks(
         import_movielens(engine, directory, scale=FIVE, chunksize=4)
     assert info.value.line == 31
     assert _state(session_factory) == base_store
+
+
+def test_the_earliest_repeated_rating_is_reported(
+    tmp_path: Path, engine: Engine, session_factory: sessionmaker[Session]
+) -> None:
+    ratings = ["1\t1\t3\t1", "2\t2\t3\t2", "1\t1\t4\t3", "3\t3\t3\t4", "2\t2\t5\t5", "1\t1\t5\t6"]
+    directory = _ml100k_dir(tmp_path, ratings, BASE_ITEMS)
+    with pytest.raises(DataFormatError, match=r"user '1' for item '1' \(first on line 1\)") as info:
+        import_movielens(engine, directory, scale=FIVE, chunksize=2)
+    assert info.value.line == 3
+    with session_factory() as session:
+        assert repo.count_items(session) == 0
 
 
 def test_progress_is_reported(tmp_path: Path, engine: Engine) -> None:
@@ -516,3 +542,58 @@ def test_cli_download_imports_the_verified_archive(
     assert bad.exit_code == 1
     assert "download of ml-100k failed" in bad.stderr
     assert "SHA-256 mismatch" in bad.stderr
+
+
+def test_a_concurrent_writer_during_a_first_import_is_merged(
+    database_url: str,
+    tmp_path: Path,
+    engine: Engine,
+    session_factory: sessionmaker[Session],
+) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer at a time; the import holds the write lock")
+    with session_factory.begin() as session:
+        repo.upsert_items(session, [repo.ItemIn("1", "One (1990)")])
+    directory = _ml100k_dir(tmp_path, BASE_RATINGS, BASE_ITEMS)
+    outcome: list[Any] = []
+
+    writer = session_factory()
+    writer.begin()
+    repo.upsert_rating(writer, "1", "1", 1, scale=FIVE)  # the file says 3 for (1, 1)
+    writer.flush()
+
+    def run_import() -> None:
+        try:
+            outcome.append(import_movielens(engine, directory, scale=FIVE))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run_import)
+    thread.start()
+    # wait until the import's INSERT waits for the writer's uncommitted row
+    with engine.connect() as probe:
+        for _ in range(200):
+            waiting = probe.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO ratings%'"
+                )
+            ).scalar()
+            probe.rollback()  # pg_stat_activity is read once per transaction
+            if waiting or not thread.is_alive():
+                break
+            time.sleep(0.05)
+    writer.commit()
+    writer.close()
+    thread.join(timeout=60)
+    assert waiting, "the import never waited for the writer's row"
+
+    [report] = outcome
+    assert not isinstance(report, BaseException), report
+    assert report.ratings_inserted == len(BASE_RATINGS) - 1
+    assert report.ratings_updated == 1
+    with session_factory() as session:
+        assert repo.count_ratings(session) == len(BASE_RATINGS)
+        merged = session.get(Rating, ("1", "1"))
+        assert merged is not None
+        assert (merged.rating, merged.version) == (3.0, 2)

@@ -8,19 +8,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _registry_support import invoke_cli
+from fastapi.testclient import TestClient
 from sqlalchemy import Engine, inspect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.api.main import create_app
 from app.db import migrate
 from app.db.engine import make_engine
 from app.db.models_registry import ModelVersion
-from app.services import registry
+from app.services import registry, retrain
 from app.services.registry import (
     ArtifactIntegrityError,
     VersionNotActivatableError,
     VersionNotFoundError,
 )
+from app.settings import Settings
 from rbm_core.artifact import save_model
 from rbm_core.data import RatingMatrix
 from rbm_core.model import SoftmaxRBM
@@ -302,3 +305,116 @@ def test_version_ids_are_unique_sortable_directory_names() -> None:
         registry.validate_version_id("../etc")
     with pytest.raises(ValueError, match="invalid model version id"):
         registry.validate_version_id(".hidden")
+
+
+# -- the HTTP API: /models and /admin/retrain ----------------------------------------------
+@pytest.fixture
+def api_settings(database_url: str, tmp_path: Path) -> Settings:
+    return Settings(database_url=database_url, model_dir=tmp_path, model_poll_seconds=30)
+
+
+def test_models_api_lists_activates_and_rolls_back(
+    session_factory: sessionmaker[Session],
+    tiny_model: SoftmaxRBM,
+    tmp_path: Path,
+    api_settings: Settings,
+) -> None:
+    first = _register(session_factory, tiny_model, tmp_path, status="active")
+    second = _register(session_factory, tiny_model, tmp_path)
+    with TestClient(create_app(api_settings)) as client:
+        assert client.get("/model").json()["version"] == first.id
+
+        listed = client.get("/models")
+        assert listed.status_code == 200
+        body = listed.json()
+        assert body["active_version"] == first.id
+        assert [v["id"] for v in body["versions"]] == [second.id, first.id]
+        assert body["versions"][1]["training_curves"] == {"validation_rmse": [1.2, 1.1, 1.0]}
+        assert body["versions"][1]["metrics"] == {"validation_rmse": 1.0}
+        assert client.get("/models", params={"limit": 1}).json()["versions"][0]["id"] == second.id
+
+        one = client.get(f"/models/{second.id}")
+        assert one.status_code == 200
+        assert one.json()["status"] == "candidate"
+        assert one.json()["sha256"] == second.sha256
+
+        activated = client.post(f"/models/{second.id}/activate")
+        assert activated.status_code == 200, activated.text
+        assert activated.json()["status"] == "active"
+        # the activating process serves the new version at once
+        assert client.get("/model").json()["version"] == second.id
+        assert _active_ids(session_factory) == [second.id]
+
+        # rollback
+        assert client.post(f"/models/{first.id}/activate").status_code == 200
+        assert client.get("/model").json()["version"] == first.id
+
+        missing = client.get("/models/20990101T000000000Z-000000")
+        assert missing.status_code == 404
+        assert missing.headers["content-type"].startswith("application/problem+json")
+        assert client.post("/models/nope/activate").status_code == 404
+        assert client.get("/models/..%2Fetc").status_code in (404, 422)
+        assert client.get("/models/" + "a" * 65).status_code == 422
+        assert client.get("/models", params={"limit": 0}).status_code == 422
+
+
+def test_models_api_refuses_a_corrupt_artifact(
+    session_factory: sessionmaker[Session],
+    tiny_model: SoftmaxRBM,
+    tmp_path: Path,
+    api_settings: Settings,
+) -> None:
+    good = _register(session_factory, tiny_model, tmp_path, status="active")
+    bad = _register(session_factory, tiny_model, tmp_path)
+    _corrupt(bad.artifact_path)
+    with TestClient(create_app(api_settings)) as client:
+        response = client.post(f"/models/{bad.id}/activate")
+        assert response.status_code == 409
+        assert "checksum" in response.json()["detail"]
+        assert client.get("/model").json()["version"] == good.id
+    assert _active_ids(session_factory) == [good.id]
+
+
+def test_admin_retrain_queues_a_run_and_reports_it(
+    session_factory: sessionmaker[Session], api_settings: Settings
+) -> None:
+    with TestClient(create_app(api_settings)) as client:
+        response = client.post("/admin/retrain")
+        assert response.status_code == 202, response.text
+        run = response.json()
+        assert run["status"] == "queued"
+        assert run["trigger"] == "api"
+        assert response.headers["location"] == f"/admin/retrain/{run['id']}"
+        # a second request joins the queued run
+        assert client.post("/admin/retrain").json()["id"] == run["id"]
+
+        fetched = client.get(f"/admin/retrain/{run['id']}")
+        assert fetched.status_code == 200
+        assert fetched.json() == run
+        assert [r["id"] for r in client.get("/admin/retrain").json()] == [run["id"]]
+        assert client.get("/admin/retrain/run-unknown").status_code == 404
+        assert client.get("/admin/retrain/bad id").status_code == 422
+
+    # the web process never trains: the run waits for a worker
+    with session_factory() as session:
+        assert retrain.get_run(session, run["id"]).status == "queued"  # type: ignore[union-attr]
+        assert registry.list_versions(session) == []
+
+
+def test_registry_routes_need_an_admin_key(database_url: str, tmp_path: Path) -> None:
+    settings = Settings(
+        database_url=database_url, model_dir=tmp_path, admin_api_keys=["admin-secret"]
+    )
+    with TestClient(create_app(settings)) as client:
+        for method, path in [
+            ("GET", "/models"),
+            ("POST", "/models/x/activate"),
+            ("POST", "/admin/retrain"),
+            ("GET", "/admin/retrain/run-x"),
+        ]:
+            assert client.request(method, path).status_code == 401, path
+            wrong = {"Authorization": "Bearer nope"}
+            assert client.request(method, path, headers=wrong).status_code == 403, path
+        good = {"Authorization": "Bearer admin-secret"}
+        assert client.get("/models", headers=good).status_code == 200
+        assert client.post("/admin/retrain", headers=good).status_code == 202

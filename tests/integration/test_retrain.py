@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.models import Rating
 from app.db.models_registry import ModelVersion, TrainingRun
-from app.db.repository import count_ratings
+from app.db.repository import count_ratings, read_ratings_snapshot
 from app.services import registry, retrain
 from app.services.locks import LockBusyError, RetrainLock
 from app.services.retrain import (
@@ -41,19 +41,11 @@ from app.services.retrain import (
 )
 from app.settings import Settings
 from app.worker import Worker
+from rbm_core.artifact import save_model
+from rbm_core.data import RatingMatrix
+from rbm_core.model import SoftmaxRBM
 
 RBMREC = str(Path(sys.executable).with_name("rbmrec"))
-
-# Deliberately bad training (too high a learning rate on tiny batches): clearly worse
-# than SMALL_PARAMS on held-out ratings, without diverging.
-BAD_PARAMS: dict[str, Any] = {
-    "n_hidden": 200,
-    "n_epochs": 5,
-    "learning_rate": 1.0,
-    "batch_size": 5,
-    "weight_decay": 0.0,
-    "random_state": 0,
-}
 
 
 @pytest.fixture
@@ -133,6 +125,8 @@ def _process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subpro
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+        # pytest shows this captured output when the test fails
+        print(f"--- rbmrec {' '.join(args)} (exit {proc.returncode}):\n{log.read_text()}")
 
 
 def _training_version(session_factory: sessionmaker[Session]) -> str | None:
@@ -198,20 +192,38 @@ def test_retrain_trains_compares_activates_and_skips_when_unchanged(
 def test_a_worse_candidate_is_rejected(
     session_factory: sessionmaker[Session], settings: Settings, store: int
 ) -> None:
-    good = run_retrain(
-        session_factory, settings, trigger="cli", params={**SMALL_PARAMS, "random_state": 0}
+    # The active model has seen the held-out ratings (trained on every rating, long
+    # enough to memorise them), so any honest candidate is clearly worse on them.
+    snapshot = read_ratings_snapshot(session_factory.kw["bind"])
+    everything = RatingMatrix.from_arrays(
+        snapshot.user_ids.astype(str),
+        snapshot.item_ids.astype(str),
+        snapshot.ratings,
+        settings.scale,
     )
-    assert good.status == "activated"
-    add_ratings(session_factory, "new-user", {"1": 5.0, "50": 4.0})
-    bad = run_retrain(session_factory, settings, trigger="cli", params=BAD_PARAMS)
-    assert bad.status == "rejected", bad
-    assert bad.reason is not None
-    assert "worse than the active version" in bad.reason
-    assert bad.metrics["candidate_rmse"] > bad.metrics["active_rmse"] + settings.promotion_tolerance
+    leaked = SoftmaxRBM(n_hidden=100, n_epochs=20, random_state=0).fit(everything)
+    path = save_model(leaked, settings.model_dir / registry.new_version_id())
+    with session_factory.begin() as session:
+        active = registry.register_version(session, path, status="active")
+
+    candidate = run_retrain(session_factory, settings, trigger="cli", params=SMALL_PARAMS)
+    assert candidate.status == "rejected", candidate
+    assert candidate.reason is not None
+    assert "worse than the active version" in candidate.reason
+    metrics = candidate.metrics
+    assert metrics["active_version"] == active.id
+    assert metrics["candidate_rmse"] > metrics["active_rmse"] + settings.promotion_tolerance
+    assert metrics["n_compared"] > 1000
     versions = _versions(session_factory)
-    assert versions[bad.model_version_id].status == "rejected"  # type: ignore[index]
-    assert versions[bad.model_version_id].note == bad.reason  # type: ignore[index]
-    assert _active(session_factory).id == good.model_version_id  # type: ignore[union-attr]
+    assert versions[candidate.model_version_id].status == "rejected"  # type: ignore[index]
+    assert versions[candidate.model_version_id].note == candidate.reason  # type: ignore[index]
+    assert versions[candidate.model_version_id].artifact_available  # type: ignore[index]
+    assert _active(session_factory).id == active.id  # type: ignore[union-attr]
+
+    # a rejected version can still be activated by hand
+    with session_factory.begin() as session:
+        registry.activate_version(session, candidate.model_version_id)  # type: ignore[arg-type]
+    assert _active(session_factory).id == candidate.model_version_id  # type: ignore[union-attr]
 
 
 def test_empty_and_tiny_stores_give_a_recorded_outcome(
@@ -287,18 +299,23 @@ def test_ratings_written_during_a_retrain_are_in_the_next_snapshot(
     assert _active(session_factory).n_ratings == store + 3  # type: ignore[union-attr]
 
 
-def test_train_and_activate_skips_no_gate(
+def test_train_and_activate_neither_skips_nor_compares(
     session_factory: sessionmaker[Session], settings: Settings, store: int
 ) -> None:
     first = train_and_activate(session_factory, settings, params=SMALL_PARAMS)
     assert first.status == "active"
-    # same data, deliberately bad model: activated anyway (no gating, no skipping)
-    second = train_and_activate(session_factory, settings, params=BAD_PARAMS)
+    assert first.n_ratings == store
+    assert len(first.training_curves["validation_rmse"]) == SMALL_PARAMS["n_epochs"]
+    # the store is unchanged: run_retrain would skip, train_and_activate trains
+    second = train_and_activate(session_factory, settings, params=SMALL_PARAMS)
     assert second.status == "active"
+    assert "active_rmse" not in second.metrics  # no comparison
     assert _versions(session_factory)[first.id].status == "retired"
     with session_factory() as session:
         runs = retrain.list_runs(session)
     assert [r.status for r in runs] == ["activated", "activated"]
+    with RetrainLock(session_factory.kw["bind"], settings.model_dir), pytest.raises(LockBusyError):
+        train_and_activate(session_factory, settings, params=SMALL_PARAMS)
 
 
 def test_retention_keeps_the_newest_versions_on_disk(
@@ -343,7 +360,9 @@ def test_killed_retrain_leaves_the_previous_version_and_the_worker_recovers(
     env = _env(database_url, model_dir)
 
     with _process(
-        ["retrain", "--epochs", "1000000", "--hidden", "16"], env, tmp_path / "retrain.log"
+        ["retrain", "--epochs", "1000000", "--hidden", "16", "--param", "early_stopping=false"],
+        env,
+        tmp_path / "retrain.log",
     ) as proc:
         training = _wait_for(
             lambda: _training_version(session_factory), what="the subprocess to start training"
@@ -417,7 +436,17 @@ def test_sigterm_interrupts_training_and_the_worker_exits_cleanly(
         queued, _ = request_retrain(session)
     log = tmp_path / "worker.log"
     with _process(
-        ["worker", "--poll-seconds", "0.2", "--epochs", "1000000", "--hidden", "16"],
+        [
+            "worker",
+            "--poll-seconds",
+            "0.2",
+            "--epochs",
+            "1000000",
+            "--hidden",
+            "16",
+            "--param",
+            "early_stopping=false",
+        ],
         _env(database_url, model_dir),
         log,
     ) as worker:

@@ -1,0 +1,125 @@
+"""The item catalog (``/items``) and similar items."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Response, status
+
+from app.api.deps import ItemIdPath, ModelHolderDep, SessionDep, require_json
+from app.api.errors import TYPE_NO_MODEL, TYPE_UNKNOWN_ITEM, ProblemError, problem_responses
+from app.api.security import require_write_key
+from app.db import repository
+from app.db.repository import ItemIn
+from app.schemas import MAX_N, ItemOut, ItemPage, ItemUpsert, SimilarItem, SimilarItems
+from app.services import recommend as recommend_service
+from app.services.recommend import ItemNotInModelError, NoModelError
+
+router = APIRouter(prefix="/items", tags=["items"])
+
+
+def _unknown_item(item_id: str) -> ProblemError:
+    return ProblemError(
+        404, f"unknown item id {item_id!r}", title="Unknown item", type=TYPE_UNKNOWN_ITEM
+    )
+
+
+@router.put(
+    "/{item_id}",
+    summary="Create or replace an item",
+    response_model=ItemOut,
+    status_code=status.HTTP_200_OK,
+    dependencies=[Depends(require_write_key), Depends(require_json)],
+    responses={
+        201: {"model": ItemOut, "description": "Created the item."},
+        200: {"description": "Replaced the item's metadata."},
+        **problem_responses(401, 403, 413, 415, 422, 503),
+    },
+)
+def put_item(
+    item_id: ItemIdPath, body: ItemUpsert, session: SessionDep, response: Response
+) -> ItemOut:
+    """Store an item's title, genres and attributes: 201 when created, 200 when replaced."""
+    existed = repository.get_item(session, item_id) is not None
+    repository.upsert_items(
+        session,
+        [ItemIn(id=item_id, title=body.title, genres=body.genres, attributes=body.attributes)],
+    )
+    session.flush()
+    item = repository.get_item(session, item_id)
+    assert item is not None
+    session.refresh(item)
+    response.status_code = status.HTTP_200_OK if existed else status.HTTP_201_CREATED
+    return ItemOut.model_validate(item)
+
+
+@router.get(
+    "/{item_id}",
+    summary="One item",
+    response_model=ItemOut,
+    responses=problem_responses(404, 422, 503),
+)
+def get_item(item_id: ItemIdPath, session: SessionDep) -> ItemOut:
+    """The item, or 404."""
+    item = repository.get_item(session, item_id)
+    if item is None:
+        raise _unknown_item(item_id)
+    return ItemOut.model_validate(item)
+
+
+@router.get(
+    "",
+    summary="The catalog, by id",
+    response_model=ItemPage,
+    responses=problem_responses(422, 503),
+)
+def list_items(
+    session: SessionDep,
+    offset: Annotated[int, Query(ge=0, le=10_000_000, description="Items to skip.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 100,
+) -> ItemPage:
+    """A page of items ordered by id, with the catalog's size."""
+    items = repository.list_items(session, offset=offset, limit=limit)
+    return ItemPage(
+        total=repository.count_items(session),
+        offset=offset,
+        limit=limit,
+        items=[ItemOut.model_validate(i) for i in items],
+    )
+
+
+@router.get(
+    "/{item_id}/similar",
+    summary="Items similar to an item",
+    description="The items whose learned model weights are closest (cosine) to the "
+    "item's. 404 when the item does not exist, the model was trained without it, or "
+    "no model has been trained yet.",
+    response_model=SimilarItems,
+    responses=problem_responses(404, 422, 503),
+)
+def get_similar_items(
+    item_id: ItemIdPath,
+    session: SessionDep,
+    holder: ModelHolderDep,
+    n: Annotated[int, Query(ge=1, le=MAX_N, description="How many items.")] = 10,
+) -> SimilarItems:
+    """Nearest items in the active model."""
+    loaded = holder.current
+    try:
+        similar = recommend_service.similar_items(session, loaded, item_id, n)
+    except NoModelError as exc:
+        raise ProblemError(404, str(exc), title="No model", type=TYPE_NO_MODEL) from None
+    except ItemNotInModelError as exc:
+        if not exc.in_store:
+            raise _unknown_item(item_id) from None
+        raise ProblemError(
+            404, str(exc), title="Item not in the model", type=TYPE_NO_MODEL
+        ) from None
+    assert loaded is not None
+    return SimilarItems(
+        item_id=item_id,
+        model_version=loaded.version.id,
+        items=[
+            SimilarItem(item_id=s.item_id, title=s.title, similarity=s.similarity) for s in similar
+        ],
+    )

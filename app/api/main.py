@@ -1,0 +1,195 @@
+"""The app factory: ``create_app(settings)`` composes the routers, and its lifespan owns
+the resources (engine, sessions, the model holder and its poll task).
+
+Run it with ``rbmrec serve`` (uvicorn, factory ``app.api.main:create_app``).
+Nothing happens at import time; the database schema is migrated separately
+(``rbmrec db upgrade``), never here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import anyio.to_thread
+from fastapi import APIRouter, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from app.api.errors import PROBLEM_MEDIA_TYPE, ServerErrorGuard, install_error_handlers
+from app.api.metrics import ApiMetrics, MetricsMiddleware
+from app.api.middleware import BodySizeLimitMiddleware
+from app.api.security import log_security_posture
+from app.db.engine import make_engine, make_sessionmaker
+from app.services.model_holder import ModelHolder, poll_forever
+from app.services.recommend import StorePopularity
+from app.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["create_app"]
+
+# Every router here declares ValidationProblem, so the component always exists.
+_VALIDATION_PROBLEM_REF = "#/components/schemas/ValidationProblem"
+
+_DESCRIPTION = """\
+Recommendations from a softmax-visible Restricted Boltzmann Machine, folded in from
+each user's current ratings at request time.
+
+* Writes (`POST /ratings`, `PUT /items/...`, `DELETE ...`) need
+  `Authorization: Bearer <key>` when `RBMREC_API_KEYS` is set; admin routes need a
+  key from `RBMREC_ADMIN_API_KEYS`.
+* Every error is an RFC 9457 problem document (`application/problem+json`).
+"""
+
+_TAGS: list[dict[str, Any]] = [
+    {"name": "ratings", "description": "Store users' ratings."},
+    {"name": "users", "description": "A user's ratings, recommendations and predictions."},
+    {"name": "items", "description": "The item catalog and similar items."},
+    {"name": "model", "description": "The model this process serves."},
+    {"name": "models", "description": "The model registry: versions, activation (admin)."},
+    {"name": "admin", "description": "Retraining (admin)."},
+    {"name": "health", "description": "Liveness and readiness probes."},
+]
+
+
+def _routers() -> list[APIRouter]:
+    from app.api import admin, health, items, model, models, ratings, users
+
+    return [
+        ratings.router,
+        users.router,
+        items.router,
+        model.router,
+        models.router,
+        admin.router,
+        health.router,
+    ]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the API application.
+
+    Parameters
+    ----------
+    settings : Settings, optional
+        The configuration; default: :func:`app.settings.get_settings` (environment).
+
+    Returns
+    -------
+    FastAPI
+        The app; its lifespan connects to the database and loads the active model.
+    """
+    settings = settings if settings is not None else get_settings()
+    docs = settings.docs_enabled
+    app = FastAPI(
+        title="rbmrec",
+        version="0.1.0",
+        summary="Collaborative-filtering recommendations from a Restricted Boltzmann Machine.",
+        description=_DESCRIPTION,
+        openapi_tags=_TAGS,
+        lifespan=_lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
+    metrics = ApiMetrics()
+    app.state.settings = settings
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    for router in _routers():
+        app.include_router(router)
+    # Added innermost first: the last one added wraps all the others.
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(ServerErrorGuard)
+    _document_problems(app)
+    return app
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    metrics: ApiMetrics = app.state.metrics
+    log_security_posture(settings)
+    engine = make_engine(settings.database_url, timeout_seconds=settings.db_timeout_seconds)
+    session_factory = make_sessionmaker(engine)
+    holder = ModelHolder(session_factory, on_change=metrics.model_changed)
+    app.state.engine = engine
+    app.state.session_factory = session_factory
+    app.state.model_holder = holder
+    app.state.popularity = StorePopularity()
+    metrics.model_changed(None)
+    # Load the active model before serving; a database that is down only delays it
+    # (the poll task retries) and never stops the start.
+    await anyio.to_thread.run_sync(holder.refresh)
+    poll = asyncio.create_task(poll_forever(holder, settings.model_poll_seconds))
+    remove_hup = _on_sighup(holder)
+    try:
+        yield
+    finally:
+        remove_hup()
+        poll.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await poll
+        engine.dispose()
+
+
+def _on_sighup(holder: ModelHolder) -> Callable[[], None]:
+    """Refresh the model on ``SIGHUP`` (main thread only); returns the uninstaller."""
+    hup = getattr(signal, "SIGHUP", None)
+    if hup is None or threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    loop = asyncio.get_running_loop()
+    pending: set[asyncio.Future[Any]] = set()
+
+    def handle() -> None:
+        logger.info("SIGHUP: checking the registry for a new active model")
+        task = asyncio.ensure_future(anyio.to_thread.run_sync(holder.refresh))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    try:
+        loop.add_signal_handler(hup, handle)
+    except (NotImplementedError, RuntimeError, ValueError):
+        return lambda: None
+
+    def remove() -> None:
+        loop.remove_signal_handler(hup)
+
+    return remove
+
+
+def _document_problems(app: FastAPI) -> None:
+    """Declare error responses as ``application/problem+json`` in the OpenAPI schema."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                for code, response in operation.get("responses", {}).items():
+                    content = response.get("content")
+                    if code[:1] in "45" and content and "application/json" in content:
+                        content.setdefault(PROBLEM_MEDIA_TYPE, content.pop("application/json"))
+                    body = (content or {}).get(PROBLEM_MEDIA_TYPE, {})
+                    # FastAPI's default 422 schema is not what the handler answers.
+                    if body.get("schema", {}).get("$ref", "").endswith("/HTTPValidationError"):
+                        body["schema"] = {"$ref": _VALIDATION_PROBLEM_REF}
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

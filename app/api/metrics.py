@@ -1,0 +1,129 @@
+"""Prometheus metrics of the API (``GET /metrics``).
+
+* ``rbmrec_http_requests_total{method, route, status}`` and
+  ``rbmrec_http_request_duration_seconds{method, route}``: per route *template*
+  (``/users/{user_id}/recommendations``), never the raw path, so ids do not explode
+  the number of series; requests that match no route count as ``<unmatched>``.
+* ``rbmrec_model_info{version}`` (1 for the served version) and
+  ``rbmrec_model_loaded`` (0 or 1).
+* ``rbmrec_recommendations_total{strategy}``: ``rbm`` or ``popular``.
+
+Each app instance has its own registry (tests build many apps in one process).
+The numbers are per process: with ``--workers N`` each worker reports its own.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Final
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.services.model_holder import LoadedModel
+
+__all__ = ["CONTENT_TYPE", "ApiMetrics", "MetricsMiddleware"]
+
+CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS: Final = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+UNMATCHED: Final = "<unmatched>"
+
+
+class ApiMetrics:
+    """The metrics of one app instance, in their own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "rbmrec_http_requests",
+            "HTTP requests answered, by route template and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "rbmrec_http_request_duration_seconds",
+            "Time to answer an HTTP request, by route template.",
+            ["method", "route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.model_info = Gauge(
+            "rbmrec_model_info",
+            "The model version served (value 1).",
+            ["version"],
+            registry=self.registry,
+        )
+        self.model_loaded = Gauge(
+            "rbmrec_model_loaded",
+            "Whether a model is loaded (1) or not (0).",
+            registry=self.registry,
+        )
+        self.recommendations = Counter(
+            "rbmrec_recommendations",
+            "Recommendation responses, by strategy (rbm or popular).",
+            ["strategy"],
+            registry=self.registry,
+        )
+        for strategy in ("rbm", "popular"):
+            self.recommendations.labels(strategy=strategy)
+        self._version: str | None = None
+
+    def model_changed(self, loaded: LoadedModel | None) -> None:
+        """Point the model gauges at the newly served version."""
+        version = loaded.version.id if loaded is not None else None
+        if self._version is not None and self._version != version:
+            self.model_info.remove(self._version)
+        if version is not None:
+            self.model_info.labels(version=version).set(1)
+        self.model_loaded.set(1 if version is not None else 0)
+        self._version = version
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware counting requests and timing them per route template."""
+
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_recording(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_recording)
+        finally:
+            # The router stores the matched route in the (shared) scope.
+            route = getattr(scope.get("route"), "path", None) or UNMATCHED
+            method = str(scope.get("method", ""))
+            self.metrics.latency.labels(method, route).observe(time.perf_counter() - started)
+            self.metrics.requests.labels(method, route, str(status)).inc()

@@ -1,0 +1,97 @@
+"""``POST /ratings`` and ``POST /ratings/batch``: store ratings (upserts)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Response, status
+
+from app.api.deps import PopularityDep, SessionDep, SettingsDep, require_json
+from app.api.errors import (
+    TYPE_UNKNOWN_ITEM,
+    ProblemError,
+    field_error,
+    problem_responses,
+    validation_problem,
+)
+from app.api.security import require_write_key
+from app.schemas import RatingBatch, RatingBatchResult, RatingCreate, RatingOut
+from app.services import ratings as ratings_service
+from app.services.ratings import RatingEntry, RatingsRejected
+
+router = APIRouter(tags=["ratings"], dependencies=[Depends(require_write_key)])
+
+
+def rejection(exc: RatingsRejected, *, single: bool) -> ProblemError:
+    """The problem answered for rejected ratings: 404 for one unknown item, else 422."""
+    if single and exc.unknown_items_only:
+        return ProblemError(404, str(exc), title="Unknown item", type=TYPE_UNKNOWN_ITEM)
+    errors = [field_error(["body", *p.loc], p.msg, p.type) for p in exc.problems]
+    if exc.total > len(exc.problems):
+        detail = f"{exc.total} entries are invalid (the first {len(exc.problems)} are listed)"
+    elif single:
+        detail = str(exc)
+    else:
+        detail = f"{exc.total} of the ratings are invalid; nothing was written"
+    return validation_problem(detail, errors)
+
+
+@router.post(
+    "/ratings",
+    summary="Store a rating (insert or replace)",
+    description="Stores the user's rating of an item, replacing an earlier one. Users "
+    "need no registration; the item must exist unless RBMREC_AUTO_CREATE_ITEMS is set. "
+    "The rating counts in the user's recommendations at once.",
+    status_code=status.HTTP_201_CREATED,
+    response_model=RatingOut,
+    dependencies=[Depends(require_json)],
+    responses={
+        200: {"model": RatingOut, "description": "Replaced the user's earlier rating."},
+        201: {"description": "Created a new rating."},
+        **problem_responses(401, 403, 404, 413, 415, 422, 503),
+    },
+)
+def post_rating(
+    body: RatingCreate,
+    session: SessionDep,
+    settings: SettingsDep,
+    popularity: PopularityDep,
+    response: Response,
+) -> RatingOut:
+    """Upsert one rating: 201 when created, 200 when it replaced an earlier one."""
+    entry = RatingEntry(body.user_id, body.item_id, body.rating, body.rated_at)
+    try:
+        rating, created = ratings_service.write_rating(
+            session, entry, scale=settings.scale, auto_create_items=settings.auto_create_items
+        )
+    except RatingsRejected as exc:
+        raise rejection(exc, single=True) from None
+    popularity.mark_dirty()
+    response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+    return RatingOut.model_validate(rating)
+
+
+@router.post(
+    "/ratings/batch",
+    summary="Store up to 10,000 ratings in one transaction",
+    description="All or nothing: when any entry is invalid (off-scale value, unknown "
+    "item, bad id) nothing is written and the 422 answer lists each wrong entry by "
+    "its position (`errors[].loc` = `['body', 'ratings', <index>, <field>]`).",
+    response_model=RatingBatchResult,
+    dependencies=[Depends(require_json)],
+    responses=problem_responses(401, 403, 413, 415, 422, 503),
+)
+def post_ratings_batch(
+    body: RatingBatch,
+    session: SessionDep,
+    settings: SettingsDep,
+    popularity: PopularityDep,
+) -> RatingBatchResult:
+    """Upsert many ratings atomically."""
+    entries = [RatingEntry(r.user_id, r.item_id, r.rating, r.rated_at) for r in body.ratings]
+    try:
+        written = ratings_service.write_ratings(
+            session, entries, scale=settings.scale, auto_create_items=settings.auto_create_items
+        )
+    except RatingsRejected as exc:
+        raise rejection(exc, single=False) from None
+    popularity.mark_dirty()
+    return RatingBatchResult(written=written)

@@ -1,0 +1,179 @@
+"""A user's ratings, recommendations and predictions (``/users/{user_id}/...``)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Response, status
+
+from app.api.deps import (
+    ItemIdPath,
+    MetricsDep,
+    ModelHolderDep,
+    PopularityDep,
+    SessionDep,
+    SettingsDep,
+    UserIdPath,
+)
+from app.api.errors import ProblemError, problem_responses
+from app.api.security import require_write_key
+from app.domain import ID_MAX_LENGTH, ID_PATTERN
+from app.schemas import (
+    MAX_N,
+    ItemPrediction,
+    Predictions,
+    RatingOut,
+    RatingPage,
+    Recommendations,
+    RecommendedItem,
+)
+from app.services import ratings as ratings_service
+from app.services import recommend as recommend_service
+
+router = APIRouter(prefix="/users", tags=["users"])
+
+MAX_OFFSET = 10_000
+"""Deepest recommendation page (``offset``); deeper ranks are not useful."""
+
+ItemIdQuery = Annotated[str, Query(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)]
+
+
+@router.get(
+    "/{user_id}/ratings",
+    summary="A user's ratings, newest first",
+    response_model=RatingPage,
+    responses=problem_responses(422, 503),
+)
+def get_user_ratings(
+    user_id: UserIdPath,
+    session: SessionDep,
+    offset: Annotated[int, Query(ge=0, le=10_000_000, description="Ratings to skip.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 100,
+) -> RatingPage:
+    """Page through the ratings the store holds for a user (empty for an unknown user)."""
+    page, total = ratings_service.list_ratings(session, user_id, offset=offset, limit=limit)
+    return RatingPage(
+        user_id=user_id,
+        total=total,
+        offset=offset,
+        limit=limit,
+        items=[RatingOut.model_validate(r) for r in page],
+    )
+
+
+@router.delete(
+    "/{user_id}/ratings/{item_id}",
+    summary="Delete a rating",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    dependencies=[Depends(require_write_key)],
+    responses=problem_responses(401, 403, 404, 422, 503),
+)
+def delete_user_rating(
+    user_id: UserIdPath,
+    item_id: ItemIdPath,
+    session: SessionDep,
+    popularity: PopularityDep,
+) -> Response:
+    """Delete the user's rating of the item: 204, or 404 if there was none."""
+    if not ratings_service.delete_rating(session, user_id, item_id):
+        raise ProblemError(404, f"user {user_id!r} has no rating of item {item_id!r}")
+    popularity.mark_dirty()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get(
+    "/{user_id}/recommendations",
+    summary="Recommend items to a user",
+    description="Folds the user's current ratings (read from the store now) into the "
+    "active model and ranks the items the user has not rated. Strategy `popular` "
+    "(most-rated items) when the user has no rating the model knows or no model has "
+    "been trained yet; an unknown user is not an error.",
+    response_model=Recommendations,
+    responses=problem_responses(422, 503),
+)
+def get_recommendations(
+    user_id: UserIdPath,
+    session: SessionDep,
+    holder: ModelHolderDep,
+    popularity: PopularityDep,
+    metrics: MetricsDep,
+    n: Annotated[int, Query(ge=1, le=MAX_N, description="How many items.")] = 10,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Ranks to skip.")] = 0,
+    genre: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=64,
+            description="Only items of this genre (case-insensitive).",
+            examples=["Comedy"],
+        ),
+    ] = None,
+    exclude: Annotated[
+        list[ItemIdQuery],
+        Query(max_length=1000, description="Item ids never to return (repeat the parameter)."),
+    ] = [],  # noqa: B006 (FastAPI copies defaults per request)
+) -> Recommendations:
+    """Top-``n`` items for the user, never one the user has rated."""
+    loaded = holder.current  # one reference for the whole request: swaps cannot tear it
+    result = recommend_service.recommend(
+        session, loaded, popularity, user_id, n=n, offset=offset, genre=genre, exclude=exclude
+    )
+    metrics.recommendations.labels(strategy=result.strategy).inc()
+    return Recommendations(
+        user_id=user_id,
+        strategy=result.strategy,
+        model_version=result.model_version,
+        offset=offset,
+        n=n,
+        items=[
+            RecommendedItem(
+                item_id=r.item_id,
+                title=r.title,
+                score=r.score,
+                predicted_rating=r.predicted_rating,
+            )
+            for r in result.items
+        ],
+    )
+
+
+@router.get(
+    "/{user_id}/predictions",
+    summary="Predict a user's ratings of some items",
+    description="The expected rating and the probability of each rating level, from "
+    "the user's current ratings. Items the model does not know are listed in "
+    "`unknown_items` (all of them when no model has been trained yet).",
+    response_model=Predictions,
+    responses=problem_responses(422, 503),
+)
+def get_predictions(
+    user_id: UserIdPath,
+    session: SessionDep,
+    holder: ModelHolderDep,
+    settings: SettingsDep,
+    item_id: Annotated[
+        list[ItemIdQuery],
+        Query(min_length=1, max_length=MAX_N, description="Items to predict (repeat it)."),
+    ],
+) -> Predictions:
+    """Predicted ratings and distributions for the items asked for."""
+    result = recommend_service.predict(
+        session,
+        holder.current,
+        user_id,
+        item_id,
+        levels=[float(v) for v in settings.scale.values],
+    )
+    expected = result.expected.tolist()
+    distribution = result.distribution.tolist()
+    return Predictions(
+        user_id=user_id,
+        model_version=result.model_version,
+        levels=list(result.levels),
+        items=[
+            ItemPrediction(item_id=item, predicted_rating=expected[i], distribution=distribution[i])
+            for i, item in enumerate(result.item_ids)
+        ],
+        unknown_items=result.unknown_items,
+    )

@@ -1,0 +1,295 @@
+"""Serving latency: a real ``rbmrec serve`` process on PostgreSQL with an ML-100K model.
+
+What it does:
+
+1. creates a throwaway PostgreSQL database, migrates it and imports MovieLens 100K
+   (``--movielens-dir`` / ``RBMREC_MOVIELENS_DIR``, else the official download);
+2. trains and activates a model (100 hidden units, a few epochs: serving cost does
+   not depend on the number of epochs);
+3. starts ``rbmrec serve`` (uvicorn) as a separate process on 127.0.0.1;
+4. from this process, sends requests with ``--concurrency`` in flight (httpx, async,
+   keep-alive), each phase bounded by ``--requests`` and ``--seconds``:
+   ``GET /users/{id}/recommendations?n=10`` for random ML-100K users, then
+   ``POST /ratings`` (upserts of random ratings);
+5. prints p50/p95/p99/max latency and requests per second per phase, then stops
+   the server and drops the database.
+
+Latencies are measured by the client (they include its own overhead). Example::
+
+    .venv/bin/python benchmarks/serve_latency.py --concurrency 16 --requests 6000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from app.db import migrate
+from app.db.engine import make_engine, make_sessionmaker
+from app.services import movielens_download
+from app.services.importer import import_movielens
+from app.services.retrain import train_and_activate
+from app.settings import Settings
+
+DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+@dataclass
+class PhaseResult:
+    name: str
+    latencies: list[float]
+    errors: int
+    seconds: float
+
+    def row(self) -> dict[str, float | int | str]:
+        lat = np.asarray(self.latencies) * 1000.0
+        ok = len(self.latencies)
+        return {
+            "phase": self.name,
+            "requests": ok + self.errors,
+            "errors": self.errors,
+            "req_per_s": round(ok / self.seconds, 1) if self.seconds else 0.0,
+            "p50_ms": round(float(np.percentile(lat, 50)), 2) if ok else float("nan"),
+            "p95_ms": round(float(np.percentile(lat, 95)), 2) if ok else float("nan"),
+            "p99_ms": round(float(np.percentile(lat, 99)), 2) if ok else float("nan"),
+            "max_ms": round(float(lat.max()), 2) if ok else float("nan"),
+        }
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("RBMREC_TEST_POSTGRES_URL", DEFAULT_POSTGRES),
+        help="A PostgreSQL URL whose server gets a throwaway database.",
+    )
+    parser.add_argument(
+        "--movielens-dir",
+        default=os.environ.get("RBMREC_MOVIELENS_DIR"),
+        help="Unpacked ml-100k directory (default: download).",
+    )
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=6000, help="Per phase, at most.")
+    parser.add_argument("--seconds", type=float, default=30.0, help="Per phase, at most.")
+    parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes.")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args()
+
+
+def create_database(admin_url: str) -> tuple[str, Callable[[], None]]:
+    admin = create_engine(
+        make_url(admin_url).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT"
+    )
+    name = f"rbmrec_bench_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(admin_url).set(drivername="postgresql+psycopg", database=name)
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return url.render_as_string(hide_password=False), drop
+
+
+def prepare(settings: Settings, movielens_dir: str | None, epochs: int, seed: int) -> None:
+    migrate.upgrade(settings.database_url)
+    if movielens_dir:
+        directory = Path(movielens_dir)
+    else:
+        directory = movielens_download.fetch(
+            movielens_download.DATASETS["ml-100k"], movielens_download.default_cache_dir()
+        )
+    engine = make_engine(settings.database_url)
+    try:
+        report = import_movielens(engine, directory, scale=settings.scale)
+        print(f"imported {report.ratings_read} ratings in {report.seconds:.1f} s", flush=True)
+        started = time.perf_counter()
+        version = train_and_activate(
+            make_sessionmaker(engine),
+            settings,
+            trigger="cli",
+            params={"n_epochs": epochs, "random_state": seed},
+        )
+        print(
+            f"trained model {version.id} ({version.hyperparameters.get('n_hidden')} hidden "
+            f"units, {version.n_items} items) in {time.perf_counter() - started:.0f} s",
+            flush=True,
+        )
+    finally:
+        engine.dispose()
+
+
+def start_server(settings: Settings, port: int, workers: int) -> subprocess.Popen[bytes]:
+    rbmrec = Path(sys.executable).with_name("rbmrec")
+    command = (
+        [str(rbmrec)]
+        if rbmrec.is_file()
+        else [sys.executable, "-c", "from app.cli import main; main()"]
+    )
+    env = {
+        **os.environ,
+        "RBMREC_DATABASE_URL": settings.database_url,
+        "RBMREC_MODEL_DIR": str(settings.model_dir),
+        "RBMREC_LOG_LEVEL": "WARNING",
+    }
+    return subprocess.Popen(
+        [
+            *command,
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--no-access-log",
+        ],
+        env=env,
+    )
+
+
+def wait_ready(base: str, process: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}")
+        try:
+            response = httpx.get(f"{base}/health/ready", timeout=2)
+            if response.status_code == 200 and response.json()["model"]["loaded"]:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError("the server did not become ready")
+
+
+async def run_phase(
+    name: str,
+    client: httpx.AsyncClient,
+    make_request: Callable[[int], Awaitable[httpx.Response]],
+    *,
+    concurrency: int,
+    max_requests: int,
+    max_seconds: float,
+) -> PhaseResult:
+    latencies: list[float] = []
+    errors = 0
+    counter = 0
+    started = time.perf_counter()
+    deadline = started + max_seconds
+
+    async def worker() -> None:
+        nonlocal counter, errors
+        while counter < max_requests and time.perf_counter() < deadline:
+            i = counter
+            counter += 1
+            t0 = time.perf_counter()
+            try:
+                response = await make_request(i)
+                ok = response.status_code < 400
+            except httpx.HTTPError:
+                ok = False
+            if ok:
+                latencies.append(time.perf_counter() - t0)
+            else:
+                errors += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return PhaseResult(name, latencies, errors, time.perf_counter() - started)
+
+
+async def load(base: str, args: argparse.Namespace) -> list[PhaseResult]:
+    rng = random.Random(args.seed)
+    users = [str(u) for u in range(1, 944)]
+    items = [str(i) for i in range(1, 1683)]
+    limits = httpx.Limits(
+        max_connections=args.concurrency, max_keepalive_connections=args.concurrency
+    )
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
+
+        def recommend(_i: int) -> Awaitable[httpx.Response]:
+            return client.get(f"/users/{rng.choice(users)}/recommendations", params={"n": 10})
+
+        def rate(i: int) -> Awaitable[httpx.Response]:
+            body = {
+                "user_id": f"bench-{i % 2000}",
+                "item_id": rng.choice(items),
+                "rating": rng.randint(1, 5),
+            }
+            return client.post("/ratings", json=body)
+
+        common = {"concurrency": args.concurrency, "max_seconds": args.seconds}
+        await run_phase("warmup", client, recommend, max_requests=args.warmup, **common)
+        results = [
+            await run_phase(
+                "GET /users/{id}/recommendations",
+                client,
+                recommend,
+                max_requests=args.requests,
+                **common,
+            ),
+            await run_phase("POST /ratings", client, rate, max_requests=args.requests, **common),
+        ]
+    return results
+
+
+def main() -> None:
+    args = parse_args()
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"{cpus} CPUs, concurrency {args.concurrency}, {args.workers} uvicorn worker(s)")
+    url, drop = create_database(args.postgres_url)
+    with tempfile.TemporaryDirectory(prefix="rbmrec-bench-") as work:
+        settings = Settings(database_url=url, model_dir=Path(work) / "models")
+        server: subprocess.Popen[bytes] | None = None
+        try:
+            prepare(settings, args.movielens_dir, args.epochs, args.seed)
+            port = free_port()
+            server = start_server(settings, port, args.workers)
+            base = f"http://127.0.0.1:{port}"
+            wait_ready(base, server)
+            results = asyncio.run(load(base, args))
+        finally:
+            if server is not None:
+                server.send_signal(signal.SIGTERM)
+                server.wait(timeout=30)
+            drop()
+    header = ("phase", "requests", "errors", "req_per_s", "p50_ms", "p95_ms", "p99_ms", "max_ms")
+    print("\n" + " | ".join(header))
+    for result in results:
+        row = result.row()
+        print(" | ".join(str(row[key]) for key in header))
+    print("\n" + json.dumps([r.row() for r in results]))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,714 @@
+"""The offline evaluation harness: models side by side on train/test splits.
+
+Protocol (one split = one training and one test rating set):
+
+- Every model is fitted on the training ratings only. Its fit time is measured.
+- **Rating accuracy** (RMSE, MAE) covers every test rating. Each test user is folded
+  in from that user's training ratings and the model predicts the user's test items.
+  A user without training ratings is folded in from no ratings at all, which every
+  model answers with its cold-start prediction (the RBM's item priors, ``mu + b_i``
+  for the bias baseline). An item missing from the training catalog cannot be scored
+  by any model: it gets the *fallback*, the mean training rating. The counts of both
+  cases are reported (``n_test_new_user``, ``n_test_new_item``).
+- **Top-N** (Precision, Recall, NDCG, MAP and catalog coverage at ``k``): for each test
+  user, every item of the training catalog the user did not rate in the training data
+  is ranked by the model's ranking score. Relevant items are the user's test items
+  rated ``>= relevance_threshold`` (4.0 by default); relevant test items missing from
+  the training catalog count as misses. Users with no relevant item are skipped
+  (``n_ranked_users`` says how many were kept). Scoring is batched and ranking uses
+  ``argpartition``; there is no Python loop over ratings.
+- A model takes part in what it supports: ``predict(user_ratings, item_ids)`` gives
+  the rating metrics, ``score_batch(users)`` the top-N metrics; the other figures are
+  ``None`` (for instance the popularity baseline's RMSE).
+
+:func:`evaluate` runs the protocol on several splits (the ML-100K folds ``u1`` ..
+``u5`` from :func:`load_ml100k_folds`, or one pair from :func:`load_train_test`) and
+averages every figure over the folds.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from numpy.typing import NDArray
+
+from rbm_core import metrics
+from rbm_core.baselines import BiasBaseline, GlobalMean, Popularity
+from rbm_core.data import RatingDataError, RatingMatrix, UserRatings
+from rbm_core.model import SoftmaxRBM
+from rbm_core.movielens import DataFormatError, read_ratings
+from rbm_core.scale import RatingScale, RatingScaleError
+
+__all__ = [
+    "DEFAULT_K",
+    "DEFAULT_RELEVANCE_THRESHOLD",
+    "ML100K_FOLDS",
+    "MODEL_NAMES",
+    "EvaluationError",
+    "EvaluationReport",
+    "ModelFactory",
+    "RatingSplit",
+    "default_models",
+    "evaluate",
+    "evaluate_split",
+    "infer_scale",
+    "load_ml100k_folds",
+    "load_train_test",
+    "metric_names",
+    "read_rating_file",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_K = 10
+DEFAULT_RELEVANCE_THRESHOLD = 4.0
+ML100K_FOLDS = (1, 2, 3, 4, 5)
+MODEL_NAMES = ("rbm", "bias", "global_mean", "popularity")
+"""The models of a default evaluation, in report order."""
+
+# users scored at once, and at most this many (user, item) scores in memory at a time
+_USER_BATCH = 1024
+_SCORE_CELLS = 2**24
+_MAX_GRID_LEVELS = 100
+
+
+class EvaluationError(ValueError):
+    """The evaluation cannot run: bad input data, or a model failed to fit."""
+
+
+@runtime_checkable
+class RatingPredictor(Protocol):
+    """A model that predicts ratings for one folded-in user."""
+
+    item_ids_: NDArray[np.str_]
+
+    def predict(self, user_ratings: UserRatings, item_ids: Sequence[str] | None = None) -> Any:
+        """Return an object with ``item_ids`` and ``expected`` for the known items asked for."""
+
+
+@runtime_checkable
+class BatchScorer(Protocol):
+    """A model that scores every catalog item for many users at once."""
+
+    item_ids_: NDArray[np.str_]
+
+    def score_batch(self, users: Sequence[UserRatings]) -> tuple[Any, sp.csr_matrix]:
+        """Return scores of shape (n_users, n_items_) and the rated items as a CSR."""
+
+
+class _Estimator(Protocol):
+    item_ids_: NDArray[np.str_]
+
+    def fit(self, train: RatingMatrix) -> Any: ...
+
+
+ModelFactory = Callable[[], Any]
+"""A zero-argument callable returning a fresh, unfitted model with ``fit(train)``."""
+
+
+# -- data ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RatingSplit:
+    """One training / test pair of rating sets.
+
+    Attributes
+    ----------
+    fold : int
+        The fold number (1 for a single pair).
+    train, test : pandas.DataFrame
+        Columns ``user_id`` (str), ``item_id`` (str), ``rating`` (float).
+    source : str
+        Where the data came from, for messages.
+    """
+
+    fold: int
+    train: pd.DataFrame
+    test: pd.DataFrame
+    source: str = ""
+
+
+_CSV_HEADER_START = "userid,movieid,rating"
+
+
+def read_rating_file(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read a ratings file: ML-100K tab format, or MovieLens CSV with a header (``*.csv``).
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``user_id`` (str), ``item_id`` (str), ``rating`` (float64).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    DataFormatError
+        If a line is malformed, a (user, item) pair repeats, or a CSV file does not
+        end in ``.csv`` (the layout is chosen by the name).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.suffix.lower() != ".csv":
+        with path.open("rb") as handle:
+            first = handle.readline(200).decode("utf-8", errors="replace")
+        if first.lstrip("\ufeff").strip().lower().startswith(_CSV_HEADER_START):
+            raise DataFormatError(
+                "this looks like a MovieLens CSV file (header userId,movieId,...): "
+                "give it a .csv name so it is read as CSV",
+                path=path,
+                line=1,
+            )
+    frame = read_ratings(path)
+    return frame[["user_id", "item_id", "rating"]]
+
+
+def load_ml100k_folds(
+    directory: str | os.PathLike[str], folds: Iterable[int] = ML100K_FOLDS
+) -> list[RatingSplit]:
+    """Read the canonical ML-100K folds ``u{n}.base`` / ``u{n}.test``.
+
+    Parameters
+    ----------
+    directory : str or Path
+        The unpacked ML-100K directory.
+    folds : iterable of int
+        Fold numbers, each in 1..5, no repeats.
+
+    Returns
+    -------
+    list of RatingSplit
+
+    Raises
+    ------
+    FileNotFoundError
+        If the directory or a fold's file is missing.
+    EvaluationError
+        If a fold number is invalid or a file has no ratings.
+    DataFormatError
+        If a file is malformed.
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such directory")
+    chosen = list(folds)
+    if not chosen:
+        raise EvaluationError("no folds to evaluate")
+    for fold in chosen:
+        if isinstance(fold, bool) or not isinstance(fold, int) or fold not in ML100K_FOLDS:
+            raise EvaluationError(f"fold {fold!r} does not exist: ML-100K has folds 1..5")
+    if len(set(chosen)) != len(chosen):
+        raise EvaluationError("a fold is listed twice")
+    splits = []
+    for fold in chosen:
+        base, test = root / f"u{fold}.base", root / f"u{fold}.test"
+        for path in (base, test):
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: no such file (is {root} the ML-100K directory?)")
+        splits.append(
+            _split(fold, read_rating_file(base), read_rating_file(test), f"{base.name}/{test.name}")
+        )
+    return splits
+
+
+def load_train_test(
+    train_path: str | os.PathLike[str], test_path: str | os.PathLike[str]
+) -> RatingSplit:
+    """Read one training / test pair (fold 1); see :func:`read_rating_file` for formats."""
+    train, test = Path(train_path), Path(test_path)
+    return _split(1, read_rating_file(train), read_rating_file(test), f"{train.name}/{test.name}")
+
+
+def _split(fold: int, train: pd.DataFrame, test: pd.DataFrame, source: str) -> RatingSplit:
+    if len(train) == 0:
+        raise EvaluationError(f"fold {fold} ({source}): the training file has no ratings")
+    if len(test) == 0:
+        raise EvaluationError(f"fold {fold} ({source}): the test file has no ratings")
+    return RatingSplit(fold, train, test, source)
+
+
+def infer_scale(values: Iterable[float] | NDArray[np.floating]) -> RatingScale:
+    """The rating scale suggested by some rating values.
+
+    When the distinct values sit on an evenly spaced grid (step: the greatest common
+    divisor of their gaps, at most 100 levels), the scale is the whole grid from the
+    lowest to the highest value, so a level nobody happened to use is not lost
+    (``{1, 2, 4, 5}`` gives ``1..5``, ``{0.5, 1.5, 5}`` gives ``0.5..5:0.5``).
+    Otherwise it is the distinct values themselves.
+
+    Parameters
+    ----------
+    values : iterable of float
+        Ratings.
+
+    Returns
+    -------
+    RatingScale
+
+    Raises
+    ------
+    RatingScaleError
+        If there are fewer than two distinct values or a value is not finite.
+    """
+    arr = np.asarray(list(values) if not isinstance(values, np.ndarray) else values)
+    arr = np.unique(arr.astype(np.float64))
+    if not np.isfinite(arr).all():
+        raise RatingScaleError("ratings must be finite numbers")
+    if arr.size < 2:
+        raise RatingScaleError(
+            "cannot detect a rating scale from fewer than two distinct rating values; "
+            "give it explicitly (e.g. --rating-scale 1..5)"
+        )
+    gaps = [Fraction(float(g)).limit_denominator(1000) for g in np.diff(arr)]
+    step = functools.reduce(_gcd, gaps)
+    lo, hi = float(arr[0]), float(arr[-1])
+    n_steps = round((hi - lo) / float(step))
+    grid = lo + np.arange(n_steps + 1) * float(step)
+    if n_steps < _MAX_GRID_LEVELS and np.isin(np.round(arr, 9), np.round(grid, 9)).all():
+        return RatingScale(tuple(float(v) for v in np.round(grid, 9)))
+    return RatingScale(tuple(float(v) for v in arr))
+
+
+def _gcd(a: Fraction, b: Fraction) -> Fraction:
+    """Greatest common divisor of two positive fractions."""
+    return Fraction(
+        math.gcd(a.numerator * b.denominator, b.numerator * a.denominator),
+        a.denominator * b.denominator,
+    )
+
+
+# -- models -------------------------------------------------------------------------------
+def default_models(
+    rbm_params: Mapping[str, Any] | None = None,
+    *,
+    names: Sequence[str] = MODEL_NAMES,
+) -> dict[str, ModelFactory]:
+    """Factories of the standard line-up: the RBM and the three baselines.
+
+    Parameters
+    ----------
+    rbm_params : mapping, optional
+        Keyword arguments of :class:`~rbm_core.model.SoftmaxRBM` (its defaults
+        otherwise; ``verbose`` defaults to False).
+    names : sequence of str
+        Which of ``rbm``, ``bias``, ``global_mean``, ``popularity`` to include, in order.
+
+    Returns
+    -------
+    dict of str to callable
+        Name -> zero-argument factory of an unfitted model.
+
+    Raises
+    ------
+    EvaluationError
+        For an unknown model name or an unknown RBM hyperparameter.
+    """
+    params = {"verbose": False, **dict(rbm_params or {})}
+    try:
+        SoftmaxRBM(**params)
+    except TypeError as exc:
+        raise EvaluationError(f"bad RBM hyperparameters: {exc}") from None
+    available: dict[str, ModelFactory] = {
+        "rbm": lambda: SoftmaxRBM(**params),
+        "bias": BiasBaseline,
+        "global_mean": GlobalMean,
+        "popularity": Popularity,
+    }
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise EvaluationError(f"unknown model {unknown[0]!r}; choose from {', '.join(MODEL_NAMES)}")
+    if not names:
+        raise EvaluationError("no models to evaluate")
+    if len(set(names)) != len(names):
+        raise EvaluationError("a model is listed twice")
+    return {name: available[name] for name in names}
+
+
+# -- one split ----------------------------------------------------------------------------
+def metric_names(k: int = DEFAULT_K) -> tuple[str, ...]:
+    """The keys of a fold result (besides ``fold``), in report order."""
+    return (
+        "rmse",
+        "mae",
+        f"precision_at_{k}",
+        f"recall_at_{k}",
+        f"ndcg_at_{k}",
+        f"map_at_{k}",
+        f"coverage_at_{k}",
+        "fit_seconds",
+        "n_train",
+        "n_test",
+        "n_test_new_user",
+        "n_test_new_item",
+        "n_ranked_users",
+    )
+
+
+@dataclass(frozen=True)
+class _TestSet:
+    """Test ratings grouped by user, with each user's training ratings."""
+
+    user_ids: NDArray[np.str_]  # (n_test_users,) distinct, sorted
+    user_of: NDArray[np.int64]  # (n_test,) index into user_ids, sorted by user
+    items: NDArray[np.str_]  # (n_test,)
+    ratings: NDArray[np.float64]  # (n_test,)
+    bounds: NDArray[np.int64]  # (n_test_users + 1,) ratings of user u: bounds[u]:bounds[u+1]
+    train_ratings: list[dict[str, float]]  # (n_test_users,)
+    new_user: NDArray[np.bool_]  # (n_test,)
+    new_item: NDArray[np.bool_]  # (n_test,)
+
+
+def _test_set(train: RatingMatrix, test: pd.DataFrame) -> _TestSet:
+    users = test["user_id"].astype(str).to_numpy().astype(np.str_)
+    items = test["item_id"].astype(str).to_numpy().astype(np.str_)
+    ratings = test["rating"].to_numpy(dtype=np.float64)
+    order = np.argsort(users, kind="stable")
+    users, items, ratings = users[order], items[order], ratings[order]
+    user_ids, first, user_of = np.unique(users, return_index=True, return_inverse=True)
+    bounds = np.append(first, len(users)).astype(np.int64)
+    pos = np.searchsorted(train.user_ids, user_ids)
+    pos_c = np.minimum(pos, max(train.n_users - 1, 0))
+    in_train = (pos < train.n_users) & (train.user_ids[pos_c] == user_ids)
+    train_ratings = [
+        train.user_ratings(str(u)) if known else {}
+        for u, known in zip(user_ids.tolist(), in_train.tolist(), strict=True)
+    ]
+    return _TestSet(
+        user_ids=user_ids,
+        user_of=user_of.astype(np.int64),
+        items=items,
+        ratings=ratings,
+        bounds=bounds,
+        train_ratings=train_ratings,
+        new_user=~in_train[user_of],
+        new_item=~np.isin(items, train.item_ids),
+    )
+
+
+def _known_mask(model: Any, items: NDArray[np.str_]) -> NDArray[np.bool_]:
+    return np.isin(items, np.asarray(model.item_ids_).astype(np.str_))
+
+
+def _rating_predictions(
+    model: RatingPredictor, test: _TestSet, fallback: float
+) -> NDArray[np.float64]:
+    """One prediction per test rating (test order); unknown items get ``fallback``."""
+    pred = np.full(len(test.ratings), fallback, dtype=np.float64)
+    known = _known_mask(model, test.items)
+    for u, ratings in enumerate(test.train_ratings):
+        lo, hi = int(test.bounds[u]), int(test.bounds[u + 1])
+        rows = lo + np.flatnonzero(known[lo:hi])
+        if rows.size == 0:
+            continue
+        result = model.predict(ratings, item_ids=test.items[rows].tolist())
+        expected = np.asarray(result.expected, dtype=np.float64)
+        if expected.shape != rows.shape:
+            raise EvaluationError(
+                f"{type(model).__name__}.predict returned {expected.size} predictions "
+                f"for {rows.size} known items"
+            )
+        pred[rows] = expected
+    return pred
+
+
+def _ranking_figures(
+    model: BatchScorer, test: _TestSet, k: int, threshold: float
+) -> dict[str, float | int | None]:
+    relevant = test.ratings >= threshold - 1e-9
+    n_relevant = np.bincount(test.user_of[relevant], minlength=len(test.user_ids))
+    users = np.flatnonzero(n_relevant > 0)
+    out: dict[str, float | int | None] = {
+        f"precision_at_{k}": None,
+        f"recall_at_{k}": None,
+        f"ndcg_at_{k}": None,
+        f"map_at_{k}": None,
+        f"coverage_at_{k}": None,
+        "n_ranked_users": int(users.size),
+    }
+    if users.size == 0:
+        return out
+    catalog = np.asarray(model.item_ids_).astype(np.str_)
+    order = np.argsort(catalog, kind="stable")
+    # relevant test items inside the catalog, as (row among `users`, model column)
+    keep = relevant & np.isin(test.items, catalog)
+    row_of_user = np.full(len(test.user_ids), -1, dtype=np.int64)
+    row_of_user[users] = np.arange(users.size)
+    rel_rows = row_of_user[test.user_of[keep]]
+    rel_cols = order[np.searchsorted(catalog[order], test.items[keep])]
+    relevant_matrix = sp.csr_matrix(
+        (np.ones(rel_rows.size, dtype=np.int8), (rel_rows, rel_cols)),
+        shape=(users.size, catalog.size),
+    )
+    top = np.empty((users.size, k), dtype=np.int64)
+    batch = max(1, min(_USER_BATCH, _SCORE_CELLS // max(catalog.size, 1)))
+    for lo in range(0, users.size, batch):
+        chunk = users[lo : lo + batch]
+        scores, rated = model.score_batch([test.train_ratings[u] for u in chunk])
+        top[lo : lo + chunk.size] = metrics.top_k(np.asarray(scores), k, exclude=rated)
+    hits = metrics.hit_matrix(top, relevant_matrix)
+    counts = n_relevant[users]
+    out[f"precision_at_{k}"] = metrics.precision_at_k(hits, k)
+    out[f"recall_at_{k}"] = metrics.recall_at_k(hits, counts, k)
+    out[f"ndcg_at_{k}"] = metrics.ndcg_at_k(hits, counts, k)
+    out[f"map_at_{k}"] = metrics.map_at_k(hits, counts, k)
+    out[f"coverage_at_{k}"] = metrics.catalog_coverage(top, int(catalog.size), k)
+    return out
+
+
+def evaluate_split(
+    train: RatingMatrix,
+    test: pd.DataFrame,
+    models: Mapping[str, ModelFactory],
+    *,
+    fold: int = 1,
+    k: int = DEFAULT_K,
+    relevance_threshold: float = DEFAULT_RELEVANCE_THRESHOLD,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Fit and score every model on one split.
+
+    Parameters
+    ----------
+    train : RatingMatrix
+        Training ratings.
+    test : pandas.DataFrame
+        Test ratings: columns ``user_id``, ``item_id``, ``rating``.
+    models : mapping of str to callable
+        Name -> factory of an unfitted model (see :func:`default_models`).
+    fold : int
+        The fold number written into each result.
+    k : int
+        Cut-off of the top-N metrics.
+    relevance_threshold : float
+        Test ratings at or above it are relevant.
+    progress : callable, optional
+        Called with one line of text per step.
+
+    Returns
+    -------
+    results : dict of str to dict
+        Per model: ``fold`` and every key of :func:`metric_names` (``None`` where the
+        model has no such figure).
+    params : dict of str to dict
+        Per model: its hyperparameters (``get_params()``), or an empty dict.
+
+    Raises
+    ------
+    EvaluationError
+        If a model fails to fit or gives malformed predictions.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise EvaluationError(f"k must be a positive integer, got {k!r}")
+    if not np.isfinite(relevance_threshold):
+        raise EvaluationError("the relevance threshold must be a finite number")
+    data = _test_set(train, test)
+    fallback = float(train.values.data.mean())
+    results: dict[str, dict[str, Any]] = {}
+    params: dict[str, dict[str, Any]] = {}
+    for name, factory in models.items():
+        model = factory()
+        start = time.perf_counter()
+        try:
+            model.fit(train)
+        except (ValueError, TypeError, ArithmeticError) as exc:
+            raise EvaluationError(f"{name}: fitting failed on fold {fold}: {exc}") from None
+        fit_seconds = time.perf_counter() - start
+        row: dict[str, Any] = {"fold": fold, **dict.fromkeys(metric_names(k))}
+        row.update(
+            fit_seconds=fit_seconds,
+            n_train=train.n_ratings,
+            n_test=len(data.ratings),
+            n_test_new_user=int(data.new_user.sum()),
+            n_test_new_item=int(data.new_item.sum()),
+        )
+        try:
+            if isinstance(model, RatingPredictor):
+                pred = _rating_predictions(model, data, fallback)
+                row["rmse"] = metrics.rmse(data.ratings, pred)
+                row["mae"] = metrics.mae(data.ratings, pred)
+            if isinstance(model, BatchScorer):
+                row.update(_ranking_figures(model, data, k, relevance_threshold))
+        except (ValueError, TypeError, ArithmeticError) as exc:
+            if isinstance(exc, EvaluationError):
+                raise
+            raise EvaluationError(f"{name}: scoring failed on fold {fold}: {exc}") from None
+        results[name] = row
+        get_params = getattr(model, "get_params", None)
+        params[name] = dict(get_params()) if callable(get_params) else {}
+        if progress is not None:
+            progress(_progress_line(name, row, k))
+    return results, params
+
+
+def _progress_line(name: str, row: Mapping[str, Any], k: int) -> str:
+    parts = [f"fold {row['fold']}: {name:<11} fit {row['fit_seconds']:.2f}s"]
+    if row["rmse"] is not None:
+        parts.append(f"RMSE {row['rmse']:.4f} MAE {row['mae']:.4f}")
+    if row[f"ndcg_at_{k}"] is not None:
+        parts.append(f"P@{k} {row[f'precision_at_{k}']:.4f} NDCG@{k} {row[f'ndcg_at_{k}']:.4f}")
+    return "  ".join(parts)
+
+
+# -- several splits -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class EvaluationReport:
+    """Results of :func:`evaluate`.
+
+    Attributes
+    ----------
+    folds : dict of str to list of dict
+        Per model, one result per fold (see :func:`evaluate_split`).
+    hyperparameters : dict of str to dict
+        Per model, its hyperparameters.
+    protocol : dict
+        k, relevance threshold, rating scale, fallback rule and the data sources.
+    """
+
+    folds: dict[str, list[dict[str, Any]]]
+    hyperparameters: dict[str, dict[str, Any]]
+    protocol: dict[str, Any] = field(default_factory=dict)
+
+    def means(self, model: str) -> dict[str, float | None]:
+        """The mean of every figure over the folds (``None`` if a fold lacks it)."""
+        rows = self.folds[model]
+        keys = [key for key in rows[0] if key != "fold"]
+        mean: dict[str, float | None] = {}
+        for key in keys:
+            values = [row[key] for row in rows]
+            mean[key] = None if any(v is None for v in values) else float(np.mean(values))
+        return mean
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: ``{"models": {name: {"folds": [...], "mean": {...}}}, ...}``."""
+        return {
+            "models": {
+                name: {"folds": [dict(r) for r in rows], "mean": self.means(name)}
+                for name, rows in self.folds.items()
+            },
+            "hyperparameters": {
+                name: {key: _jsonable(v) for key, v in params.items()}
+                for name, params in self.hyperparameters.items()
+            },
+            "protocol": {key: _jsonable(v) for key, v in self.protocol.items()},
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return repr(value)
+
+
+def evaluate(
+    splits: Sequence[RatingSplit],
+    models: Mapping[str, ModelFactory],
+    *,
+    scale: RatingScale | None = None,
+    k: int = DEFAULT_K,
+    relevance_threshold: float = DEFAULT_RELEVANCE_THRESHOLD,
+    progress: Callable[[str], None] | None = None,
+) -> EvaluationReport:
+    """Run the protocol on every split and collect the results.
+
+    Parameters
+    ----------
+    splits : sequence of RatingSplit
+        The folds.
+    models : mapping of str to callable
+        Name -> factory of an unfitted model (see :func:`default_models`).
+    scale : RatingScale, optional
+        The rating scale; detected from all the ratings of all splits by default (see
+        :func:`infer_scale`).
+    k : int
+        Cut-off of the top-N metrics.
+    relevance_threshold : float
+        Test ratings at or above it are relevant.
+    progress : callable, optional
+        Called with one line of text per step (for a progress display).
+
+    Returns
+    -------
+    EvaluationReport
+
+    Raises
+    ------
+    EvaluationError
+        If a rating is off the scale, no scale can be detected, or a model fails.
+    """
+    if not splits:
+        raise EvaluationError("no folds to evaluate")
+    if not models:
+        raise EvaluationError("no models to evaluate")
+    if scale is None:
+        try:
+            scale = infer_scale(
+                np.concatenate(
+                    [
+                        np.concatenate([s.train["rating"].to_numpy(), s.test["rating"].to_numpy()])
+                        for s in splits
+                    ]
+                )
+            )
+        except RatingScaleError as exc:
+            raise EvaluationError(str(exc)) from None
+        logger.info("rating scale detected from the data: %s", scale)
+    folds: dict[str, list[dict[str, Any]]] = {name: [] for name in models}
+    params: dict[str, dict[str, Any]] = {}
+    for split in splits:
+        where = f"fold {split.fold} ({split.source})" if split.source else f"fold {split.fold}"
+        try:
+            train = RatingMatrix.from_frame(split.train, scale)
+        except (RatingScaleError, RatingDataError) as exc:
+            raise EvaluationError(f"{where}, training ratings: {exc}") from None
+        try:
+            scale.indices_of(split.test["rating"].to_numpy(dtype=np.float64))
+        except RatingScaleError as exc:
+            raise EvaluationError(f"{where}, test ratings: {exc}") from None
+        if progress is not None:
+            progress(
+                f"fold {split.fold}: {train.n_ratings} training ratings "
+                f"({train.n_users} users, {train.n_items} items), {len(split.test)} test ratings"
+            )
+        results, params = evaluate_split(
+            train,
+            split.test,
+            models,
+            fold=split.fold,
+            k=k,
+            relevance_threshold=relevance_threshold,
+            progress=progress,
+        )
+        for name, row in results.items():
+            folds[name].append(row)
+    protocol = {
+        "k": k,
+        "relevance_threshold": float(relevance_threshold),
+        "rating_scale": str(scale),
+        "fallback": "mean training rating, for test items missing from the training data",
+        "folds": [s.fold for s in splits],
+        "sources": [s.source for s in splits],
+    }
+    return EvaluationReport(folds, params, protocol)

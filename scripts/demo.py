@@ -1,0 +1,135 @@
+"""``make demo``: a working recommender on http://127.0.0.1:8000 from a fresh checkout.
+
+Steps, each skipped when already done (so a second run starts in seconds):
+
+1. migrate the database (default ``sqlite:///./rbmrec.db``);
+2. import MovieLens 100K, from ``RBMREC_MOVIELENS_DIR`` when set, else the official
+   GroupLens download (SHA-256 verified, cached), unless the store has ratings;
+3. train and activate the first model, unless a usable one is active;
+4. print example ``curl`` commands and replace this process with ``rbmrec serve``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import NoReturn
+
+from sqlalchemy.exc import DBAPIError
+
+from app.db import migrate
+from app.db.engine import make_engine, make_sessionmaker
+from app.db.repository import count_ratings
+from app.logging_config import configure_logging
+from app.services import movielens_download, registry
+from app.services.importer import import_movielens
+from app.services.retrain import RetrainError, train_and_activate
+from app.settings import Settings, get_settings
+from rbm_core.movielens import DataFormatError
+
+
+def step(message: str) -> None:
+    print(f"==> {message}", flush=True)
+
+
+def fail(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(1)
+
+
+def movielens_dir(settings: Settings) -> Path:
+    if settings.movielens_dir is not None:
+        return Path(settings.movielens_dir)
+    archive = movielens_download.DATASETS["ml-100k"]
+    cache = movielens_download.default_cache_dir()
+    step(f"downloading MovieLens 100K from {archive.url} (cached in {cache})")
+    try:
+        return movielens_download.fetch(archive, cache)
+    except (movielens_download.DownloadError, OSError) as exc:
+        fail(f"{exc}; set RBMREC_MOVIELENS_DIR to an unpacked ml-100k directory instead")
+
+
+def prepare(settings: Settings) -> None:
+    """Migrate, import and train as needed."""
+    step(f"migrating {settings.database_url}")
+    try:
+        migrate.upgrade(settings.database_url)
+    except DBAPIError as exc:
+        fail(f"cannot reach the database: {exc.orig}")
+    engine = make_engine(settings.database_url, timeout_seconds=settings.db_timeout_seconds)
+    session_factory = make_sessionmaker(engine)
+    try:
+        with session_factory() as session:
+            n_ratings = count_ratings(session)
+        if n_ratings:
+            step(f"the store already holds {n_ratings} ratings: skipping the import")
+        else:
+            directory = movielens_dir(settings)
+            step(f"importing MovieLens 100K from {directory}")
+            try:
+                report = import_movielens(engine, directory, scale=settings.scale)
+            except (DataFormatError, FileNotFoundError) as exc:
+                fail(f"{exc} (nothing was imported)")
+            step(
+                f"imported {report.ratings_read} ratings of {report.users} users on "
+                f"{report.items_read} items in {report.seconds:.1f} s"
+            )
+        with session_factory() as session:
+            active = registry.get_active_version(session)
+        if active is not None and Path(active.artifact_path).is_dir():
+            step(f"model version {active.id} is active: skipping training")
+        else:
+            step("training the first model (about half a minute on 2 cores)")
+            started = time.perf_counter()
+            try:
+                version = train_and_activate(session_factory, settings, trigger="cli")
+            except RetrainError as exc:
+                fail(str(exc))
+            rmse = version.metrics.get("validation_rmse")
+            shown = f", validation RMSE {rmse:.3f}" if isinstance(rmse, float) else ""
+            step(
+                f"trained and activated model version {version.id} in "
+                f"{time.perf_counter() - started:.0f} s{shown}"
+            )
+    finally:
+        engine.dispose()
+
+
+def examples(settings: Settings) -> str:
+    """Example requests against the demo server."""
+    base = f"http://{settings.host}:{settings.port}"
+    auth = ""
+    if settings.api_keys:
+        auth = " -H 'Authorization: Bearer $RBMREC_KEY'"
+    return f"""
+Try it (OpenAPI docs: {base}/docs):
+
+  curl -s '{base}/users/196/recommendations?n=5'
+  curl -s -X POST {base}/ratings{auth} -H 'Content-Type: application/json' \\
+       -d '{{"user_id": "alice", "item_id": "50", "rating": 5}}'
+  curl -s -X POST {base}/ratings/batch{auth} -H 'Content-Type: application/json' \\
+       -d '{{"ratings": [{{"user_id": "alice", "item_id": "181", "rating": 5}},
+                        {{"user_id": "alice", "item_id": "98", "rating": 2}}]}}'
+  curl -s '{base}/users/alice/recommendations?n=5&genre=Comedy'
+  curl -s '{base}/users/alice/predictions?item_id=172&item_id=1'
+  curl -s '{base}/items/50/similar?n=5'
+  curl -s {base}/model
+  curl -s {base}/health/ready
+"""
+
+
+def main() -> None:
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    prepare(settings)
+    print(examples(settings), flush=True)
+    rbmrec = Path(sys.executable).with_name("rbmrec")
+    if rbmrec.is_file():
+        os.execv(rbmrec, [str(rbmrec), "serve"])
+    os.execv(sys.executable, [sys.executable, "-c", "from app.cli import main; main()", "serve"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,255 @@
+"""Cross-cutting HTTP behaviour: problem details, API keys, body limits, docs, CORS, metrics."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.api.main import create_app
+from app.db.repository import ItemIn, count_ratings, upsert_items
+from app.settings import Settings
+
+PROBLEM = "application/problem+json"
+RATING = {"user_id": "u1", "item_id": "m1", "rating": 4}
+
+
+@pytest.fixture
+def item(store: sessionmaker[Session]) -> str:
+    with store.begin() as session:
+        upsert_items(session, [ItemIn(id="m1", title="Movie")])
+    return "m1"
+
+
+def test_unknown_route_and_wrong_method_are_problems(client: TestClient) -> None:
+    missing = client.get("/no/such/route")
+    assert missing.status_code == 404
+    assert missing.headers["content-type"] == PROBLEM
+    assert missing.json() == {
+        "type": "about:blank",
+        "title": "Not Found",
+        "status": 404,
+        "detail": "no such resource: check the path (the API is described at /docs)",
+        "instance": "/no/such/route",
+    }
+    wrong = client.delete("/items")
+    assert wrong.status_code == 405
+    assert wrong.headers["content-type"] == PROBLEM
+    assert "GET" in wrong.headers["allow"]
+    assert wrong.json()["title"] == "Method Not Allowed"
+
+
+def test_unexpected_errors_are_a_generic_500_with_the_traceback_only_in_the_log(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_app(make_settings())
+
+    def explode() -> None:
+        raise RuntimeError("secret internal detail")
+
+    async def explode_async() -> None:
+        raise KeyError("another internal detail")
+
+    app.add_api_route("/explode", explode)
+    app.add_api_route("/explode-async", explode_async)
+    with TestClient(app) as client, caplog.at_level(logging.ERROR):
+        for path in ("/explode", "/explode-async"):
+            response = client.get(path)
+            assert response.status_code == 500
+            assert response.headers["content-type"] == PROBLEM
+            assert response.json() == {
+                "type": "about:blank",
+                "title": "Internal Server Error",
+                "status": 500,
+                "detail": "an unexpected error occurred; it has been logged",
+                "instance": path,
+            }
+            assert "internal detail" not in response.text
+        metrics = client.get("/metrics").text
+    assert "secret internal detail" in caplog.text
+    assert "Traceback" in caplog.text
+    assert 'route="/explode",status="500"' in metrics
+
+
+def test_security_headers(client: TestClient) -> None:
+    for response in (client.get("/health/live"), client.get("/nope")):
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["x-frame-options"] == "DENY"
+
+
+# -- API keys ---------------------------------------------------------------------------
+@pytest.fixture
+def keyed(make_client: Callable[..., TestClient], item: str) -> TestClient:
+    return make_client(api_keys=["write-key-1", "write-key-2"], admin_api_keys=["admin-key"])
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_writes_need_a_valid_key(keyed: TestClient, store: sessionmaker[Session]) -> None:
+    missing = keyed.post("/ratings", json=RATING)
+    assert missing.status_code == 401
+    assert missing.headers["content-type"] == PROBLEM
+    assert missing.headers["www-authenticate"].startswith("Bearer")
+    assert (
+        keyed.post("/ratings", json=RATING, headers={"Authorization": "Basic abc"}).status_code
+        == 401
+    )
+    wrong = keyed.post("/ratings", json=RATING, headers=bearer("write-key-3"))
+    assert wrong.status_code == 403
+    assert wrong.headers["content-type"] == PROBLEM
+    with store() as session:
+        assert count_ratings(session) == 0
+
+    assert keyed.post("/ratings", json=RATING, headers=bearer("write-key-2")).status_code == 201
+    assert keyed.post("/ratings", json=RATING, headers=bearer("admin-key")).status_code == 200
+    assert keyed.put("/items/m2", json={}, headers=bearer("write-key-1")).status_code == 201
+    assert keyed.put("/items/m3", json={}).status_code == 401
+    assert keyed.delete("/users/u1/ratings/m1").status_code == 401
+    assert keyed.delete("/users/u1/ratings/m1", headers=bearer("write-key-1")).status_code == 204
+    batch = {"ratings": [RATING]}
+    assert keyed.post("/ratings/batch", json=batch).status_code == 401
+    assert (
+        keyed.post("/ratings/batch", json=batch, headers=bearer("write-key-1")).status_code == 200
+    )
+
+
+def test_reads_stay_open_with_keys(keyed: TestClient) -> None:
+    assert keyed.get("/users/u1/recommendations").status_code == 200
+    assert keyed.get("/users/u1/ratings").status_code == 200
+    assert keyed.get("/items/m1").status_code == 200
+
+
+def test_admin_routes_need_an_admin_key(keyed: TestClient) -> None:
+    assert keyed.get("/models").status_code == 401
+    assert keyed.get("/models", headers=bearer("write-key-1")).status_code == 403
+    assert keyed.get("/models", headers=bearer("admin-key")).status_code == 200
+
+
+def test_admin_routes_take_write_keys_when_no_admin_keys_are_set(
+    make_client: Callable[..., TestClient],
+) -> None:
+    client = make_client(api_keys=["only-key"])
+    assert client.get("/models").status_code == 401
+    assert client.get("/models", headers=bearer("wrong")).status_code == 403
+    assert client.get("/models", headers=bearer("only-key")).status_code == 200
+
+
+def test_open_api_warns_at_start_and_keys_are_never_logged(
+    make_client: Callable[..., TestClient], item: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG):
+        open_client = make_client()
+        assert open_client.post("/ratings", json=RATING).status_code == 201
+    assert "RBMREC_API_KEYS is not set" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG):
+        keyed = make_client(api_keys=["s3cret-write"], admin_api_keys=["s3cret-admin"])
+        keyed.post("/ratings", json=RATING, headers=bearer("s3cret-guess"))
+        keyed.post("/ratings", json=RATING, headers=bearer("s3cret-write"))
+        keyed.get("/models", headers=bearer("s3cret-admin"))
+    assert "RBMREC_API_KEYS is not set" not in caplog.text
+    assert "s3cret" not in caplog.text
+
+
+# -- body limits ------------------------------------------------------------------------
+def test_body_larger_than_the_limit_is_413(
+    make_client: Callable[..., TestClient], item: str, store: sessionmaker[Session]
+) -> None:
+    client = make_client(max_body_bytes=1000)
+    big = {"ratings": [RATING] * 100}
+    declared = client.post("/ratings/batch", json=big)
+    assert declared.status_code == 413
+    assert declared.headers["content-type"] == PROBLEM
+    assert "1000 bytes" in declared.json()["detail"]
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"ratings": ['
+        for i in range(200):
+            yield (b"," if i else b"") + b'{"user_id": "u1", "item_id": "m1", "rating": 4}'
+        yield b"]}"
+
+    chunked = client.post(
+        "/ratings/batch", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert chunked.status_code == 413
+    assert chunked.headers["content-type"] == PROBLEM
+    with store() as session:
+        assert count_ratings(session) == 0
+    small = client.post("/ratings", json=RATING)
+    assert small.status_code == 201
+
+
+# -- docs, OpenAPI, CORS ------------------------------------------------------------
+def test_docs_can_be_disabled(make_client: Callable[..., TestClient]) -> None:
+    enabled = make_client()
+    assert enabled.get("/docs").status_code == 200
+    assert enabled.get("/openapi.json").status_code == 200
+    disabled = make_client(docs_enabled=False)
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert disabled.get(path).status_code == 404
+
+
+def _resolve(schema: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    ref = schema.get("$ref")
+    if ref is None:
+        return schema
+    resolved: dict[str, Any] = spec["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    return resolved
+
+
+def test_openapi_documents_every_operation_with_examples(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    operations = [
+        (path, method, op)
+        for path, item in spec["paths"].items()
+        for method, op in item.items()
+        if path.split("/")[1] in {"ratings", "users", "items", "model", "health"}
+    ]
+    assert len(operations) == 13
+    for path, method, op in operations:
+        where = f"{method.upper()} {path}"
+        assert op.get("summary"), where
+        assert op.get("tags"), where
+        body = op.get("requestBody")
+        if body is not None:
+            schema = _resolve(body["content"]["application/json"]["schema"], spec)
+            assert schema.get("examples"), where
+        for code, response in op["responses"].items():
+            content = response.get("content", {})
+            if code.startswith("2") and "application/json" in content:
+                schema = _resolve(content["application/json"]["schema"], spec)
+                assert schema.get("examples"), f"{where} {code}"
+            if code[0] in "45":
+                assert list(content) == [PROBLEM], f"{where} {code}"
+    for name in ("Problem", "ValidationProblem"):
+        assert spec["components"]["schemas"][name]["examples"]
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+
+
+def test_cors_is_off_unless_configured(make_client: Callable[..., TestClient]) -> None:
+    preflight = {
+        "Origin": "https://shop.example",
+        "Access-Control-Request-Method": "POST",
+    }
+    off = make_client()
+    assert "access-control-allow-origin" not in off.options("/ratings", headers=preflight).headers
+    on = make_client(cors_origins=["https://shop.example"])
+    response = on.options("/ratings", headers=preflight)
+    assert response.headers["access-control-allow-origin"] == "https://shop.example"
+
+
+def test_metrics_label_unmatched_routes(client: TestClient) -> None:
+    client.get("/users/abc/ratings")
+    client.get("/this/does/not/exist")
+    text = client.get("/metrics").text
+    assert 'route="/users/{user_id}/ratings",status="200"' in text
+    assert 'route="<unmatched>",status="404"' in text
+    assert "/this/does/not/exist" not in text
+    assert "/users/abc" not in text
+    assert "rbmrec_model_loaded 0.0" in text

@@ -1,0 +1,299 @@
+"""Recommendations, predictions, similar items and GET /model against a trained model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from _api_support import Subset, load_subset
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
+
+# Popular movies of the subset, rated by the new users of these tests.
+FIRST_RATINGS = {"50": 5, "181": 5, "1": 4, "100": 2, "98": 1}
+
+
+def post_ratings(client: TestClient, user_id: str, ratings: dict[str, float]) -> None:
+    for item_id, value in ratings.items():
+        response = client.post(
+            "/ratings", json={"user_id": user_id, "item_id": item_id, "rating": value}
+        )
+        assert response.status_code in (200, 201), response.text
+
+
+def test_new_user_gets_rbm_recommendations_at_once(
+    model_client: TestClient, model_artifacts: list[Path], ml_subset: Subset
+) -> None:
+    before = model_client.get("/users/newcomer/recommendations").json()
+    assert before["strategy"] == "popular"
+
+    post_ratings(model_client, "newcomer", FIRST_RATINGS)
+    response = model_client.get("/users/newcomer/recommendations", params={"n": 50})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["strategy"] == "rbm"
+    assert body["model_version"] == model_artifacts[0].name
+    assert body["user_id"] == "newcomer"
+    assert body["n"] == 50
+    assert body["offset"] == 0
+    ids = [item["item_id"] for item in body["items"]]
+    assert len(ids) == 50 == len(set(ids))
+    assert not set(ids) & set(FIRST_RATINGS)
+    assert set(ids) <= ml_subset.item_ids
+    scores = [item["score"] for item in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+    for item in body["items"]:
+        assert item["title"]
+        assert 1.0 <= item["predicted_rating"] <= 5.0
+
+
+def test_existing_user_never_gets_rated_items(model_client: TestClient, ml_subset: Subset) -> None:
+    rated = ml_subset.user_items("1")
+    body = model_client.get("/users/1/recommendations", params={"n": 100}).json()
+    assert body["strategy"] == "rbm"
+    assert len(body["items"]) == 100
+    assert not {item["item_id"] for item in body["items"]} & rated
+
+
+def test_recommendations_follow_new_ratings_without_retraining(model_client: TestClient) -> None:
+    post_ratings(model_client, "fan", FIRST_RATINGS)
+    first = model_client.get("/users/fan/recommendations", params={"n": 10}).json()
+    top = first["items"][0]["item_id"]
+    post_ratings(model_client, "fan", {top: 1})
+    second = model_client.get("/users/fan/recommendations", params={"n": 10}).json()
+    assert second["model_version"] == first["model_version"]
+    assert top not in {item["item_id"] for item in second["items"]}
+
+
+def test_predictions_change_after_a_new_rating(model_client: TestClient) -> None:
+    post_ratings(model_client, "critic", FIRST_RATINGS)
+    params = {"item_id": ["172", "174", "nope-item"]}
+    before = model_client.get("/users/critic/predictions", params=params)
+    assert before.status_code == 200
+    body = before.json()
+    assert body["levels"] == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert [p["item_id"] for p in body["items"]] == ["172", "174"]
+    assert body["unknown_items"] == ["nope-item"]
+    for prediction in body["items"]:
+        assert sum(prediction["distribution"]) == pytest.approx(1.0, abs=1e-4)
+        expected = sum(
+            level * p for level, p in zip(body["levels"], prediction["distribution"], strict=False)
+        )
+        assert prediction["predicted_rating"] == pytest.approx(expected, abs=1e-3)
+
+    duplicated = model_client.get(
+        "/users/critic/predictions", params={"item_id": ["50", "50"]}
+    ).json()
+    assert [p["item_id"] for p in duplicated["items"]] == ["50"]
+
+    post_ratings(model_client, "critic", {"173": 1, "176": 1, "210": 1})
+    after = model_client.get("/users/critic/predictions", params=params).json()
+    assert after["model_version"] == body["model_version"]
+    assert after["items"][0]["predicted_rating"] != pytest.approx(
+        body["items"][0]["predicted_rating"], abs=1e-6
+    )
+
+
+def test_predictions_validate_their_items(client: TestClient) -> None:
+    missing = client.get("/users/u/predictions")
+    assert missing.status_code == 422
+    assert missing.json()["errors"][0]["loc"] == ["query", "item_id"]
+    too_many = client.get("/users/u/predictions", params={"item_id": [str(i) for i in range(101)]})
+    assert too_many.status_code == 422
+    bad = client.get("/users/u/predictions", params={"item_id": ["ok", "not ok"]})
+    assert bad.status_code == 422
+    assert bad.json()["errors"][0]["loc"] == ["query", "item_id", 1]
+
+
+def test_popular_for_an_unknown_user_with_a_model(
+    model_client: TestClient, ml_subset: Subset
+) -> None:
+    body = model_client.get("/users/stranger/recommendations", params={"n": 5}).json()
+    assert body["strategy"] == "popular"
+    assert body["model_version"] is not None
+    counts = ml_subset.ratings["item_id"].value_counts()
+    assert [item["score"] for item in body["items"]] == [float(c) for c in counts.iloc[:5]]
+    assert body["items"][0]["item_id"] == counts.index[0]
+
+
+def test_ratings_the_model_cannot_use_give_popular_without_rated_items(
+    model_client: TestClient, store: sessionmaker[Session], ml_subset: Subset
+) -> None:
+    # An item created after training: the model cannot fold this rating in.
+    assert model_client.put("/items/brand-new", json={"title": "Brand new"}).status_code == 201
+    top = ml_subset.ratings["item_id"].value_counts().index[0]
+    post_ratings(model_client, "early", {"brand-new": 5, top: 3})
+    post_ratings(model_client, "early", {top: 3})
+    model_client.delete(f"/users/early/ratings/{top}")
+    body = model_client.get("/users/early/recommendations", params={"n": 20}).json()
+    assert body["strategy"] == "popular"
+    ids = [item["item_id"] for item in body["items"]]
+    assert ids[0] == top
+    assert "brand-new" not in ids
+
+
+def test_popular_without_a_model(
+    client: TestClient, store: sessionmaker[Session], ml_subset: Subset
+) -> None:
+    empty = client.get("/users/anyone/recommendations")
+    assert empty.status_code == 200
+    assert empty.json() == {
+        "user_id": "anyone",
+        "strategy": "popular",
+        "model_version": None,
+        "offset": 0,
+        "n": 10,
+        "items": [],
+    }
+    load_subset(store, ml_subset)
+    counts = ml_subset.ratings["item_id"].value_counts()
+    means = ml_subset.ratings.groupby("item_id")["rating"].mean()
+    # A rating through the API marks the cached popularity stale.
+    post_ratings(client, "1", {counts.index[0]: 5})
+    body = client.get("/users/anyone/recommendations", params={"n": 3}).json()
+    assert body["strategy"] == "popular"
+    assert body["model_version"] is None
+    assert [item["score"] for item in body["items"]] == [float(c) for c in counts.iloc[:3]]
+    top = body["items"][0]
+    assert top["predicted_rating"] == pytest.approx(means[top["item_id"]])
+    assert top["title"]
+    # the user who rated the top item does not get it
+    rated = ml_subset.user_items("1")
+    mine = client.get("/users/1/recommendations", params={"n": 20}).json()
+    assert mine["strategy"] == "popular"
+    assert not {item["item_id"] for item in mine["items"]} & rated
+
+
+def test_genre_exclude_and_offset(model_client: TestClient, ml_subset: Subset) -> None:
+    post_ratings(model_client, "picky", FIRST_RATINGS)
+    comedies = set(
+        ml_subset.items.loc[ml_subset.items["genres"].map(lambda g: "Comedy" in g), "id"]
+    )
+    body = model_client.get(
+        "/users/picky/recommendations", params={"n": 20, "genre": "comedy"}
+    ).json()
+    assert body["strategy"] == "rbm"
+    assert len(body["items"]) == 20
+    assert {item["item_id"] for item in body["items"]} <= comedies
+
+    full = model_client.get("/users/picky/recommendations", params={"n": 20}).json()["items"]
+    page2 = model_client.get("/users/picky/recommendations", params={"n": 10, "offset": 10}).json()[
+        "items"
+    ]
+    assert [i["item_id"] for i in page2] == [i["item_id"] for i in full[10:20]]
+
+    excluded = [full[0]["item_id"], full[3]["item_id"]]
+    without = model_client.get(
+        "/users/picky/recommendations", params={"n": 20, "exclude": excluded}
+    ).json()["items"]
+    ids = [i["item_id"] for i in without]
+    assert not set(ids) & set(excluded)
+    assert ids[:2] == [full[1]["item_id"], full[2]["item_id"]]
+
+    nothing = model_client.get(
+        "/users/picky/recommendations", params={"genre": "no-such-genre"}
+    ).json()
+    assert nothing["items"] == []
+    popular_comedies = model_client.get(
+        "/users/nobody/recommendations", params={"genre": "Comedy", "n": 5}
+    ).json()
+    assert popular_comedies["strategy"] == "popular"
+    assert {item["item_id"] for item in popular_comedies["items"]} <= comedies
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"n": 0},
+        {"n": 101},
+        {"n": "ten"},
+        {"offset": -1},
+        {"offset": 10_001},
+        {"exclude": "bad id"},
+        {"genre": ""},
+        {"genre": "g" * 65},
+    ],
+)
+def test_recommendation_parameters_are_bounded(
+    client: TestClient, params: dict[str, object]
+) -> None:
+    response = client.get("/users/u1/recommendations", params=params)
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["errors"][0]["loc"][0] == "query"
+
+
+def test_no_model_predictions_similar_and_model(
+    client: TestClient, store: sessionmaker[Session]
+) -> None:
+    predictions = client.get("/users/u/predictions", params={"item_id": ["a", "b"]}).json()
+    assert predictions["model_version"] is None
+    assert predictions["items"] == []
+    assert predictions["unknown_items"] == ["a", "b"]
+    assert predictions["levels"] == [1.0, 2.0, 3.0, 4.0, 5.0]
+    similar = client.get("/items/a/similar")
+    assert similar.status_code == 404
+    assert "no model" in similar.json()["detail"]
+    model = client.get("/model")
+    assert model.status_code == 404
+    assert model.json()["type"] == "urn:rbmrec:problem:no-model"
+
+
+def test_get_model_describes_the_served_version(
+    model_client: TestClient, model_artifacts: list[Path], ml_subset: Subset
+) -> None:
+    response = model_client.get("/model")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["version"] == model_artifacts[0].name
+    assert body["status"] == "active"
+    assert body["n_items"] == len(ml_subset.item_ids)
+    assert body["hyperparameters"]["n_hidden"] == 16
+    assert body["trained_at"]
+    assert body["loaded_at"]
+    assert body["activated_at"]
+
+
+def test_similar_items(model_client: TestClient, store: sessionmaker[Session]) -> None:
+    response = model_client.get("/items/50/similar", params={"n": 7})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["item_id"] == "50"
+    assert body["model_version"]
+    ids = [item["item_id"] for item in body["items"]]
+    assert len(ids) == 7
+    assert "50" not in ids
+    sims = [item["similarity"] for item in body["items"]]
+    assert sims == sorted(sims, reverse=True)
+    assert all(-1.0 <= s <= 1.0 for s in sims)
+    assert all(item["title"] for item in body["items"])
+
+    unknown = model_client.get("/items/not-an-item/similar")
+    assert unknown.status_code == 404
+    assert unknown.json()["type"] == "urn:rbmrec:problem:unknown-item"
+    model_client.put("/items/unrated", json={"title": "Nobody rated me"})
+    outside = model_client.get("/items/unrated/similar")
+    assert outside.status_code == 404
+    assert "not known to the model" in outside.json()["detail"]
+    assert model_client.get("/items/50/similar", params={"n": 101}).status_code == 422
+
+
+def test_strategy_and_model_metrics(model_client: TestClient, model_artifacts: list[Path]) -> None:
+    post_ratings(model_client, "counted", FIRST_RATINGS)
+    model_client.get("/users/counted/recommendations")
+    model_client.get("/users/not-counted/recommendations")
+    model_client.get("/users/counted/recommendations")
+    text = model_client.get("/metrics").text
+    assert 'rbmrec_recommendations_total{strategy="rbm"} 2.0' in text
+    assert 'rbmrec_recommendations_total{strategy="popular"} 1.0' in text
+    assert f'rbmrec_model_info{{version="{model_artifacts[0].name}"}} 1.0' in text
+    assert "rbmrec_model_loaded 1.0" in text
+    assert (
+        'rbmrec_http_requests_total{method="GET",route="/users/{user_id}/recommendations",'
+        'status="200"} 3.0' in text
+    )
+    assert "/users/counted/" not in text
+    assert (
+        'rbmrec_http_request_duration_seconds_bucket{le="0.25",method="GET",route="/users/{user_id}/recommendations"}'
+        in text
+    )

@@ -1,0 +1,139 @@
+"""``rbmrec serve`` as a real process, and the idempotent ``make demo`` preparation."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+
+import httpx
+import pytest
+from _api_support import Subset, free_port
+
+from app.db.engine import make_engine, make_sessionmaker
+from app.db.repository import count_ratings
+from app.services import registry
+from app.settings import Settings
+
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
+
+
+def rbmrec_command() -> list[str]:
+    script = Path(sys.executable).with_name("rbmrec")
+    if script.is_file():
+        return [str(script)]
+    return [sys.executable, "-c", "from app.cli import main; main()"]
+
+
+@pytest.mark.e2e
+def test_rbmrec_serve_runs_the_api_and_stops_cleanly(sqlite_url: str, tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "RBMREC_DATABASE_URL": sqlite_url,
+        "RBMREC_MODEL_DIR": str(tmp_path / "models"),
+        "RBMREC_LOG_LEVEL": "INFO",
+    }
+    process = subprocess.Popen(
+        [*rbmrec_command(), "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.communicate()[0]
+            try:
+                if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not become ready"
+            time.sleep(0.2)
+        body = httpx.get(f"{base}/users/someone/recommendations", timeout=5).json()
+        assert body["strategy"] == "popular"
+        assert httpx.get(f"{base}/docs", timeout=5).status_code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    # uvicorn re-raises SIGTERM after its graceful shutdown
+    assert process.returncode in (0, -signal.SIGTERM), output
+    assert "Finished server process" in output
+    assert "Application startup complete" in output
+    assert "RBMREC_API_KEYS is not set" in output
+    assert 'GET /users/someone/recommendations HTTP/1.1" 200' in output
+
+
+@pytest.mark.e2e
+def test_rbmrec_serve_on_a_busy_port_is_a_clear_error(sqlite_url: str, tmp_path: Path) -> None:
+    env = {**os.environ, "RBMREC_DATABASE_URL": sqlite_url, "RBMREC_MODEL_DIR": str(tmp_path)}
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [*rbmrec_command(), "serve", "--port", str(port)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode != 0
+    assert "address already in use" in result.stderr.lower()
+    assert "Traceback" not in result.stderr
+
+
+def load_demo() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "rbmrec_demo", PROJECT_ROOT / "scripts" / "demo.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_demo_preparation_is_idempotent(
+    ml_subset: Subset, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    demo = load_demo()
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path / 'demo.db'}",
+        model_dir=tmp_path / "models",
+        movielens_dir=ml_subset.directory,
+    )
+    demo.prepare(settings)
+    first = capsys.readouterr().out
+    assert "importing MovieLens 100K" in first
+    assert "trained and activated model version" in first
+
+    started = time.monotonic()
+    demo.prepare(settings)
+    second = capsys.readouterr().out
+    assert time.monotonic() - started < 10
+    assert "skipping the import" in second
+    assert "skipping training" in second
+
+    engine = make_engine(settings.database_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            assert count_ratings(session) == len(ml_subset.ratings)
+            active = registry.get_active_version(session)
+            assert active is not None
+            assert len(registry.list_versions(session)) == 1
+    finally:
+        engine.dispose()
+    text = demo.examples(settings)
+    assert "curl -s 'http://127.0.0.1:8000/users/196/recommendations?n=5'" in text
+    assert "Authorization" not in text

@@ -1,0 +1,295 @@
+"""The RBM formulas of rbm_core.functional, checked against brute force on tiny models."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from scipy.special import expit, logsumexp
+
+from rbm_core import functional as fn
+
+M, K, F = 3, 3, 4
+
+
+@pytest.fixture
+def params() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(42)
+    w = rng.normal(0.0, 1.0, size=(M, K, F))
+    b = rng.normal(0.0, 0.5, size=(M, K))
+    c = rng.normal(0.0, 0.5, size=F)
+    return w, b, c
+
+
+def codes_of(rows: list[dict[int, int]], n_items: int = M) -> sp.csr_matrix:
+    """CSR of level codes (level index + 1) from {item: level index} dicts."""
+    r, c, d = [], [], []
+    for i, row in enumerate(rows):
+        for item, level in sorted(row.items()):
+            r.append(i)
+            c.append(item)
+            d.append(level + 1)
+    m = sp.csr_matrix((np.asarray(d, dtype=np.int8), (r, c)), shape=(len(rows), n_items))
+    m.sort_indices()
+    return m
+
+
+def all_hidden_states() -> np.ndarray:
+    return np.array(list(itertools.product([0.0, 1.0], repeat=F)))
+
+
+def brute_energy(v: dict[int, int], h: np.ndarray, w, b, c, u=None) -> float:
+    """E(V, h) straight from the definition, with loops."""
+    e = 0.0
+    for item, level in v.items():
+        e -= b[item, level] + (0.0 if u is None else u[level])
+        for j in range(F):
+            e -= w[item, level, j] * h[j]
+    return e - float(h @ c)
+
+
+def test_energy_matches_definition(params) -> None:
+    w, b, c = params
+    v = {0: 2, 2: 1}
+    u = np.array([0.3, -0.1, 0.7])
+    visible = fn.one_hot_visible(codes_of([v]), K, np.float64)
+    for h in all_hidden_states():
+        got = fn.energy(visible, h[None, :], w, b, c, u[None, :])[0]
+        assert got == pytest.approx(brute_energy(v, h, w, b, c, u))
+
+
+@pytest.mark.parametrize("with_user_bias", [False, True])
+def test_free_energy_is_log_sum_over_hidden_states(params, with_user_bias: bool) -> None:
+    w, b, c = params
+    u = np.array([[0.5, 0.0, -0.4], [0.1, 0.2, 0.3]]) if with_user_bias else None
+    users = [{0: 2, 1: 0}, {2: 1}]
+    visible = fn.one_hot_visible(codes_of(users), K, np.float64)
+    got = fn.free_energy(visible, w, b, c, u)
+    for i, v in enumerate(users):
+        ui = None if u is None else u[i]
+        energies = [brute_energy(v, h, w, b, c, ui) for h in all_hidden_states()]
+        # F(V) = -log sum_h exp(-E(V, h))
+        assert got[i] == pytest.approx(-logsumexp(-np.asarray(energies)))
+
+
+def test_hidden_probabilities_match_enumeration(params) -> None:
+    w, b, c = params
+    v = {0: 1, 1: 2}
+    visible = fn.one_hot_visible(codes_of([v]), K, np.float64)
+    got = fn.hidden_probabilities(visible, w, c)[0]
+    states = all_hidden_states()
+    logp = -np.array([brute_energy(v, h, w, b, c) for h in states])
+    p = np.exp(logp - logsumexp(logp))
+    np.testing.assert_allclose(got, p @ states, rtol=1e-10)
+
+
+@pytest.mark.parametrize("with_user_bias", [False, True])
+def test_exact_marginal_matches_enumeration(params, with_user_bias: bool) -> None:
+    w, b, c = params
+    u = np.array([0.2, -0.3, 0.6]) if with_user_bias else None
+    v = {0: 2, 1: 0}
+    query = 2
+    visible = fn.one_hot_visible(codes_of([v]), K, np.float64)
+    x = fn.hidden_input(visible, w, c)
+    got = fn.exact_marginal_distribution(
+        x, w[[query]], b[[query]], None if u is None else u[None, :]
+    )[0, 0]
+    # p(v_q = k | V) from the joint over (v_q, h), summing out all 2^F hidden states
+    joint = np.array(
+        [
+            logsumexp([-brute_energy({**v, query: k}, h, w, b, c, u) for h in all_hidden_states()])
+            for k in range(K)
+        ]
+    )
+    expected = np.exp(joint - logsumexp(joint))
+    np.testing.assert_allclose(got, expected, rtol=1e-10)
+    at_pairs = fn.exact_marginal_at(
+        x, w, b, np.array([0]), np.array([query]), None if u is None else u[None, :]
+    )
+    np.testing.assert_allclose(at_pairs[0], expected, rtol=1e-10)
+
+
+def test_mean_field_is_softmax_of_expected_hidden_input(params) -> None:
+    w, b, _ = params
+    p = np.array([[0.1, 0.9, 0.5, 0.3]])
+    u = np.array([[0.0, 1.0, -1.0]])
+    got = fn.mean_field_distribution(p, w, b, u)[0]
+    for q in range(M):
+        logits = b[q] + u[0] + w[q] @ p[0]
+        np.testing.assert_allclose(got[q], np.exp(logits) / np.exp(logits).sum(), rtol=1e-12)
+    at_pairs = fn.mean_field_at(p, w, b, np.zeros(M, dtype=np.int64), np.arange(M), u)
+    np.testing.assert_allclose(at_pairs, got, rtol=1e-12)
+
+
+def test_conditionals_are_normalised(params) -> None:
+    w, b, _ = params
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 3, size=(5, F))
+    for dist in (
+        fn.exact_marginal_distribution(x, w, b),
+        fn.mean_field_distribution(expit(x), w, b),
+    ):
+        assert dist.shape == (5, M, K)
+        assert np.all(dist >= 0)
+        np.testing.assert_allclose(dist.sum(axis=-1), 1.0, rtol=1e-12)
+
+
+def test_softmax_and_softplus_are_stable_for_extreme_inputs() -> None:
+    logits = np.array([[1000.0, 0.0, -1000.0], [-1e4, -1e4, -1e4]])
+    out = fn.softmax(logits)
+    assert np.all(np.isfinite(out))
+    np.testing.assert_allclose(out.sum(axis=1), 1.0)
+    np.testing.assert_allclose(np.exp(fn.log_softmax(logits)), out, atol=1e-300)
+    sp_ = fn.softplus(np.array([-1000.0, 0.0, 1000.0]))
+    np.testing.assert_allclose(sp_, [0.0, np.log(2.0), 1000.0])
+    assert fn.softplus(np.array([1.0], dtype=np.float32)).dtype == np.float32
+
+
+@pytest.mark.parametrize("density", [0.05, 0.9])
+def test_visible_logits_dense_and_gather_paths_agree(density: float) -> None:
+    # the two evaluation strategies switch on the density of the pairs
+    rng = np.random.default_rng(3)
+    n_users, m, k, f = 40, 30, 4, 6
+    w = rng.normal(size=(m, k, f))
+    b = rng.normal(size=(m, k))
+    h = rng.random((n_users, f))
+    u = rng.normal(size=(n_users, k))
+    mask = rng.random((n_users, m)) < density
+    rows, items = np.nonzero(mask)
+    got = fn.visible_logits_at(h, w, b, rows, items, u)
+    expected = np.einsum("pf,pkf->pk", h[rows], w[items]) + b[items] + u[rows]
+    np.testing.assert_allclose(got, expected, rtol=1e-10)
+
+
+def test_one_hot_and_block_visible_layouts() -> None:
+    codes = codes_of([{0: 2, 2: 0}, {}])
+    one_hot = fn.one_hot_visible(codes, K).toarray()
+    expected = np.zeros((2, M * K))
+    expected[0, 0 * K + 2] = 1.0
+    expected[0, 2 * K + 0] = 1.0
+    np.testing.assert_array_equal(one_hot, expected)
+    values = np.array([[0.1, 0.2, 0.7], [0.5, 0.25, 0.25]])
+    block = fn.block_visible(codes, values).toarray()
+    np.testing.assert_allclose(block[0, 0:3], values[0])
+    np.testing.assert_allclose(block[0, 6:9], values[1])
+    assert block[1].sum() == 0
+    np.testing.assert_allclose(
+        fn.level_totals(fn.block_visible(codes, values), K)[0], values.sum(0)
+    )
+
+
+def test_mean_of_many_bernoulli_samples_approaches_probabilities() -> None:
+    rng = np.random.default_rng(1)
+    p = np.array([[0.05, 0.5, 0.93]], dtype=np.float32)
+    draws = fn.sample_bernoulli(np.repeat(p, 20000, axis=0), rng)
+    assert set(np.unique(draws)) <= {0.0, 1.0}
+    np.testing.assert_allclose(draws.mean(axis=0), p[0], atol=0.015)
+
+
+def test_frequencies_of_many_categorical_samples_approach_probabilities() -> None:
+    rng = np.random.default_rng(2)
+    p = np.array([0.1, 0.6, 0.05, 0.25])
+    draws = fn.sample_categorical(np.tile(p, (40000, 1)), rng)
+    assert draws.min() >= 0
+    assert draws.max() < len(p)
+    np.testing.assert_allclose(np.bincount(draws, minlength=4) / len(draws), p, atol=0.01)
+
+
+def test_mean_of_gibbs_hidden_samples_approaches_mean_field(params) -> None:
+    # sampling h from p(h | V) many times: the average is p(h | V)
+    w, _, c = params
+    visible = fn.one_hot_visible(codes_of([{0: 1, 2: 2}]), K, np.float64)
+    p = fn.hidden_probabilities(visible, w, c)
+    rng = np.random.default_rng(5)
+    draws = fn.sample_bernoulli(np.repeat(p, 30000, axis=0), rng)
+    np.testing.assert_allclose(draws.mean(axis=0), p[0], atol=0.012)
+
+
+def test_cd_statistics_shapes_and_invariants(params) -> None:
+    w, b, c = (a.astype(np.float32) for a in params)
+    codes = codes_of([{0: 2, 1: 0}, {1: 1}, {0: 0}])
+    values = np.array([1.0, 2.0, 3.0], dtype=np.float32)
+    stats = fn.cd_statistics(codes, w, b, c, values, 2, np.random.default_rng(0))
+    # only the rated items (0 and 1) carry a gradient
+    np.testing.assert_array_equal(stats.items, [0, 1])
+    assert stats.d_weights.shape == (2, K, F)
+    assert stats.d_weights.dtype == np.float32
+    assert stats.d_visible_bias.shape == (2, K)
+    assert stats.n_ratings == 4
+    dense = stats.dense_weights(M)
+    assert not dense[2].any()
+    np.testing.assert_array_equal(dense[:2], stats.d_weights)
+    # softmax: data and reconstruction both put total mass one on each rated item
+    np.testing.assert_allclose(stats.d_visible_bias.sum(axis=1), 0.0, atol=1e-6)
+    np.testing.assert_allclose(stats.d_user_bias.sum(axis=1), 0.0, atol=1e-6)
+    assert stats.squared_error >= 0.0
+
+
+def test_cd1_statistics_match_their_definition(params) -> None:
+    # CD-1 with probabilities in the last step: <v h>_data - <p_v p_h'>_recon, where the
+    # reconstruction p_v uses a hidden sample h ~ p(h | V); recompute it from the same draws
+    w, b, c = (a.astype(np.float64) for a in params)
+    users = [{0: 2, 1: 0}, {1: 1, 2: 2}]
+    codes = codes_of(users)
+    values = np.array([1.0, 2.0, 3.0])
+    stats = fn.cd_statistics(codes, w, b, c, values, 1, np.random.default_rng(4))
+    rng = np.random.default_rng(4)
+    expected_w = np.zeros_like(w)
+    expected_c = np.zeros_like(c)
+    for v in users:
+        x = c + sum(w[i, lv] for i, lv in v.items())
+        p_data = expit(x)
+        h = (rng.random(F) < p_data).astype(float)
+        x_recon = c.copy()
+        recon = {}
+        for i in v:
+            logits = b[i] + w[i] @ h
+            recon[i] = np.exp(logits - logsumexp(logits))
+            x_recon += recon[i] @ w[i]
+        p_recon = expit(x_recon)
+        for i, lv in v.items():
+            expected_w[i, lv] += p_data
+            expected_w[i] -= np.outer(recon[i], p_recon)
+        expected_c += p_data - p_recon
+    # the batch draws its hidden samples for all users at once, in row order
+    np.testing.assert_allclose(stats.dense_weights(M), expected_w / 2, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(stats.d_hidden_bias, expected_c / 2, rtol=1e-8, atol=1e-12)
+
+
+def test_cd_statistics_is_reproducible_with_the_same_generator(params) -> None:
+    w, b, c = (a.astype(np.float32) for a in params)
+    codes = codes_of([{0: 2, 1: 0}, {1: 1, 2: 2}])
+    values = np.array([1.0, 2.0, 3.0], dtype=np.float32)
+    a = fn.cd_statistics(codes, w, b, c, values, 3, np.random.default_rng(9), dropout=0.3)
+    bb = fn.cd_statistics(codes, w, b, c, values, 3, np.random.default_rng(9), dropout=0.3)
+    np.testing.assert_array_equal(a.d_weights, bb.d_weights)
+    np.testing.assert_array_equal(a.items, bb.items)
+    np.testing.assert_array_equal(a.d_hidden_bias, bb.d_hidden_bias)
+
+
+def _dense_vb(stats: fn.CDStatistics, n_items: int) -> np.ndarray:
+    out = np.zeros((n_items, stats.d_visible_bias.shape[1]), dtype=stats.d_visible_bias.dtype)
+    out[stats.items] = stats.d_visible_bias
+    return out
+
+
+def test_cd_gradient_points_uphill_on_the_data_likelihood() -> None:
+    # one user who always rates item 0 at level 2: a step along the CD gradient must make
+    # that rating more likely under the model's own conditional
+    rng = np.random.default_rng(0)
+    w = (rng.normal(size=(2, 3, 5)) * 0.01).astype(np.float32)
+    b = np.zeros((2, 3), dtype=np.float32)
+    c = np.zeros(5, dtype=np.float32)
+    codes = codes_of([{0: 2, 1: 0}] * 50, n_items=2)
+    values = np.array([1.0, 2.0, 3.0], dtype=np.float32)
+    visible = fn.one_hot_visible(codes[:1], 3)
+    before = fn.exact_marginal_distribution(fn.hidden_input(visible, w, c), w[:1], b[:1])[0, 0, 2]
+    for _ in range(20):
+        s = fn.cd_statistics(codes, w, b, c, values, 1, rng)
+        w = w + 0.5 * s.dense_weights(2)
+        b = b + 0.5 * _dense_vb(s, 2)
+        c = c + 0.5 * s.d_hidden_bias
+    after = fn.exact_marginal_distribution(fn.hidden_input(visible, w, c), w[:1], b[:1])[0, 0, 2]
+    assert after > before + 0.3
