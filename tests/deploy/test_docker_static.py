@@ -62,6 +62,13 @@ def interpolate(value: str, env: Mapping[str, str]) -> str:
     return _INTERPOLATION.sub(replace, value)
 
 
+def interpolate_command(command: str | list[str]) -> str | list[str]:
+    """A compose ``command`` with its variables interpolated (all unset)."""
+    if isinstance(command, str):
+        return interpolate(command, {})
+    return [interpolate(part, {}) for part in command]
+
+
 def referenced_variables(text: str) -> set[str]:
     """Names of the variables that ``text`` interpolates (escaped ``$$`` excluded)."""
     names = set()
@@ -268,12 +275,6 @@ def test_every_service_command_is_a_real_rbmrec_command() -> None:
         "rbmrec import movielens",
         "rbmrec train",
     ]
-
-
-def interpolate_command(command: str | list[str]) -> str | list[str]:
-    if isinstance(command, str):
-        return interpolate(command, {})
-    return [interpolate(part, {}) for part in command]
 
 
 def test_the_command_check_rejects_what_the_cli_would_reject() -> None:
