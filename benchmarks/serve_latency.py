@@ -57,6 +57,8 @@ class PhaseResult:
     latencies: list[float]
     errors: int
     seconds: float
+    server_cpu: float = 0.0
+    client_cpu: float = 0.0
 
     def row(self) -> dict[str, float | int | str]:
         lat = np.asarray(self.latencies) * 1000.0
@@ -70,6 +72,9 @@ class PhaseResult:
             "p95_ms": round(float(np.percentile(lat, 95)), 2) if ok else float("nan"),
             "p99_ms": round(float(np.percentile(lat, 99)), 2) if ok else float("nan"),
             "max_ms": round(float(lat.max()), 2) if ok else float("nan"),
+            # CPU seconds per request: what the numbers would allow on idle cores
+            "server_cpu_ms": round(self.server_cpu / max(ok, 1) * 1000, 2),
+            "client_cpu_ms": round(self.client_cpu / max(ok, 1) * 1000, 2),
         }
 
 
@@ -184,8 +189,30 @@ def wait_ready(base: str, process: subprocess.Popen[bytes], timeout: float = 120
     raise RuntimeError("the server did not become ready")
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its descendants (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # after the command: state ppid ... utime(12) stime(13)
+        stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks)
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += stats.get(current, (0, 0.0))[1]
+        todo += [child for child, (parent, _) in stats.items() if parent == current]
+    return total
+
+
 async def run_phase(
     name: str,
+    server_pid: int,
     client: httpx.AsyncClient,
     make_request: Callable[[int], Awaitable[httpx.Response]],
     *,
@@ -196,6 +223,8 @@ async def run_phase(
     latencies: list[float] = []
     errors = 0
     counter = 0
+    server_cpu = tree_cpu_seconds(server_pid)
+    client_cpu = time.process_time()
     started = time.perf_counter()
     deadline = started + max_seconds
 
@@ -216,10 +245,17 @@ async def run_phase(
                 errors += 1
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return PhaseResult(name, latencies, errors, time.perf_counter() - started)
+    return PhaseResult(
+        name,
+        latencies,
+        errors,
+        time.perf_counter() - started,
+        server_cpu=tree_cpu_seconds(server_pid) - server_cpu,
+        client_cpu=time.process_time() - client_cpu,
+    )
 
 
-async def load(base: str, args: argparse.Namespace) -> list[PhaseResult]:
+async def load(base: str, server_pid: int, args: argparse.Namespace) -> list[PhaseResult]:
     rng = random.Random(args.seed)
     users = [str(u) for u in range(1, 944)]
     items = [str(i) for i in range(1, 1683)]
@@ -240,16 +276,19 @@ async def load(base: str, args: argparse.Namespace) -> list[PhaseResult]:
             return client.post("/ratings", json=body)
 
         common = {"concurrency": args.concurrency, "max_seconds": args.seconds}
-        await run_phase("warmup", client, recommend, max_requests=args.warmup, **common)
+        await run_phase("warmup", server_pid, client, recommend, max_requests=args.warmup, **common)
         results = [
             await run_phase(
                 "GET /users/{id}/recommendations",
+                server_pid,
                 client,
                 recommend,
                 max_requests=args.requests,
                 **common,
             ),
-            await run_phase("POST /ratings", client, rate, max_requests=args.requests, **common),
+            await run_phase(
+                "POST /ratings", server_pid, client, rate, max_requests=args.requests, **common
+            ),
         ]
     return results
 
@@ -268,13 +307,24 @@ def main() -> None:
             server = start_server(settings, port, args.workers)
             base = f"http://127.0.0.1:{port}"
             wait_ready(base, server)
-            results = asyncio.run(load(base, args))
+            results = asyncio.run(load(base, server.pid, args))
         finally:
             if server is not None:
                 server.send_signal(signal.SIGTERM)
                 server.wait(timeout=30)
             drop()
-    header = ("phase", "requests", "errors", "req_per_s", "p50_ms", "p95_ms", "p99_ms", "max_ms")
+    header = (
+        "phase",
+        "requests",
+        "errors",
+        "req_per_s",
+        "p50_ms",
+        "p95_ms",
+        "p99_ms",
+        "max_ms",
+        "server_cpu_ms",
+        "client_cpu_ms",
+    )
     print("\n" + " | ".join(header))
     for result in results:
         row = result.row()

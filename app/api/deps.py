@@ -14,32 +14,36 @@ straight away and a failed commit is answered as an error, not lost.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from email.message import Message
 from typing import Annotated
 
-from fastapi import Depends, Path, Request
+import anyio
+from fastapi import Depends, Path, Request, Response
+from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from app.api.errors import ProblemError
 from app.api.metrics import ApiMetrics
 from app.domain import ID_MAX_LENGTH, ID_PATTERN
 from app.services.model_holder import ModelHolder
-from app.services.recommend import StorePopularity
+from app.services.recommend import CatalogCache
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "CatalogDep",
     "ItemIdPath",
     "MetricsDep",
     "ModelHolderDep",
-    "PopularityDep",
     "SessionDep",
     "SettingsDep",
     "UserIdPath",
     "get_session",
+    "model_response",
     "require_json",
 ]
 
@@ -56,10 +60,10 @@ async def get_model_holder(request: Request) -> ModelHolder:
     return holder
 
 
-async def get_popularity(request: Request) -> StorePopularity:
-    """The cached most-rated items of the store."""
-    popularity: StorePopularity = request.app.state.popularity
-    return popularity
+async def get_catalog(request: Request) -> CatalogCache:
+    """The cached catalog facts (popular items, genre index)."""
+    catalog: CatalogCache = request.app.state.catalog
+    return catalog
 
 
 async def get_metrics(request: Request) -> ApiMetrics:
@@ -68,21 +72,60 @@ async def get_metrics(request: Request) -> ApiMetrics:
     return metrics
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    """One session per request: commit on success, roll back on error, always close."""
+def _finish(session: Session) -> None:
+    try:
+        session.commit()
+    except BaseException:
+        _discard(session)
+        raise
+    session.close()
+
+
+def _discard(session: Session) -> None:
+    try:
+        session.rollback()
+    except SQLAlchemyError:  # the connection may be gone: keep the original error
+        logger.debug("rollback failed", exc_info=True)
+    finally:
+        session.close()
+
+
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """One session per request: commit on success, roll back on error, always close.
+
+    Creating a session does no I/O (it connects on first use), so it happens on the
+    event loop; only the commit or rollback goes to the thread pool. The cleanup is
+    shielded, so a client that disconnects never leaks a connection.
+    """
     factory: sessionmaker[Session] = request.app.state.session_factory
     session = factory()
     try:
         yield session
-        session.commit()
     except BaseException:
-        try:
-            session.rollback()
-        except SQLAlchemyError:  # the connection may be gone: keep the original error
-            logger.debug("rollback failed", exc_info=True)
+        with anyio.CancelScope(shield=True):
+            if session.in_transaction():
+                await run_in_threadpool(_discard, session)
+            else:
+                session.close()
         raise
-    finally:
-        session.close()
+    with anyio.CancelScope(shield=True):
+        if session.in_transaction():
+            await run_in_threadpool(_finish, session)
+        else:
+            session.close()
+
+
+def model_response(model: BaseModel, status_code: int = 200) -> Response:
+    """Serialize a response model to JSON directly.
+
+    A plain ``def`` handler returning a model makes FastAPI validate that model once
+    more, in another thread-pool hop; the models here are validated when built.
+    """
+    return Response(
+        content=model.__pydantic_serializer__.to_json(model),
+        status_code=status_code,
+        media_type="application/json",
+    )
 
 
 async def require_json(request: Request) -> None:
@@ -106,7 +149,7 @@ async def require_json(request: Request) -> None:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 ModelHolderDep = Annotated[ModelHolder, Depends(get_model_holder)]
-PopularityDep = Annotated[StorePopularity, Depends(get_popularity)]
+CatalogDep = Annotated[CatalogCache, Depends(get_catalog)]
 MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]
 
 _ID_DOC = "1-64 letters, digits or '_', '.', ':', '-'."

@@ -6,7 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response, status
 
-from app.api.deps import ItemIdPath, ModelHolderDep, SessionDep, require_json
+from app.api.deps import (
+    CatalogDep,
+    ItemIdPath,
+    ModelHolderDep,
+    SessionDep,
+    model_response,
+    require_json,
+)
 from app.api.errors import TYPE_NO_MODEL, TYPE_UNKNOWN_ITEM, ProblemError, problem_responses
 from app.api.security import require_write_key
 from app.db import repository
@@ -37,8 +44,11 @@ def _unknown_item(item_id: str) -> ProblemError:
     },
 )
 def put_item(
-    item_id: ItemIdPath, body: ItemUpsert, session: SessionDep, response: Response
-) -> ItemOut:
+    item_id: ItemIdPath,
+    body: ItemUpsert,
+    session: SessionDep,
+    catalog: CatalogDep,
+) -> Response:
     """Store an item's title, genres and attributes: 201 when created, 200 when replaced."""
     existed = repository.get_item(session, item_id) is not None
     repository.upsert_items(
@@ -46,11 +56,12 @@ def put_item(
         [ItemIn(id=item_id, title=body.title, genres=body.genres, attributes=body.attributes)],
     )
     session.flush()
+    catalog.items_changed()
     item = repository.get_item(session, item_id)
     assert item is not None
     session.refresh(item)
-    response.status_code = status.HTTP_200_OK if existed else status.HTTP_201_CREATED
-    return ItemOut.model_validate(item)
+    status_code = status.HTTP_200_OK if existed else status.HTTP_201_CREATED
+    return model_response(ItemOut.model_validate(item), status_code)
 
 
 @router.get(
@@ -59,12 +70,12 @@ def put_item(
     response_model=ItemOut,
     responses=problem_responses(404, 422, 503),
 )
-def get_item(item_id: ItemIdPath, session: SessionDep) -> ItemOut:
+def get_item(item_id: ItemIdPath, session: SessionDep) -> Response:
     """The item, or 404."""
     item = repository.get_item(session, item_id)
     if item is None:
         raise _unknown_item(item_id)
-    return ItemOut.model_validate(item)
+    return model_response(ItemOut.model_validate(item))
 
 
 @router.get(
@@ -77,15 +88,16 @@ def list_items(
     session: SessionDep,
     offset: Annotated[int, Query(ge=0, le=10_000_000, description="Items to skip.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 100,
-) -> ItemPage:
+) -> Response:
     """A page of items ordered by id, with the catalog's size."""
     items = repository.list_items(session, offset=offset, limit=limit)
-    return ItemPage(
+    page = ItemPage(
         total=repository.count_items(session),
         offset=offset,
         limit=limit,
         items=[ItemOut.model_validate(i) for i in items],
     )
+    return model_response(page)
 
 
 @router.get(
@@ -102,7 +114,7 @@ def get_similar_items(
     session: SessionDep,
     holder: ModelHolderDep,
     n: Annotated[int, Query(ge=1, le=MAX_N, description="How many items.")] = 10,
-) -> SimilarItems:
+) -> Response:
     """Nearest items in the active model."""
     loaded = holder.current
     try:
@@ -116,10 +128,11 @@ def get_similar_items(
             404, str(exc), title="Item not in the model", type=TYPE_NO_MODEL
         ) from None
     assert loaded is not None
-    return SimilarItems(
+    body = SimilarItems(
         item_id=item_id,
         model_version=loaded.version.id,
         items=[
             SimilarItem(item_id=s.item_id, title=s.title, similarity=s.similarity) for s in similar
         ],
     )
+    return model_response(body)

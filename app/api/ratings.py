@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Response, status
 
-from app.api.deps import PopularityDep, SessionDep, SettingsDep, require_json
+from app.api.deps import CatalogDep, SessionDep, SettingsDep, model_response, require_json
 from app.api.errors import (
     TYPE_UNKNOWN_ITEM,
     ProblemError,
@@ -53,9 +53,8 @@ def post_rating(
     body: RatingCreate,
     session: SessionDep,
     settings: SettingsDep,
-    popularity: PopularityDep,
-    response: Response,
-) -> RatingOut:
+    catalog: CatalogDep,
+) -> Response:
     """Upsert one rating: 201 when created, 200 when it replaced an earlier one."""
     entry = RatingEntry(body.user_id, body.item_id, body.rating, body.rated_at)
     try:
@@ -64,9 +63,9 @@ def post_rating(
         )
     except RatingsRejected as exc:
         raise rejection(exc, single=True) from None
-    popularity.mark_dirty()
-    response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
-    return RatingOut.model_validate(rating)
+    catalog.ratings_changed()
+    status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+    return model_response(RatingOut.model_validate(rating), status_code)
 
 
 @router.post(
@@ -83,8 +82,8 @@ def post_ratings_batch(
     body: RatingBatch,
     session: SessionDep,
     settings: SettingsDep,
-    popularity: PopularityDep,
-) -> RatingBatchResult:
+    catalog: CatalogDep,
+) -> Response:
     """Upsert many ratings atomically."""
     entries = [RatingEntry(r.user_id, r.item_id, r.rating, r.rated_at) for r in body.ratings]
     try:
@@ -93,5 +92,5 @@ def post_ratings_batch(
         )
     except RatingsRejected as exc:
         raise rejection(exc, single=False) from None
-    popularity.mark_dirty()
-    return RatingBatchResult(written=written)
+    catalog.ratings_changed()
+    return model_response(RatingBatchResult(written=written))

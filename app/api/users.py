@@ -7,13 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Response, status
 
 from app.api.deps import (
+    CatalogDep,
     ItemIdPath,
     MetricsDep,
     ModelHolderDep,
-    PopularityDep,
     SessionDep,
     SettingsDep,
     UserIdPath,
+    model_response,
 )
 from app.api.errors import ProblemError, problem_responses
 from app.api.security import require_write_key
@@ -49,16 +50,17 @@ def get_user_ratings(
     session: SessionDep,
     offset: Annotated[int, Query(ge=0, le=10_000_000, description="Ratings to skip.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 100,
-) -> RatingPage:
+) -> Response:
     """Page through the ratings the store holds for a user (empty for an unknown user)."""
     page, total = ratings_service.list_ratings(session, user_id, offset=offset, limit=limit)
-    return RatingPage(
+    body = RatingPage(
         user_id=user_id,
         total=total,
         offset=offset,
         limit=limit,
         items=[RatingOut.model_validate(r) for r in page],
     )
+    return model_response(body)
 
 
 @router.delete(
@@ -73,12 +75,12 @@ def delete_user_rating(
     user_id: UserIdPath,
     item_id: ItemIdPath,
     session: SessionDep,
-    popularity: PopularityDep,
+    catalog: CatalogDep,
 ) -> Response:
     """Delete the user's rating of the item: 204, or 404 if there was none."""
     if not ratings_service.delete_rating(session, user_id, item_id):
         raise ProblemError(404, f"user {user_id!r} has no rating of item {item_id!r}")
-    popularity.mark_dirty()
+    catalog.ratings_changed()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -96,7 +98,7 @@ def get_recommendations(
     user_id: UserIdPath,
     session: SessionDep,
     holder: ModelHolderDep,
-    popularity: PopularityDep,
+    catalog: CatalogDep,
     metrics: MetricsDep,
     n: Annotated[int, Query(ge=1, le=MAX_N, description="How many items.")] = 10,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Ranks to skip.")] = 0,
@@ -113,14 +115,14 @@ def get_recommendations(
         list[ItemIdQuery],
         Query(max_length=1000, description="Item ids never to return (repeat the parameter)."),
     ] = [],  # noqa: B006 (FastAPI copies defaults per request)
-) -> Recommendations:
+) -> Response:
     """Top-``n`` items for the user, never one the user has rated."""
     loaded = holder.current  # one reference for the whole request: swaps cannot tear it
     result = recommend_service.recommend(
-        session, loaded, popularity, user_id, n=n, offset=offset, genre=genre, exclude=exclude
+        session, loaded, catalog, user_id, n=n, offset=offset, genre=genre, exclude=exclude
     )
     metrics.recommendations.labels(strategy=result.strategy).inc()
-    return Recommendations(
+    body = Recommendations(
         user_id=user_id,
         strategy=result.strategy,
         model_version=result.model_version,
@@ -136,6 +138,7 @@ def get_recommendations(
             for r in result.items
         ],
     )
+    return model_response(body)
 
 
 @router.get(
@@ -156,7 +159,7 @@ def get_predictions(
         list[ItemIdQuery],
         Query(min_length=1, max_length=MAX_N, description="Items to predict (repeat it)."),
     ],
-) -> Predictions:
+) -> Response:
     """Predicted ratings and distributions for the items asked for."""
     result = recommend_service.predict(
         session,
@@ -167,7 +170,7 @@ def get_predictions(
     )
     expected = result.expected.tolist()
     distribution = result.distribution.tolist()
-    return Predictions(
+    body = Predictions(
         user_id=user_id,
         model_version=result.model_version,
         levels=list(result.levels),
@@ -177,3 +180,4 @@ def get_predictions(
         ],
         unknown_items=result.unknown_items,
     )
+    return model_response(body)

@@ -9,7 +9,7 @@ cached per user, so a rating written a moment ago already counts.
 
 Strategy ``popular`` answers when the user has no rating the model knows, or no
 model is loaded: the most-rated items, from the model's training counts when a
-model is loaded, else from the store (cached in :class:`StorePopularity`).
+model is loaded, else from the store (cached in :class:`CatalogCache`).
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Generic, Literal, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import Select, func, literal, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db import repository
@@ -34,6 +34,7 @@ from rbm_core.model import UnknownItemError as ModelUnknownItemError
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "CatalogCache",
     "ItemNotInModelError",
     "NoModelError",
     "PopularList",
@@ -41,8 +42,6 @@ __all__ = [
     "Recommendation",
     "RecommendationResult",
     "SimilarItem",
-    "StorePopularity",
-    "item_ids_with_genre",
     "predict",
     "recommend",
     "similar_items",
@@ -51,8 +50,10 @@ __all__ = [
 
 Strategy = Literal["rbm", "popular"]
 
-POPULARITY_TTL_SECONDS: Final = 30.0
-"""How long the store's popularity list is reused when this process wrote nothing."""
+CATALOG_TTL_SECONDS: Final = 30.0
+"""How long cached catalog facts are reused when this process changed nothing."""
+
+T = TypeVar("T")
 
 
 class NoModelError(LookupError):
@@ -115,7 +116,7 @@ class SimilarItem:
     similarity: float
 
 
-# -- store popularity ----------------------------------------------------------------------
+# -- cached catalog facts ----------------------------------------------------------------
 @dataclass(frozen=True)
 class PopularList:
     """Items of the store by number of ratings, most rated first."""
@@ -123,71 +124,101 @@ class PopularList:
     item_ids: list[str]
     counts: list[int]
     means: list[float]
-    computed_at: float
 
 
-class StorePopularity:
-    """The store's most-rated items, cached for the ``popular`` strategy without a model.
+class _Cached(Generic[T]):
+    """A value computed from the store, reused for ``ttl`` seconds or until marked stale.
 
-    The list is recomputed (one ``GROUP BY`` over the ratings) when it is older than
-    ``ttl_seconds``, or at the next use after this process wrote a rating
-    (:meth:`mark_dirty`). Only one thread recomputes; the others keep using the
-    previous list meanwhile.
+    Only one thread recomputes at a time; the others keep using the previous value
+    meanwhile (or wait for the first one).
+    """
 
-    The list is read through the caller's session: on SQLite a second connection
-    would wait for the write lock that the request's own transaction holds.
+    def __init__(self, compute: Callable[[Session], T], ttl: float) -> None:
+        self._compute = compute
+        self._ttl = ttl
+        self._value: tuple[T, float] | None = None
+        self._stale = True
+        self._lock = threading.Lock()
+
+    def mark_stale(self) -> None:
+        self._stale = True
+
+    def get(self, session: Session) -> T:
+        current = self._value
+        if current is not None and not self._stale and time.monotonic() - current[1] < self._ttl:
+            return current[0]
+        if current is not None:
+            if not self._lock.acquire(blocking=False):
+                return current[0]  # another thread is recomputing: use the previous value
+        else:
+            self._lock.acquire()
+            if self._value is not None:  # computed while this thread waited
+                self._lock.release()
+                return self._value[0]
+        try:
+            self._stale = False
+            try:
+                value = self._compute(session)
+            except BaseException:
+                self._stale = True
+                raise
+            self._value = (value, time.monotonic())
+            return value
+        finally:
+            self._lock.release()
+
+
+def _read_popular(session: Session) -> PopularList:
+    rows = repository.item_rating_counts(session)
+    return PopularList([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
+
+
+def _read_genres(session: Session) -> dict[str, frozenset[str]]:
+    index: dict[str, set[str]] = {}
+    for item_id, genres in session.execute(select(Item.id, Item.genres)):
+        for genre in genres or ():
+            index.setdefault(str(genre).casefold(), set()).add(item_id)
+    return {genre: frozenset(ids) for genre, ids in index.items()}
+
+
+class CatalogCache:
+    """Facts about the whole catalog that requests need but must not recompute each time.
+
+    * the store's most-rated items (the ``popular`` strategy without a model): one
+      ``GROUP BY`` over all ratings;
+    * the items of each genre (the ``genre`` filter): one scan of the items.
+
+    Each is recomputed when older than ``ttl_seconds``, or at the next use after this
+    process changed ratings (:meth:`ratings_changed`) or items (:meth:`items_changed`);
+    other processes' writes show within ``ttl_seconds``. They are read through the
+    caller's session: on SQLite a second connection would wait for the write lock
+    that the request's own transaction holds.
 
     Parameters
     ----------
     ttl_seconds : float
-        Longest reuse of a list.
+        Longest reuse of a computed value.
     """
 
-    def __init__(self, ttl_seconds: float = POPULARITY_TTL_SECONDS) -> None:
-        self._ttl = ttl_seconds
-        self._list: PopularList | None = None
-        self._dirty = True
-        self._lock = threading.Lock()
+    def __init__(self, ttl_seconds: float = CATALOG_TTL_SECONDS) -> None:
+        self._popular = _Cached(_read_popular, ttl_seconds)
+        self._genres = _Cached(_read_genres, ttl_seconds)
 
-    def mark_dirty(self) -> None:
-        """Ratings changed: recompute at the next use."""
-        self._dirty = True
+    def ratings_changed(self) -> None:
+        """This process wrote ratings: recompute the popular items at their next use."""
+        self._popular.mark_stale()
 
-    def get(self, session: Session) -> PopularList:
-        """The current list, recomputed (through ``session``) if stale."""
-        current = self._list
-        fresh = (
-            current is not None
-            and not self._dirty
-            and time.monotonic() - current.computed_at < self._ttl
-        )
-        if fresh:
-            assert current is not None
-            return current
-        if current is not None:
-            if not self._lock.acquire(blocking=False):
-                return current  # another thread is recomputing: serve the previous list
-        else:
-            self._lock.acquire()
-            if self._list is not None:  # computed while this thread waited
-                self._lock.release()
-                return self._list
-        try:
-            self._dirty = False
-            try:
-                rows = repository.item_rating_counts(session)
-            except BaseException:
-                self._dirty = True
-                raise
-            self._list = PopularList(
-                item_ids=[row[0] for row in rows],
-                counts=[row[1] for row in rows],
-                means=[row[2] for row in rows],
-                computed_at=time.monotonic(),
-            )
-            return self._list
-        finally:
-            self._lock.release()
+    def items_changed(self) -> None:
+        """This process wrote items: recompute the genre index at its next use."""
+        self._genres.mark_stale()
+
+    def popular(self, session: Session) -> PopularList:
+        """The store's items by number of ratings, most rated first."""
+        return self._popular.get(session)
+
+    def genre_items(self, session: Session, genre: str) -> frozenset[str]:
+        """Ids of the items listing ``genre`` (case-insensitive)."""
+        return self._genres.get(session).get(genre.casefold(), frozenset())
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -197,26 +228,6 @@ def titles_of(session: Session, item_ids: Sequence[str]) -> dict[str, str]:
         return {}
     stmt = select(Item.id, Item.title).where(Item.id.in_(list(item_ids)))
     return {item_id: title for item_id, title in session.execute(stmt)}
-
-
-def _genre_query(session: Session, genre: str) -> Select[tuple[str]]:
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        elements = func.jsonb_array_elements_text(Item.genres).table_valued("value")
-    else:
-        elements = func.json_each(Item.genres).table_valued("value")
-    match = (
-        select(literal(1))
-        .select_from(elements)
-        .where(func.lower(elements.c.value) == genre.lower())
-        .exists()
-    )
-    return select(Item.id).where(match)
-
-
-def item_ids_with_genre(session: Session, genre: str) -> set[str]:
-    """Ids of the items listing ``genre`` (case-insensitive, ASCII on SQLite)."""
-    return set(session.scalars(_genre_query(session, genre)))
 
 
 def _dedupe(ids: Iterable[str]) -> list[str]:
@@ -242,6 +253,7 @@ def _top(
 def _allowed_mask(
     session: Session,
     loaded: LoadedModel,
+    catalog: CatalogCache,
     rated: Iterable[str],
     exclude: Iterable[str],
     genre: str | None,
@@ -252,7 +264,7 @@ def _allowed_mask(
     allowed[blocked] = False
     if genre is not None:
         in_genre = np.zeros(len(loaded.item_ids), dtype=bool)
-        in_genre[[index[i] for i in item_ids_with_genre(session, genre) if i in index]] = True
+        in_genre[[index[i] for i in catalog.genre_items(session, genre) if i in index]] = True
         allowed &= in_genre
     return allowed
 
@@ -261,7 +273,7 @@ def _allowed_mask(
 def recommend(
     session: Session,
     loaded: LoadedModel | None,
-    popularity: StorePopularity,
+    catalog: CatalogCache,
     user_id: str,
     *,
     n: int = 10,
@@ -277,8 +289,8 @@ def recommend(
         The request's unit of work.
     loaded : LoadedModel or None
         The model to use (taken once from the holder by the caller).
-    popularity : StorePopularity
-        Fallback ranking when no model is loaded.
+    catalog : CatalogCache
+        Popular items (the fallback without a model) and the genre index.
     user_id : str
         The user; an unknown user simply has no ratings.
     n : int
@@ -303,7 +315,7 @@ def recommend(
             for item, value in ratings.items()
             if item in loaded.item_index and value in levels
         }
-        allowed = _allowed_mask(session, loaded, ratings, exclude, genre)
+        allowed = _allowed_mask(session, loaded, catalog, ratings, exclude, genre)
         if known:
             scores = loaded.model.score_items(known)
             score = np.asarray(scores.score, dtype=np.float64)
@@ -327,15 +339,13 @@ def recommend(
     return RecommendationResult(
         "popular",
         None,
-        _store_popular(
-            session, popularity, ratings, n=n, offset=offset, genre=genre, exclude=exclude
-        ),
+        _store_popular(session, catalog, ratings, n=n, offset=offset, genre=genre, exclude=exclude),
     )
 
 
 def _store_popular(
     session: Session,
-    popularity: StorePopularity,
+    catalog: CatalogCache,
     rated: Iterable[str],
     *,
     n: int,
@@ -343,9 +353,9 @@ def _store_popular(
     genre: str | None,
     exclude: Sequence[str],
 ) -> list[Recommendation]:
-    popular = popularity.get(session)
+    popular = catalog.popular(session)
     blocked = {*rated, *exclude}
-    in_genre = item_ids_with_genre(session, genre) if genre is not None else None
+    in_genre = catalog.genre_items(session, genre) if genre is not None else None
     picked: list[int] = []
     skipped = 0
     for pos, item in enumerate(popular.item_ids):
