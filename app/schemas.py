@@ -9,10 +9,19 @@ which knows the scale.
 
 from __future__ import annotations
 
+import math
+import re
 from datetime import datetime
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StringConstraints,
+)
 
 from app.domain import ID_MAX_LENGTH, ID_PATTERN
 
@@ -58,7 +67,38 @@ IdStr = Annotated[
 RatingValue = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 """A rating: a finite JSON number (its scale is checked by the service)."""
 
-Genre = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=64)]
+NO_NUL_PATTERN: Final = r"^[^\x00]*$"
+"""Free text holds no NUL character (PostgreSQL cannot store one; SQLite would)."""
+
+Genre = Annotated[
+    str, StringConstraints(strict=True, min_length=1, max_length=64, pattern=NO_NUL_PATTERN)
+]
+
+_UNSTORABLE_TEXT: Final = re.compile("[\x00\ud800-\udfff]")
+
+
+def _storable_json(value: dict[str, JsonValue]) -> dict[str, JsonValue]:
+    """Refuse JSON that the stores would keep differently, or not at all.
+
+    NaN and infinities are not JSON (PostgreSQL refuses them, SQLite turned them into
+    null); NUL characters and unpaired surrogates cannot be stored as text. The walk
+    is iterative: deeply nested documents must not exhaust the stack.
+    """
+    stack: list[object] = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            raise ValueError("numbers must be finite (no NaN or infinity)")
+        if isinstance(node, str) and _UNSTORABLE_TEXT.search(node):
+            raise ValueError("text must not contain NUL characters or unpaired surrogates")
+        if isinstance(node, dict):
+            if any(_UNSTORABLE_TEXT.search(key) for key in node):
+                raise ValueError("keys must not contain NUL characters or unpaired surrogates")
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return value
+
 
 _EXAMPLE_TIME = "2026-11-29T10:15:00Z"
 
@@ -352,9 +392,9 @@ class ItemUpsert(BaseModel):
         },
     )
 
-    title: str = Field(default="", max_length=500)
+    title: str = Field(default="", max_length=500, pattern=NO_NUL_PATTERN)
     genres: list[Genre] = Field(default_factory=list, max_length=50)
-    attributes: dict[str, JsonValue] = Field(
+    attributes: Annotated[dict[str, JsonValue], AfterValidator(_storable_json)] = Field(
         default_factory=dict, max_length=100, description="Free-form JSON metadata."
     )
 

@@ -97,6 +97,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes.")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--client",
+        choices=("httpx", "raw"),
+        default="httpx",
+        help="httpx.AsyncClient, or a minimal HTTP/1.1 client that leaves more of the "
+        "CPUs to the server (useful when client and server share few cores).",
+    )
     return parser.parse_args()
 
 
@@ -210,11 +217,60 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+Request = tuple[str, str, bytes | None]
+"""(method, path with query, JSON body or None)."""
+
+
+class RawConnection:
+    """A minimal HTTP/1.1 keep-alive client connection (a fraction of httpx's CPU cost).
+
+    Enough for this server: every response has a Content-Length.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, method: str, path: str, body: bytes | None) -> int:
+        if self.writer is None or self.reader is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n"
+        if body is not None:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        self.writer.write(head.encode() + b"\r\n" + (body or b""))
+        status_line = await self.reader.readline()
+        if not status_line:
+            self.writer = self.reader = None
+            raise ConnectionError("the server closed the connection")
+        status = int(status_line.split()[1])
+        length = 0
+        close = False
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"connection" and value.strip().lower() == b"close":
+                close = True
+        if length:
+            await self.reader.readexactly(length)
+        if close:
+            self.writer.close()
+            self.writer = self.reader = None
+        return status
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 async def run_phase(
     name: str,
     server_pid: int,
-    client: httpx.AsyncClient,
-    make_request: Callable[[int], Awaitable[httpx.Response]],
+    send: Callable[[int, Request], Awaitable[int]],
+    make_request: Callable[[int], Request],
     *,
     concurrency: int,
     max_requests: int,
@@ -228,23 +284,23 @@ async def run_phase(
     started = time.perf_counter()
     deadline = started + max_seconds
 
-    async def worker() -> None:
+    async def worker(slot: int) -> None:
         nonlocal counter, errors
         while counter < max_requests and time.perf_counter() < deadline:
             i = counter
             counter += 1
+            request = make_request(i)
             t0 = time.perf_counter()
             try:
-                response = await make_request(i)
-                ok = response.status_code < 400
-            except httpx.HTTPError:
+                ok = await send(slot, request) < 400
+            except (httpx.HTTPError, OSError, ValueError, asyncio.IncompleteReadError):
                 ok = False
             if ok:
                 latencies.append(time.perf_counter() - t0)
             else:
                 errors += 1
 
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(slot) for slot in range(concurrency)))
     return PhaseResult(
         name,
         latencies,
@@ -255,48 +311,69 @@ async def run_phase(
     )
 
 
-async def load(base: str, server_pid: int, args: argparse.Namespace) -> list[PhaseResult]:
+async def load(
+    host: str, port: int, server_pid: int, args: argparse.Namespace
+) -> list[PhaseResult]:
     rng = random.Random(args.seed)
     users = [str(u) for u in range(1, 944)]
     items = [str(i) for i in range(1, 1683)]
+
+    def recommend(_i: int) -> Request:
+        return ("GET", f"/users/{rng.choice(users)}/recommendations?n=10", None)
+
+    def rate(i: int) -> Request:
+        body: dict[str, object] = {
+            "user_id": f"bench-{i % 2000}",
+            "item_id": rng.choice(items),
+            "rating": rng.randint(1, 5),
+        }
+        return ("POST", "/ratings", json.dumps(body).encode())
+
     limits = httpx.Limits(
         max_connections=args.concurrency, max_keepalive_connections=args.concurrency
     )
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
+    raw = [RawConnection(host, port) for _ in range(args.concurrency)]
+    async with httpx.AsyncClient(
+        base_url=f"http://{host}:{port}", limits=limits, timeout=30
+    ) as client:
 
-        def recommend(_i: int) -> Awaitable[httpx.Response]:
-            return client.get(f"/users/{rng.choice(users)}/recommendations", params={"n": 10})
+        async def send_httpx(_slot: int, request: Request) -> int:
+            method, path, body = request
+            headers = {"content-type": "application/json"} if body is not None else None
+            response = await client.request(method, path, content=body, headers=headers)
+            return response.status_code
 
-        def rate(i: int) -> Awaitable[httpx.Response]:
-            body = {
-                "user_id": f"bench-{i % 2000}",
-                "item_id": rng.choice(items),
-                "rating": rng.randint(1, 5),
-            }
-            return client.post("/ratings", json=body)
+        async def send_raw(slot: int, request: Request) -> int:
+            return await raw[slot].request(*request)
 
+        send = send_raw if args.client == "raw" else send_httpx
         common = {"concurrency": args.concurrency, "max_seconds": args.seconds}
-        await run_phase("warmup", server_pid, client, recommend, max_requests=args.warmup, **common)
+        await run_phase("warmup", server_pid, send, recommend, max_requests=args.warmup, **common)
         results = [
             await run_phase(
                 "GET /users/{id}/recommendations",
                 server_pid,
-                client,
+                send,
                 recommend,
                 max_requests=args.requests,
                 **common,
             ),
             await run_phase(
-                "POST /ratings", server_pid, client, rate, max_requests=args.requests, **common
+                "POST /ratings", server_pid, send, rate, max_requests=args.requests, **common
             ),
         ]
+    for connection in raw:
+        connection.close()
     return results
 
 
 def main() -> None:
     args = parse_args()
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"{cpus} CPUs, concurrency {args.concurrency}, {args.workers} uvicorn worker(s)")
+    print(
+        f"{cpus} CPUs, concurrency {args.concurrency}, {args.workers} uvicorn worker(s), "
+        f"{args.client} client"
+    )
     url, drop = create_database(args.postgres_url)
     with tempfile.TemporaryDirectory(prefix="rbmrec-bench-") as work:
         settings = Settings(database_url=url, model_dir=Path(work) / "models")
@@ -305,9 +382,8 @@ def main() -> None:
             prepare(settings, args.movielens_dir, args.epochs, args.seed)
             port = free_port()
             server = start_server(settings, port, args.workers)
-            base = f"http://127.0.0.1:{port}"
-            wait_ready(base, server)
-            results = asyncio.run(load(base, server.pid, args))
+            wait_ready(f"http://127.0.0.1:{port}", server)
+            results = asyncio.run(load("127.0.0.1", port, server.pid, args))
         finally:
             if server is not None:
                 server.send_signal(signal.SIGTERM)

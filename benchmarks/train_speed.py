@@ -11,7 +11,9 @@ Cases:
     low-rank model; a few epochs of default training, to measure seconds per epoch.
 
 Each case runs in a fresh subprocess so its peak resident memory (``ru_maxrss``,
-which includes the data) is its own. Usage::
+which includes the data) is its own; the peak of the memory allocated during ``fit``
+alone (tracemalloc, which sees numpy's buffers; on a separate one-epoch fit) is
+printed too. Usage::
 
     python benchmarks/train_speed.py                      # every case
     python benchmarks/train_speed.py --cases ml100k --epochs 3
@@ -27,10 +29,12 @@ import resource
 import subprocess
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -53,7 +57,11 @@ def movielens_dir() -> Path:
 
 
 def synthetic(n_users: int, n_items: int, n_ratings: int, seed: int = 0) -> RatingMatrix:
-    """Power-law users and items; levels from a noisy rank-5 model, on the 1..5 scale."""
+    """Power-law users and items; levels from a noisy rank-5 model, on the 1..5 scale.
+
+    The matrix is assembled from integer codes (zero-padded ids sort like their
+    numbers), so building it costs little memory next to the training itself.
+    """
     rng = np.random.default_rng(seed)
     user_w = 1.0 / np.arange(1, n_users + 1) ** 0.7
     item_w = 1.0 / np.arange(1, n_items + 1) ** 0.9
@@ -62,18 +70,45 @@ def synthetic(n_users: int, n_items: int, n_ratings: int, seed: int = 0) -> Rati
     users = rng.choice(n_users, size=n_draw, p=user_w / user_w.sum())
     items = rng.choice(n_items, size=n_draw, p=item_w / item_w.sum())
     key = np.unique(users.astype(np.int64) * n_items + items)
-    key = rng.permutation(key)[:n_ratings]
+    del users, items
+    key = np.sort(rng.permutation(key)[:n_ratings])
     users, items = key // n_items, key % n_items
+    del key
     pu = rng.normal(size=(n_users, 5)).astype(np.float32)
     qi = rng.normal(size=(n_items, 5)).astype(np.float32)
-    score = (pu[users] * qi[items]).sum(axis=1) + rng.normal(size=len(users))
-    levels = np.clip(np.round(3 + score / 1.5), 1, 5)
-    return RatingMatrix.from_arrays(
-        np.char.add("u", users.astype(str)),
-        np.char.add("i", items.astype(str)),
-        levels,
+    score = (pu[users] * qi[items]).sum(axis=1) + rng.normal(size=len(users)).astype(np.float32)
+    codes = np.clip(np.round(3 + score / 1.5), 1, 5).astype(np.int8)
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(users, minlength=n_users))])
+    matrix = sp.csr_matrix((codes, items.astype(np.int32), indptr), shape=(n_users, n_items))
+    return RatingMatrix(
+        np.char.add("u", np.char.zfill(np.arange(n_users).astype(str), 7)),
+        np.char.add("i", np.char.zfill(np.arange(n_items).astype(str), 6)),
         DEFAULT_SCALE,
+        matrix,
     )
+
+
+def single_user_latency(model: SoftmaxRBM, train: RatingMatrix) -> dict[str, float]:
+    """Median milliseconds of one user's predict / score_items / recommend (200 users)."""
+    rng = np.random.default_rng(1)
+    users = [
+        train.user_ratings(str(u))
+        for u in rng.choice(train.user_ids, size=min(200, train.n_users), replace=False)
+    ]
+    out = {}
+    calls = {
+        "predict": lambda r: model.predict(r),
+        "score_items": lambda r: model.score_items(r),
+        "recommend": lambda r: model.recommend(r, n=10),
+    }
+    for name, call in calls.items():
+        times = []
+        for ratings in users:
+            start = time.perf_counter()
+            call(ratings)
+            times.append(time.perf_counter() - start)
+        out[f"{name}_ms"] = round(float(np.median(times)) * 1e3, 3)
+    return out
 
 
 def run_case(name: str, epochs: int | None) -> dict[str, object]:
@@ -96,7 +131,13 @@ def run_case(name: str, epochs: int | None) -> dict[str, object]:
     start = time.perf_counter()
     model.fit(train)
     fit_seconds = time.perf_counter() - start
+    # tracing slows numpy down: measure the allocation peak on a separate 1-epoch fit
+    tracemalloc.start()
+    SoftmaxRBM(**{**params, "n_epochs": 1}).fit(train)
+    _, fit_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
     per_epoch = [h["seconds"] for h in model.history_]
+    latency = single_user_latency(model, train)
     return {
         "case": name,
         "n_users": train.n_users,
@@ -110,7 +151,9 @@ def run_case(name: str, epochs: int | None) -> dict[str, object]:
             float(np.median(per_epoch)) * SoftmaxRBM().n_epochs, 1
         ),
         "peak_rss_gib_data": round(rss_data, 3),
+        "fit_allocated_peak_gib": round(fit_peak / 2**30, 3),
         "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+        **latency,
     }
 
 
@@ -140,7 +183,10 @@ def main() -> None:
             f"s/epoch={result['seconds_per_epoch']:8.3f} fit={result['fit_seconds']:8.2f}s "
             f"(default {SoftmaxRBM().n_epochs} epochs ~{result['default_fit_seconds_estimate']}s) "
             f"peak RSS={result['peak_rss_gib']:.2f} GiB "
-            f"(after data {result['peak_rss_gib_data']:.2f})",
+            f"(after data {result['peak_rss_gib_data']:.2f}, "
+            f"fit allocations peak {result['fit_allocated_peak_gib']:.2f}); "
+            f"one user: predict {result['predict_ms']} ms, score_items "
+            f"{result['score_items_ms']} ms, recommend {result['recommend_ms']} ms",
             flush=True,
         )
 

@@ -211,14 +211,25 @@ def _clean_errors(raw: Sequence[Any]) -> list[dict[str, Any]]:
     return out
 
 
+MAX_LISTED_ERRORS: Final = 100
+"""Most field errors listed in one 422 answer (a 10,000-entry batch can have 10,000)."""
+
+
 async def _handle_validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = _clean_errors(exc.errors())
+    raw = exc.errors()
+    # Cleaned and listed up to a bound, so the answer stays small whatever was sent.
+    errors = _clean_errors(raw[:MAX_LISTED_ERRORS])
     shown = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors[:3])
-    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+    more = f" (and {len(raw) - 3} more)" if len(raw) > 3 else ""
+    listed = (
+        f"; {len(raw)} errors, the first {MAX_LISTED_ERRORS} are listed"
+        if len(raw) > MAX_LISTED_ERRORS
+        else ""
+    )
     return problem_response(
         422,
-        f"the request is invalid: {shown}{more}",
+        f"the request is invalid: {shown}{more}{listed}",
         title="Invalid request",
         type=TYPE_VALIDATION,
         instance=_instance(request),

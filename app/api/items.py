@@ -10,6 +10,7 @@ from app.api.deps import (
     CatalogDep,
     ItemIdPath,
     ModelHolderDep,
+    ReadSessionDep,
     SessionDep,
     model_response,
     require_json,
@@ -70,7 +71,7 @@ def put_item(
     response_model=ItemOut,
     responses=problem_responses(404, 422, 503),
 )
-def get_item(item_id: ItemIdPath, session: SessionDep) -> Response:
+def get_item(item_id: ItemIdPath, session: ReadSessionDep) -> Response:
     """The item, or 404."""
     item = repository.get_item(session, item_id)
     if item is None:
@@ -85,7 +86,7 @@ def get_item(item_id: ItemIdPath, session: SessionDep) -> Response:
     responses=problem_responses(422, 503),
 )
 def list_items(
-    session: SessionDep,
+    session: ReadSessionDep,
     offset: Annotated[int, Query(ge=0, le=10_000_000, description="Items to skip.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 100,
 ) -> Response:
@@ -111,14 +112,15 @@ def list_items(
 )
 def get_similar_items(
     item_id: ItemIdPath,
-    session: SessionDep,
+    session: ReadSessionDep,
     holder: ModelHolderDep,
+    catalog: CatalogDep,
     n: Annotated[int, Query(ge=1, le=MAX_N, description="How many items.")] = 10,
 ) -> Response:
     """Nearest items in the active model."""
     loaded = holder.current
     try:
-        similar = recommend_service.similar_items(session, loaded, item_id, n)
+        similar = recommend_service.similar_items(session, loaded, catalog, item_id, n)
     except NoModelError as exc:
         raise ProblemError(404, str(exc), title="No model", type=TYPE_NO_MODEL) from None
     except ItemNotInModelError as exc:

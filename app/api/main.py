@@ -24,8 +24,10 @@ from threadpoolctl import threadpool_limits
 from app.api.errors import PROBLEM_MEDIA_TYPE, ServerErrorGuard, install_error_handlers
 from app.api.metrics import ApiMetrics, MetricsMiddleware
 from app.api.middleware import BodySizeLimitMiddleware
+from app.api.openapi_links import add_openapi_links
 from app.api.security import log_security_posture
-from app.db.engine import make_engine, make_sessionmaker
+from app.api.security_headers import SecurityHeadersMiddleware
+from app.db.engine import is_sqlite, make_engine, make_sessionmaker
 from app.services.model_holder import ModelHolder, poll_forever
 from app.services.recommend import CatalogCache
 from app.settings import Settings, get_settings
@@ -115,7 +117,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(ServerErrorGuard)
+    app.add_middleware(SecurityHeadersMiddleware)
     _document_problems(app)
+    add_openapi_links(app)
     return app
 
 
@@ -130,9 +134,15 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     blas = threadpool_limits(limits=1, user_api="blas")
     engine = make_engine(settings.database_url, timeout_seconds=settings.db_timeout_seconds)
     session_factory = make_sessionmaker(engine)
+    # Read-only handlers skip BEGIN/COMMIT on PostgreSQL (same pool); SQLite keeps
+    # its own transaction handling.
+    read_engine = (
+        engine if is_sqlite(engine) else engine.execution_options(isolation_level="AUTOCOMMIT")
+    )
     holder = ModelHolder(session_factory, on_change=metrics.model_changed)
     app.state.engine = engine
     app.state.session_factory = session_factory
+    app.state.read_session_factory = make_sessionmaker(read_engine)
     app.state.model_holder = holder
     app.state.catalog = CatalogCache()
     metrics.model_changed(None)

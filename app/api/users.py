@@ -11,6 +11,7 @@ from app.api.deps import (
     ItemIdPath,
     MetricsDep,
     ModelHolderDep,
+    ReadSessionDep,
     SessionDep,
     SettingsDep,
     UserIdPath,
@@ -47,7 +48,7 @@ ItemIdQuery = Annotated[str, Query(min_length=1, max_length=ID_MAX_LENGTH, patte
 )
 def get_user_ratings(
     user_id: UserIdPath,
-    session: SessionDep,
+    session: ReadSessionDep,
     offset: Annotated[int, Query(ge=0, le=10_000_000, description="Ratings to skip.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 100,
 ) -> Response:
@@ -96,7 +97,7 @@ def delete_user_rating(
 )
 def get_recommendations(
     user_id: UserIdPath,
-    session: SessionDep,
+    session: ReadSessionDep,
     holder: ModelHolderDep,
     catalog: CatalogDep,
     metrics: MetricsDep,
@@ -152,7 +153,7 @@ def get_recommendations(
 )
 def get_predictions(
     user_id: UserIdPath,
-    session: SessionDep,
+    session: ReadSessionDep,
     holder: ModelHolderDep,
     settings: SettingsDep,
     item_id: Annotated[

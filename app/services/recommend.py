@@ -173,12 +173,30 @@ def _read_popular(session: Session) -> PopularList:
     return PopularList([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
 
 
-def _read_genres(session: Session) -> dict[str, frozenset[str]]:
-    index: dict[str, set[str]] = {}
-    for item_id, genres in session.execute(select(Item.id, Item.genres)):
-        for genre in genres or ():
-            index.setdefault(str(genre).casefold(), set()).add(item_id)
-    return {genre: frozenset(ids) for genre, ids in index.items()}
+@dataclass(frozen=True)
+class CatalogIndex:
+    """Every item's title, and the items of each genre (keys case-folded)."""
+
+    titles: dict[str, str]
+    genres: dict[str, frozenset[str]]
+
+
+def _read_catalog(session: Session) -> CatalogIndex:
+    titles: dict[str, str] = {}
+    genres: dict[str, set[str]] = {}
+    for item_id, title, item_genres in session.execute(select(Item.id, Item.title, Item.genres)):
+        titles[item_id] = title
+        for genre in item_genres or ():
+            genres.setdefault(str(genre).casefold(), set()).add(item_id)
+    return CatalogIndex(titles, {genre: frozenset(ids) for genre, ids in genres.items()})
+
+
+def titles_of(session: Session, item_ids: Sequence[str]) -> dict[str, str]:
+    """Titles of some items (one query); items not in the store are absent."""
+    if not item_ids:
+        return {}
+    stmt = select(Item.id, Item.title).where(Item.id.in_(list(item_ids)))
+    return {item_id: title for item_id, title in session.execute(stmt)}
 
 
 class CatalogCache:
@@ -186,11 +204,13 @@ class CatalogCache:
 
     * the store's most-rated items (the ``popular`` strategy without a model): one
       ``GROUP BY`` over all ratings;
-    * the items of each genre (the ``genre`` filter): one scan of the items.
+    * every item's title and the items of each genre (the ``genre`` filter): one
+      scan of the items. A title asked for but missing from the cache (an item
+      created since) is read from the store, so results never lack a title.
 
     Each is recomputed when older than ``ttl_seconds``, or at the next use after this
     process changed ratings (:meth:`ratings_changed`) or items (:meth:`items_changed`);
-    other processes' writes show within ``ttl_seconds``. They are read through the
+    other processes' changes show within ``ttl_seconds``. They are read through the
     caller's session: on SQLite a second connection would wait for the write lock
     that the request's own transaction holds.
 
@@ -202,15 +222,15 @@ class CatalogCache:
 
     def __init__(self, ttl_seconds: float = CATALOG_TTL_SECONDS) -> None:
         self._popular = _Cached(_read_popular, ttl_seconds)
-        self._genres = _Cached(_read_genres, ttl_seconds)
+        self._catalog = _Cached(_read_catalog, ttl_seconds)
 
     def ratings_changed(self) -> None:
         """This process wrote ratings: recompute the popular items at their next use."""
         self._popular.mark_stale()
 
     def items_changed(self) -> None:
-        """This process wrote items: recompute the genre index at its next use."""
-        self._genres.mark_stale()
+        """This process wrote items: re-read titles and genres at their next use."""
+        self._catalog.mark_stale()
 
     def popular(self, session: Session) -> PopularList:
         """The store's items by number of ratings, most rated first."""
@@ -218,16 +238,15 @@ class CatalogCache:
 
     def genre_items(self, session: Session, genre: str) -> frozenset[str]:
         """Ids of the items listing ``genre`` (case-insensitive)."""
-        return self._genres.get(session).get(genre.casefold(), frozenset())
+        return self._catalog.get(session).genres.get(genre.casefold(), frozenset())
 
-
-# -- helpers ---------------------------------------------------------------------------
-def titles_of(session: Session, item_ids: Sequence[str]) -> dict[str, str]:
-    """Titles of some items (one query); items not in the store are absent."""
-    if not item_ids:
-        return {}
-    stmt = select(Item.id, Item.title).where(Item.id.in_(list(item_ids)))
-    return {item_id: title for item_id, title in session.execute(stmt)}
+    def titles(self, session: Session, item_ids: Sequence[str]) -> dict[str, str]:
+        """Titles of ``item_ids``; ids not in the store are absent."""
+        known = self._catalog.get(session).titles
+        found = {item: known[item] for item in item_ids if item in known}
+        if len(found) < len(item_ids):
+            found.update(titles_of(session, [item for item in item_ids if item not in known]))
+        return found
 
 
 def _dedupe(ids: Iterable[str]) -> list[str]:
@@ -330,7 +349,7 @@ def recommend(
             expected = loaded.prior_expected
             strategy = "popular"
         ids = [str(i) for i in loaded.item_ids[top].tolist()]
-        titles = titles_of(session, ids)
+        titles = catalog.titles(session, ids)
         items = [
             Recommendation(item, titles.get(item), float(score[pos]), float(expected[pos]))
             for item, pos in zip(ids, top.tolist(), strict=True)
@@ -368,7 +387,7 @@ def _store_popular(
         if len(picked) == n:
             break
     ids = [popular.item_ids[pos] for pos in picked]
-    titles = titles_of(session, ids)
+    titles = catalog.titles(session, ids)
     return [
         Recommendation(
             popular.item_ids[pos],
@@ -433,7 +452,7 @@ def predict(
 
 
 def similar_items(
-    session: Session, loaded: LoadedModel | None, item_id: str, n: int
+    session: Session, loaded: LoadedModel | None, catalog: CatalogCache, item_id: str, n: int
 ) -> list[SimilarItem]:
     """The ``n`` items most similar to ``item_id`` in the model's weights.
 
@@ -451,5 +470,5 @@ def similar_items(
     except ModelUnknownItemError:
         in_store = repository.get_item(session, item_id) is not None
         raise ItemNotInModelError(item_id, in_store) from None
-    titles = titles_of(session, [item for item, _ in pairs])
+    titles = catalog.titles(session, [item for item, _ in pairs])
     return [SimilarItem(item, titles.get(item), float(sim)) for item, sim in pairs]

@@ -24,8 +24,17 @@ from typing import Any, TypeVar
 import httpx
 import numpy as np
 from sqlalchemy import MetaData, create_engine, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db.engine import make_engine, make_sessionmaker
+from app.services import registry
+from app.services.importer import import_movielens
+from rbm_core.scale import RatingScale
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+SCALE = RatingScale.parse("1,2,3,4,5")
+SMALL_PARAMS: dict[str, Any] = {"n_hidden": 16, "n_epochs": 2, "batch_size": 50}
+"""Tiny hyperparameters: these tests check the machinery, not the model."""
 PROBLEM = "application/problem+json"
 SOAK_ENV = "RBMREC_TEST_SOAK"
 
@@ -74,6 +83,30 @@ def write_subset(directory: Path, movielens_dir: Path, n_users: int) -> Path:
     for name in ("u.item", "u.genre"):
         shutil.copyfile(movielens_dir / name, directory / name)
     return directory
+
+
+@dataclass(frozen=True)
+class Store:
+    """A migrated database holding the subset, with a model version active."""
+
+    url: str
+    session_factory: sessionmaker[Session]
+    model_dir: Path
+    version_id: str
+    artifact: Path
+    n_ratings: int
+
+
+def seed_store(url: str, subset_dir: Path, artifact: Path, model_dir: Path) -> Store:
+    """Import the subset into ``url`` and activate a copy of ``artifact`` there."""
+    engine = make_engine(url)
+    factory = make_sessionmaker(engine)
+    report = import_movielens(engine, subset_dir, scale=SCALE)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    copy = Path(shutil.copytree(artifact, model_dir / artifact.name))
+    with factory.begin() as session:
+        info = registry.register_version(session, copy, status="active")
+    return Store(url, factory, model_dir, info.id, copy, int(report.ratings_read))
 
 
 def empty_database(url: str) -> None:

@@ -7,28 +7,25 @@ bounded variant that runs in the default suite.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from _reliability_support import SOAK_ENV, empty_database, soak_enabled, write_subset
-from sqlalchemy.orm import Session, sessionmaker
+from _reliability_support import (
+    SCALE,
+    SOAK_ENV,
+    Store,
+    empty_database,
+    seed_store,
+    soak_enabled,
+    write_subset,
+)
 
-from app.db.engine import make_engine, make_sessionmaker
-from app.services import registry
-from app.services.importer import import_movielens
 from rbm_core import RatingMatrix, SoftmaxRBM, save_model
 from rbm_core.movielens import read_ratings
-from rbm_core.scale import RatingScale
 
-SCALE = RatingScale.parse("1,2,3,4,5")
 N_USERS = 100
 """Users of the ML-100K subset the reliability tests load (about 10,000 ratings)."""
-
-SMALL_PARAMS = {"n_hidden": 16, "n_epochs": 2, "batch_size": 50}
-"""Tiny hyperparameters: these tests check the machinery, not the model."""
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -62,32 +59,10 @@ def pg_url(postgres_url: str) -> Iterator[str]:
     empty_database(postgres_url)
 
 
-@dataclass(frozen=True)
-class Store:
-    """A migrated database holding the subset, with a model version active."""
-
-    url: str
-    session_factory: sessionmaker[Session]
-    model_dir: Path
-    version_id: str
-    artifact: Path
-    n_ratings: int
-
-
-def seed_store(url: str, subset_dir: Path, artifact: Path, model_dir: Path) -> Store:
-    """Import the subset into ``url`` and activate a copy of ``artifact`` there."""
-    engine = make_engine(url)
-    factory = make_sessionmaker(engine)
-    report = import_movielens(engine, subset_dir, scale=SCALE)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    copy = Path(shutil.copytree(artifact, model_dir / artifact.name))
-    with factory.begin() as session:
-        info = registry.register_version(session, copy, status="active")
-    return Store(url, factory, model_dir, info.id, copy, int(report.ratings_read))
-
-
 @pytest.fixture
-def pg_store(pg_url: str, subset_dir: Path, small_artifact: Path, tmp_path: Path) -> Iterator[Store]:
+def pg_store(
+    pg_url: str, subset_dir: Path, small_artifact: Path, tmp_path: Path
+) -> Iterator[Store]:
     """PostgreSQL holding the subset, with the small model active (in tmp_path/models)."""
     store = seed_store(pg_url, subset_dir, small_artifact, tmp_path / "models")
     yield store

@@ -358,6 +358,7 @@ def test_unfitted_model_says_so() -> None:
         ({"validation_fraction": 1.0}, "validation_fraction"),
         ({"user_offset": "yes"}, "user_offset"),
         ({"random_state": "seed"}, "random_state"),
+        ({"blas_threads": 0}, "blas_threads"),
     ],
 )
 def test_bad_hyperparameters_are_rejected(small_matrix: RatingMatrix, params, message) -> None:
@@ -461,3 +462,23 @@ def test_free_energy_history_compares_equal_sized_sets(small_matrix: RatingMatri
     probe = vs.train_probe.toarray()
     inputs = vs.inputs.toarray()
     assert np.all((probe == 0) | (probe == inputs))
+
+
+def test_blas_thread_limit_applies_during_fit_only(small_matrix: RatingMatrix) -> None:
+    from threadpoolctl import threadpool_info
+
+    def blas_threads() -> list[int]:
+        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+    before = blas_threads()
+    seen: list[list[int]] = []
+
+    class Spy(SoftmaxRBM):
+        def _apply_update(self, *args, **kwargs) -> None:
+            seen.append(blas_threads())
+            super()._apply_update(*args, **kwargs)
+
+    Spy(n_hidden=4, n_epochs=1, batch_size=30, blas_threads=1, random_state=0).fit(small_matrix)
+    assert seen
+    assert all(threads == [1] * len(before) for threads in seen)
+    assert blas_threads() == before

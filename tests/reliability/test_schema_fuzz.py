@@ -1,0 +1,216 @@
+"""Schemathesis against the app's own OpenAPI schema: every operation, then its links.
+
+The app runs for real (lifespan, a store holding an ML-100K subset, a model active)
+on SQLite and on PostgreSQL, with no API keys so that generated requests reach the
+handlers. Every generated request, valid or deliberately invalid, must get an
+answer that is not a server error and that conforms to the schema: a documented
+status, content type, headers and body; invalid data must be refused with a 4xx.
+
+The default suite runs a bounded number of examples per operation; the on-demand
+run (``RBMREC_TEST_SOAK=1``) runs many more.
+"""
+
+from __future__ import annotations
+
+import unittest
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import schemathesis
+from _reliability_support import empty_database, seed_store, soak_enabled
+from hypothesis import HealthCheck, given, settings
+from jsonschema import Draft202012Validator
+from schemathesis import DataGenerationMethod
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+from starlette_testclient import TestClient
+
+from app.api.main import create_app
+from app.settings import Settings
+
+EXAMPLES = 300 if soak_enabled() else 10
+"""Generated requests per operation, for valid and for invalid data each."""
+
+STATEFUL_RUNS = 50 if soak_enabled() else 5
+STATEFUL_STEPS = 15 if soak_enabled() else 8
+
+ADMIN_KEY = "fuzz-admin-key-4d1c"
+AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+_SETTINGS: dict[str, Any] = {
+    "deadline": None,
+    "database": None,
+    "suppress_health_check": list(HealthCheck),
+}
+
+
+def _operations() -> list[str]:
+    schema = create_app(Settings(database_url="sqlite://")).openapi()
+    return sorted(
+        f"{method.upper()} {path}" for path, item in schema["paths"].items() for method in item
+    )
+
+
+OPERATIONS = _operations()
+
+
+def _declared_query_is_valid(case: Any) -> bool:
+    """Whether every declared query parameter the case sends matches its schema."""
+    declared = {p.name: p.definition.get("schema", {}) for p in case.operation.query}
+    for name, value in (case.query or {}).items():
+        if name in declared and not Draft202012Validator(declared[name]).is_valid(value):
+            return False
+    return True
+
+
+def negative_data_is_rejected(ctx: Any, response: Any, case: Any) -> bool | None:
+    """Schemathesis' ``negative_data_rejection``, except for unknown query parameters.
+
+    Unknown query parameters are ignored, as HTTP APIs conventionally do; this
+    Schemathesis release counts a request whose only flaw is one (with an empty
+    name, for instance) as invalid data that should have been refused.
+    """
+    meta = case.meta
+    if meta is not None and not (meta.body and meta.body.is_negative):
+        path_negative = meta.path_parameters and meta.path_parameters.is_negative
+        if not (path_negative and case.operation.path_parameters) and _declared_query_is_valid(
+            case
+        ):
+            return None
+    return negative_data_rejection(ctx, response, case)
+
+
+CHECKS = (
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    negative_data_is_rejected,
+)
+"""Everything Schemathesis checks, except ``ignored_auth``: it expects 401 for a wrong
+key, where this API answers 403 (401 is for no key at all); see
+:func:`_check_auth_is_enforced`."""
+
+
+@dataclass
+class Fuzzed:
+    schema: Any
+    client: TestClient
+
+
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def fuzzed(
+    request: pytest.FixtureRequest,
+    subset_dir: Path,
+    small_artifact: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Fuzzed]:
+    """The running app (API keys on) on a seeded store, and the schema it serves."""
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    store = seed_store(url, subset_dir, small_artifact, tmp_path_factory.mktemp("fuzz-models"))
+    store.session_factory.kw["bind"].dispose()
+    settings = Settings(
+        database_url=url,
+        model_dir=store.model_dir,
+        model_poll_seconds=30,
+        admin_api_keys=[ADMIN_KEY],
+    )
+    # the requests-based test client Schemathesis' transport expects, started once
+    with TestClient(create_app(settings), base_url="http://testserver") as client:
+        raw = client.get("/openapi.json").json()
+        # FastAPI serves OpenAPI 3.1, which this Schemathesis major supports as an opt-in.
+        schemathesis.experimental.OPEN_API_3_1.enable()
+        schema = schemathesis.from_dict(raw, base_url="http://testserver")
+        yield Fuzzed(schema, client)
+    empty_database(url)
+
+
+def _operation(schema: Any, name: str) -> Any:
+    method, path = name.split(" ", 1)
+    return schema[path][method]
+
+
+def _send(fuzzed: Fuzzed, case: Any, auth: dict[str, str] | None = AUTH) -> Any:
+    headers = {k: v for k, v in (case.headers or {}).items() if k.lower() != "authorization"}
+    case.headers = {**headers, **(auth or {})}
+    return case.call(session=fuzzed.client)
+
+
+def _check_auth_is_enforced(fuzzed: Fuzzed, case: Any, response: Any) -> None:
+    """A secured operation that accepted the key refuses no key (401) and a wrong one (403)."""
+    if not case.operation.definition.raw.get("security") or not 200 <= response.status_code < 300:
+        return
+    if case.operation.method.upper() != "GET":
+        return  # resending a write would change what the next examples see
+    assert _send(fuzzed, case, auth=None).status_code == 401
+    wrong = {"Authorization": "Bearer wrong-key"}
+    assert _send(fuzzed, case, auth=wrong).status_code == 403
+    _send(fuzzed, case)  # leave the case as it was sent
+
+
+@pytest.mark.parametrize("name", OPERATIONS)
+def test_every_operation_answers_within_its_schema(fuzzed: Fuzzed, name: str) -> None:
+    operation = _operation(fuzzed.schema, name)
+    for method in (DataGenerationMethod.positive, DataGenerationMethod.negative):
+
+        @given(case=operation.as_strategy(data_generation_method=method))
+        @settings(max_examples=EXAMPLES, **_SETTINGS)
+        def run(case: Any) -> None:
+            response = _send(fuzzed, case)
+            case.validate_response(response, checks=CHECKS)
+            _check_auth_is_enforced(fuzzed, case, response)
+
+        try:
+            run()
+        except unittest.SkipTest:
+            # an operation without parameters or body has no invalid variant
+            assert method is DataGenerationMethod.negative
+            assert not operation.query and not operation.path_parameters and not operation.body
+
+
+def test_the_schema_declares_links_for_stateful_runs(fuzzed: Fuzzed) -> None:
+    links = {
+        (source, name)
+        for source in OPERATIONS
+        for response in _operation(fuzzed.schema, source).definition.raw["responses"].values()
+        for name in response.get("links", {})
+    }
+    assert ("POST /ratings", "DeleteRating") in links
+    assert ("PUT /items/{item_id}", "SimilarItems") in links
+    assert ("POST /admin/retrain", "RetrainRun") in links
+    assert len(links) >= 12
+
+
+def test_stateful_workflows_along_the_links(fuzzed: Fuzzed) -> None:
+    machine = fuzzed.schema.as_state_machine()
+    client = fuzzed.client
+
+    class Workflow(machine):  # type: ignore[misc,valid-type]
+        def before_call(self, case: Any) -> None:
+            headers = {
+                k: v for k, v in (case.headers or {}).items() if k.lower() != "authorization"
+            }
+            case.headers = {**headers, **AUTH}
+
+        def get_call_kwargs(self, case: Any) -> dict[str, Any]:
+            return {"session": client}
+
+        def validate_response(self, response: Any, case: Any, additional_checks: Any = ()) -> None:
+            case.validate_response(response, checks=CHECKS)
+
+    Workflow.TestCase.settings = settings(
+        max_examples=STATEFUL_RUNS, stateful_step_count=STATEFUL_STEPS, **_SETTINGS
+    )
+    Workflow.TestCase().runTest()
