@@ -47,7 +47,8 @@ def _as_id_array(values: ArrayLike | Iterable[Any], what: str) -> NDArray[np.str
         bad = [v for v in arr[:1000] if not isinstance(v, str)]
         if bad:
             raise RatingDataError(f"{what} must be strings, got {type(bad[0]).__name__}")
-    return arr.astype(np.str_)
+    # unicode input is used as is: a copy of millions of ids is not free
+    return arr if arr.dtype.kind == "U" else arr.astype(np.str_)
 
 
 @dataclass(frozen=True, eq=False)
@@ -131,7 +132,7 @@ class RatingMatrix:
         if item_catalog is None:
             col_ids, cols = np.unique(items, return_inverse=True)
         else:
-            col_ids = _as_id_array(item_catalog, "item_catalog")
+            col_ids = _as_id_array(item_catalog, "item_catalog").copy()
             if np.unique(col_ids).size != col_ids.size:
                 raise RatingDataError("item_catalog contains duplicate ids")
             order = np.argsort(col_ids, kind="stable")
@@ -201,7 +202,7 @@ class RatingMatrix:
         lengths = np.fromiter((len(u) for u in users), dtype=np.int64, count=len(users))
         items = [str(i) for u in users for i in u]
         values = [v for u in users for v in u.values()]
-        cat = _as_id_array(item_catalog, "item_catalog")
+        cat = _as_id_array(item_catalog, "item_catalog").copy()
         order = np.argsort(cat, kind="stable")
         sorted_cat = cat[order]
         item_arr = np.asarray(items, dtype=np.str_) if items else np.empty(0, dtype=np.str_)

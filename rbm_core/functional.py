@@ -207,7 +207,8 @@ def mean_field_distribution(
     ndarray of shape (n_users, Q, K)
     """
     q, k, f = weights.shape
-    logits = (hidden_prob @ weights.reshape(q * k, f).T).reshape(-1, q, k)
+    # explicit row count: with no query items (q == 0) "-1" cannot be inferred
+    logits = (hidden_prob @ weights.reshape(q * k, f).T).reshape(hidden_prob.shape[0], q, k)
     logits += visible_bias
     if user_bias is not None:
         logits += user_bias[:, None, :]

@@ -3,7 +3,8 @@
 They document the API's workflows in the schema (``responses.<status>.links``): the
 rating just stored leads to that user's ratings, recommendations and predictions,
 and to its deletion; an item just stored leads to the item and its similar items;
-a queued retrain leads to its run; the served model leads to its registry record.
+a queued retrain leads to its run; the served model leads to its registry record
+and its (re)activation.
 Tools that follow links (Schemathesis' stateful tests among them) chain requests
 the way a client does.
 
@@ -43,18 +44,14 @@ _RATING_LINKS: Final[dict[str, tuple[Operation, dict[str, str]]]] = {
         _DELETE_RATING,
         {"path.user_id": "$response.body#/user_id", "path.item_id": "$response.body#/item_id"},
     ),
-    "Item": (_ITEM, {"path.item_id": "$response.body#/item_id"}),
-    "SimilarItems": (_SIMILAR, {"path.item_id": "$response.body#/item_id"}),
 }
 _ITEM_LINKS: Final[dict[str, tuple[Operation, dict[str, str]]]] = {
     "Item": (_ITEM, {"path.item_id": "$response.body#/id"}),
     "SimilarItems": (_SIMILAR, {"path.item_id": "$response.body#/id"}),
 }
-_VERSION_LINKS: Final[dict[str, tuple[Operation, dict[str, str]]]] = {
-    "ModelVersion": (_VERSION, {"path.version_id": "$response.body#/id"}),
-    "Activate": (_ACTIVATE, {"path.version_id": "$response.body#/id"}),
-}
 
+# Each target has at most one incoming link per status code: Schemathesis' stateful
+# mode names its steps "<target> -> <status>", and two such links would collide.
 LINKS: Final[dict[tuple[str, str, str], dict[str, tuple[Operation, dict[str, str]]]]] = {
     ("POST", "/ratings", "201"): _RATING_LINKS,
     ("POST", "/ratings", "200"): _RATING_LINKS,
@@ -67,8 +64,6 @@ LINKS: Final[dict[tuple[str, str, str], dict[str, tuple[Operation, dict[str, str
         "ModelVersion": (_VERSION, {"path.version_id": "$response.body#/version"}),
         "Activate": (_ACTIVATE, {"path.version_id": "$response.body#/version"}),
     },
-    ("GET", "/models/{version_id}", "200"): _VERSION_LINKS,
-    ("POST", "/models/{version_id}/activate", "200"): _VERSION_LINKS,
 }
 """(method, path, status) of a response -> its links: name -> (target, parameters)."""
 

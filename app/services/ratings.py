@@ -147,16 +147,16 @@ def write_rating(
         raise RatingsRejected([problem], 1)
     if auto_create_items:
         create_missing_items(session, [entry.item_id])
-    elif not repository.existing_item_ids(session, [entry.item_id]):
-        raise RatingsRejected(
-            [FieldProblem(("item_id",), f"unknown item id {entry.item_id!r}", "unknown_item")], 1
-        )
     try:
+        # No existence check first: the foreign key refuses an unknown item in the
+        # same round trip (the caller rolls the failed transaction back).
         return repository.upsert_rating(
             session, entry.user_id, entry.item_id, entry.rating, entry.rated_at, scale=scale
         )
-    except UnknownItemError as exc:  # deleted between the check and the write
-        raise RatingsRejected([FieldProblem(("item_id",), str(exc), "unknown_item")], 1) from None
+    except UnknownItemError:
+        raise RatingsRejected(
+            [FieldProblem(("item_id",), f"unknown item id {entry.item_id!r}", "unknown_item")], 1
+        ) from None
 
 
 def write_ratings(

@@ -10,8 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.api.deps import SessionDep
 from app.api.main import create_app
-from app.db.repository import ItemIn, count_ratings, upsert_items
+from app.db.repository import ItemIn, count_ratings, upsert_items, upsert_rating, user_rating_map
 from app.settings import Settings
 
 PROBLEM = "application/problem+json"
@@ -73,6 +74,26 @@ def test_unexpected_errors_are_a_generic_500_with_the_traceback_only_in_the_log(
     assert "secret internal detail" in caplog.text
     assert "Traceback" in caplog.text
     assert 'route="/explode",status="500"' in metrics
+
+
+def test_a_failing_handler_rolls_its_writes_back(
+    make_settings: Callable[..., Settings], store: sessionmaker[Session], item: str
+) -> None:
+    app = create_app(make_settings())
+
+    def write_then_fail(session: SessionDep) -> None:
+        upsert_rating(session, "ghost", item, 2.0)
+        session.flush()
+        raise RuntimeError("after the write")
+
+    app.add_api_route("/write-then-fail", write_then_fail, methods=["POST"])
+    with TestClient(app) as client:
+        assert client.post("/write-then-fail").status_code == 500
+        # the connection went back to the pool clean: the next write works
+        assert client.post("/ratings", json=RATING).status_code == 201
+    with store() as session:
+        assert user_rating_map(session, "ghost") == {}
+        assert user_rating_map(session, "u1") == {"m1": 4.0}
 
 
 def test_security_headers(client: TestClient) -> None:

@@ -141,3 +141,14 @@ def test_split_holds_out_a_share_of_each_users_ratings(small_matrix: RatingMatri
     np.testing.assert_array_equal(again.codes.toarray(), kept.codes.toarray())
     with pytest.raises(ValueError, match="fraction"):
         small_matrix.split(1.5)
+
+
+def test_the_matrix_does_not_share_the_callers_arrays() -> None:
+    users = np.array(["u", "v"])
+    items = np.array(["i", "j"])
+    catalog = np.array(["i", "j", "k"])
+    m = RatingMatrix.from_arrays(users, items, [1.0, 2.0], DEFAULT_SCALE, item_catalog=catalog)
+    users[0], items[0], catalog[0] = "x", "y", "z"
+    assert m.user_ids.tolist() == ["u", "v"]
+    assert m.item_ids.tolist() == ["i", "j", "k"]
+    assert m.user_ratings("u") == {"i": 1.0}

@@ -482,3 +482,14 @@ def test_blas_thread_limit_applies_during_fit_only(small_matrix: RatingMatrix) -
     assert seen
     assert all(threads == [1] * len(before) for threads in seen)
     assert blas_threads() == before
+
+
+@pytest.mark.parametrize("prediction", ["mean_field", "exact"])
+def test_predict_with_no_known_item_asked_for(small_model: SoftmaxRBM, prediction: str) -> None:
+    m = copy.deepcopy(small_model).set_params(prediction=prediction)
+    for asked in ([], ["ghost", "phantom"]):
+        pred = m.predict({m.item_ids_[0]: 3.0}, asked)
+        assert pred.item_ids == []
+        assert pred.expected.shape == (0,)
+        assert pred.distribution.shape == (0, 5)
+        assert pred.unknown_items == asked
