@@ -11,8 +11,9 @@ What it does:
    keep-alive), each phase bounded by ``--requests`` and ``--seconds``:
    ``GET /users/{id}/recommendations?n=10`` for random ML-100K users, then
    ``POST /ratings`` (upserts of random ratings);
-5. prints p50/p95/p99/max latency and requests per second per phase, then stops
-   the server and drops the database.
+5. prints p50/p95/p99/max latency, requests per second, and the server's and the
+   client's CPU time per request for each phase (plus ``GET /health/live``, the
+   floor of the HTTP stack), then stops the server and drops the database.
 
 Latencies are measured by the client (they include its own overhead). Example::
 
@@ -360,6 +361,15 @@ async def load(
             ),
             await run_phase(
                 "POST /ratings", server_pid, send, rate, max_requests=args.requests, **common
+            ),
+            # The floor: the same stack with a handler that does nothing.
+            await run_phase(
+                "GET /health/live",
+                server_pid,
+                send,
+                lambda _i: ("GET", "/health/live", None),
+                max_requests=args.requests,
+                **common,
             ),
         ]
     for connection in raw:

@@ -15,6 +15,10 @@ class RatingScaleError(ValueError):
     """A rating value or scale specification is not valid."""
 
 
+MAX_LEVELS = 1000
+"""Most levels a scale may have (a model holds one weight per item, level and hidden unit)."""
+
+
 def _decimal(text: str) -> Decimal:
     try:
         value = Decimal(text.strip())
@@ -39,6 +43,8 @@ class RatingScale:
         levels = tuple(float(v) for v in self.levels)
         if len(levels) < 2:
             raise RatingScaleError("a rating scale needs at least two levels")
+        if len(levels) > MAX_LEVELS:
+            raise RatingScaleError(f"a rating scale has at most {MAX_LEVELS} levels")
         if any(not np.isfinite(v) for v in levels):
             raise RatingScaleError("rating levels must be finite numbers")
         if any(b <= a for a, b in itertools.pairwise(levels)):
@@ -59,9 +65,16 @@ class RatingScale:
             step = _decimal(step_text) if step_text else Decimal(1)
             if step <= 0 or hi <= lo:
                 raise RatingScaleError(f"bad rating range {spec!r}: need lo < hi and step > 0")
-            count = (hi - lo) / step
-            if count != count.to_integral_value():
+            try:
+                count = (hi - lo) / step
+                whole = count == count.to_integral_value()
+            except ArithmeticError:  # exponents beyond what Decimal computes
+                raise RatingScaleError(f"bad rating range {spec!r}: numbers out of range") from None
+            if not whole:
                 raise RatingScaleError(f"bad rating range {spec!r}: step does not divide hi - lo")
+            # checked before the levels are built: "0..1e12" must not exhaust memory
+            if count >= MAX_LEVELS:
+                raise RatingScaleError(f"bad rating range {spec!r}: more than {MAX_LEVELS} levels")
             return cls(tuple(float(lo + i * step) for i in range(int(count) + 1)))
         return cls(tuple(float(_decimal(part)) for part in spec.split(",") if part.strip()))
 

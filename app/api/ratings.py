@@ -63,6 +63,9 @@ def post_rating(
         )
     except RatingsRejected as exc:
         raise rejection(exc, single=True) from None
+    # Commit here, in this thread: the row stays locked until the commit, and the
+    # dependency's own commit would come only after a hop through the event loop.
+    session.commit()
     catalog.ratings_changed()
     status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     return model_response(RatingOut.model_validate(rating), status_code)
@@ -92,5 +95,6 @@ def post_ratings_batch(
         )
     except RatingsRejected as exc:
         raise rejection(exc, single=False) from None
+    session.commit()  # as in post_rating: release the row locks at once
     catalog.ratings_changed()
     return model_response(RatingBatchResult(written=written))

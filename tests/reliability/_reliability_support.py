@@ -257,6 +257,42 @@ class TcpProxy:
             writer.transport.abort()
 
 
+# -- a network partition --------------------------------------------------------------------
+def can_drop_packets() -> str | None:
+    """Why :func:`dropped_port` cannot work here, or ``None`` if it can."""
+    if os.geteuid() != 0:
+        return "dropping packets needs root (iptables)"
+    if shutil.which("iptables") is None:
+        return "iptables is not installed"
+    probe = subprocess.run(["iptables", "-S", "INPUT"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        return f"iptables does not work here: {probe.stderr.decode(errors='replace').strip()}"
+    return None
+
+
+@contextlib.contextmanager
+def dropped_port(port: int) -> Iterator[None]:
+    """Silently drop every TCP packet to or from a local ``port`` (a real partition).
+
+    Unlike a proxy that stops forwarding, nothing acknowledges what the client sends,
+    as when a database host vanishes. The rules name only this (ephemeral) port and
+    are removed on exit, whatever happens.
+    """
+    rules = [
+        ["INPUT", "-p", "tcp", "--dport", str(port), "-j", "DROP"],
+        ["INPUT", "-p", "tcp", "--sport", str(port), "-j", "DROP"],
+    ]
+    added: list[list[str]] = []
+    try:
+        for rule in rules:
+            subprocess.run(["iptables", "-I", *rule], check=True, capture_output=True)
+            added.append(rule)
+        yield
+    finally:
+        for rule in added:
+            subprocess.run(["iptables", "-D", *rule], check=False, capture_output=True)
+
+
 # -- a real server process -----------------------------------------------------------------
 @dataclass
 class ApiServer:
