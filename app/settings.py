@@ -53,6 +53,13 @@ class Settings(BaseSettings):
     admin_api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Keys accepted for admin routes (comma separated)."
     )
+    model_mmap: bool = Field(
+        default=False,
+        description="Memory-map model artifacts instead of reading them into memory: "
+        "worker processes then share the pages, but the files must never be changed in "
+        "place (truncating a mapped file kills the server with SIGBUS, and in-place "
+        "changes reach the served weights before the next check notices them).",
+    )
     model_poll_seconds: float = Field(
         default=10.0, gt=0, le=30, description="How often the API checks for a new model."
     )

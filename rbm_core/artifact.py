@@ -189,7 +189,13 @@ def save_model(
         shutil.rmtree(tmp, ignore_errors=True)
         if target.exists():
             raise ArtifactError(f"refusing to overwrite existing path {target}") from None
-        raise ArtifactError(f"could not write artifact {target}: {exc}") from exc
+        # numpy reports a short write ("N requested and M written") without errno:
+        # the free space tells an operator whether the disk is full.
+        try:
+            free = f"; {shutil.disk_usage(parent).free} bytes free on its filesystem"
+        except OSError:
+            free = ""
+        raise ArtifactError(f"could not write artifact {target}: {exc}{free}") from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

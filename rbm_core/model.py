@@ -848,48 +848,86 @@ class SoftmaxRBM:
         return fn.mean_field_distribution(self._top_down(fold.x), w, b, fold.user_bias)
 
     def _encode(self, users: Sequence[UserRatings]) -> _Encoded:
-        index = self._item_index
         rows: list[int] = []
         cols: list[int] = []
-        values: list[float] = []
+        levels: list[int] = []
         ignored: list[list[str]] = []
         for row, ratings in enumerate(users):
-            if not isinstance(ratings, Mapping):
-                raise TypeError(
-                    "user ratings must be a mapping item id -> rating, "
-                    f"got {type(ratings).__name__}"
-                )
-            unknown: list[str] = []
-            for item, value in ratings.items():
-                if not isinstance(item, str):
-                    raise TypeError(f"item ids must be strings, got {item!r}")
-                if isinstance(value, bool) or not isinstance(value, int | float | np.number):
-                    raise RatingScaleError(f"rating for item {item!r} is not a number: {value!r}")
-                col = index.get(item)
-                if col is None:
-                    unknown.append(item)
-                    continue
-                rows.append(row)
-                cols.append(col)
-                values.append(float(value))
+            user_cols, user_levels, unknown = self._encode_user(ratings)
+            rows.extend([row] * len(user_cols))
+            cols.extend(user_cols)
+            levels.extend(user_levels)
             ignored.append(unknown)
-        levels = self.scale_.indices_of(np.asarray(values, dtype=np.float64))
         codes = sp.csr_matrix(
-            ((levels + 1).astype(np.int8), (np.asarray(rows, dtype=np.int64), cols)),
+            (
+                (np.asarray(levels, dtype=np.int64) + 1).astype(np.int8),
+                (np.asarray(rows, dtype=np.int64), cols),
+            ),
             shape=(len(users), self.n_items_),
         )
         codes.sort_indices()
         return _Encoded(codes, ignored)
 
+    def _encode_user(self, ratings: UserRatings) -> tuple[list[int], list[int], list[str]]:
+        """Validate one user's ratings: (item columns, level indices, unknown item ids).
+
+        Raises
+        ------
+        TypeError
+            Not a mapping, or an item id that is not a string.
+        RatingScaleError
+            A rating that is not a number or not on the model's scale.
+        """
+        if not isinstance(ratings, Mapping):
+            raise TypeError(
+                f"user ratings must be a mapping item id -> rating, got {type(ratings).__name__}"
+            )
+        index = self._item_index
+        # exact scale values (4 and 4.0 alike) by dict lookup; anything else goes
+        # through RatingScale.indices_of, which accepts float noise and names bad values
+        level_of = {value: k for k, value in enumerate(self.scale_.values.tolist())}
+        cols: list[int] = []
+        levels: list[int] = []
+        inexact: list[tuple[int, float]] = []
+        unknown: list[str] = []
+        for item, value in ratings.items():
+            # exact-type tests first: isinstance with a union costs twice this whole loop
+            if type(item) is not str and not isinstance(item, str):
+                raise TypeError(f"item ids must be strings, got {item!r}")
+            if type(value) is not float and (
+                isinstance(value, bool) or not isinstance(value, (int, float, np.number))
+            ):
+                raise RatingScaleError(f"rating for item {item!r} is not a number: {value!r}")
+            col = index.get(item)
+            if col is None:
+                unknown.append(item)
+                continue
+            level = level_of.get(value)
+            if level is None:
+                inexact.append((len(levels), float(value)))
+                level = -1
+            cols.append(col)
+            levels.append(level)
+        if inexact:
+            found = self.scale_.indices_of(np.asarray([v for _, v in inexact], dtype=np.float64))
+            for (pos, _), level in zip(inexact, found.tolist(), strict=True):
+                levels[pos] = level
+        return cols, levels, unknown
+
     def _encode_one(
         self, user_ratings: UserRatings
     ) -> tuple[NDArray[np.int64], NDArray[np.int64], list[str]]:
-        enc = self._encode([user_ratings])
-        return (
-            enc.codes.indices.astype(np.int64),
-            enc.codes.data.astype(np.int64) - 1,
-            enc.ignored[0],
-        )
+        """One user's (item columns, level indices, unknown item ids), columns sorted.
+
+        The same encoding as one row of :meth:`_encode`, without building a sparse
+        matrix (which costs more than the rest of a single-user fold-in).
+        """
+        cols, user_levels, unknown = self._encode_user(user_ratings)
+        items = np.asarray(cols, dtype=np.int64)
+        levels = np.asarray(user_levels, dtype=np.int64)
+        # sorted like a CSR row, so sums over the rated items match the batch path
+        order = np.argsort(items, kind="stable")
+        return items[order], levels[order], unknown
 
     def _score_from(
         self, dist: NDArray[np.floating], expected: NDArray[np.floating]

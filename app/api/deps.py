@@ -22,6 +22,7 @@ from typing import Annotated
 import anyio
 from fastapi import Depends, Path, Request, Response
 from pydantic import BaseModel
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
@@ -40,6 +41,7 @@ __all__ = [
     "ItemIdPath",
     "MetricsDep",
     "ModelHolderDep",
+    "ReadEngineDep",
     "ReadSessionDep",
     "SessionDep",
     "SettingsDep",
@@ -60,6 +62,16 @@ async def get_model_holder(request: Request) -> ModelHolder:
     """The process's :class:`ModelHolder`."""
     holder: ModelHolder = request.app.state.model_holder
     return holder
+
+
+async def get_read_engine(request: Request) -> Engine:
+    """The engine for read-only work (autocommit on PostgreSQL, see :func:`get_read_session`).
+
+    For handlers that open a connection themselves, in their own thread, for one
+    statement: no session and no thread-pool hop to close it afterwards.
+    """
+    engine: Engine = request.app.state.read_engine
+    return engine
 
 
 async def get_catalog(request: Request) -> CatalogCache:
@@ -168,6 +180,7 @@ async def require_json(request: Request) -> None:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 ReadSessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
+ReadEngineDep = Annotated[Engine, Depends(get_read_engine)]
 ModelHolderDep = Annotated[ModelHolder, Depends(get_model_holder)]
 CatalogDep = Annotated[CatalogCache, Depends(get_catalog)]
 MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]

@@ -139,10 +139,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     read_engine = (
         engine if is_sqlite(engine) else engine.execution_options(isolation_level="AUTOCOMMIT")
     )
-    holder = ModelHolder(session_factory, on_change=metrics.model_changed)
+    holder = ModelHolder(session_factory, on_change=metrics.model_changed, mmap=settings.model_mmap)
     app.state.engine = engine
     app.state.session_factory = session_factory
     app.state.read_session_factory = make_sessionmaker(read_engine)
+    app.state.read_engine = read_engine
     app.state.model_holder = holder
     app.state.catalog = CatalogCache()
     metrics.model_changed(None)

@@ -27,7 +27,8 @@ def make_engine(url: str, *, timeout_seconds: float = 5.0, **kwargs: Any) -> Eng
 
     SQLite: WAL journal (readers never block the writer), foreign keys on, and a busy
     timeout so concurrent writers wait instead of failing. PostgreSQL: pre-ping, a
-    connect timeout and a statement timeout, so a dead database fails fast.
+    connect timeout, a statement timeout and TCP timeouts, so a dead, stopped or
+    unreachable database fails fast.
     """
     url = normalize_url(url)
     if is_sqlite(url):
@@ -56,9 +57,18 @@ def make_engine(url: str, *, timeout_seconds: float = 5.0, **kwargs: Any) -> Eng
 
         return engine
 
-    connect_args = {
+    connect_args: dict[str, Any] = {
         "connect_timeout": max(1, int(timeout_seconds)),
         "options": f"-c statement_timeout={int(timeout_seconds * 1000) * 6}",
+        # A vanished server (host down, network partition) sends no reset: without
+        # these, a pooled connection waits on it for the kernel's ~15 minutes. With
+        # them, data unacknowledged for the timeout fails the connection, and idle
+        # ones are probed.
+        "tcp_user_timeout": int(timeout_seconds * 1000),
+        "keepalives": 1,
+        "keepalives_idle": max(1, int(timeout_seconds)),
+        "keepalives_interval": 1,
+        "keepalives_count": 3,
     }
     return create_engine(
         url,

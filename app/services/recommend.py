@@ -23,7 +23,7 @@ from typing import Final, Generic, Literal, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
 from app.db import repository
@@ -54,6 +54,10 @@ CATALOG_TTL_SECONDS: Final = 30.0
 """How long cached catalog facts are reused when this process changed nothing."""
 
 T = TypeVar("T")
+
+Db = Session | Connection
+"""Where the functions here read: a request's session, or (cheaper, for the hot
+recommendation path) a plain connection."""
 
 
 class NoModelError(LookupError):
@@ -133,7 +137,7 @@ class _Cached(Generic[T]):
     meanwhile (or wait for the first one).
     """
 
-    def __init__(self, compute: Callable[[Session], T], ttl: float) -> None:
+    def __init__(self, compute: Callable[[Db], T], ttl: float) -> None:
         self._compute = compute
         self._ttl = ttl
         self._value: tuple[T, float] | None = None
@@ -143,7 +147,7 @@ class _Cached(Generic[T]):
     def mark_stale(self) -> None:
         self._stale = True
 
-    def get(self, session: Session) -> T:
+    def get(self, session: Db) -> T:
         current = self._value
         if current is not None and not self._stale and time.monotonic() - current[1] < self._ttl:
             return current[0]
@@ -168,7 +172,7 @@ class _Cached(Generic[T]):
             self._lock.release()
 
 
-def _read_popular(session: Session) -> PopularList:
+def _read_popular(session: Db) -> PopularList:
     rows = repository.item_rating_counts(session)
     return PopularList([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
 
@@ -181,7 +185,7 @@ class CatalogIndex:
     genres: dict[str, frozenset[str]]
 
 
-def _read_catalog(session: Session) -> CatalogIndex:
+def _read_catalog(session: Db) -> CatalogIndex:
     titles: dict[str, str] = {}
     genres: dict[str, set[str]] = {}
     for item_id, title, item_genres in session.execute(select(Item.id, Item.title, Item.genres)):
@@ -191,7 +195,7 @@ def _read_catalog(session: Session) -> CatalogIndex:
     return CatalogIndex(titles, {genre: frozenset(ids) for genre, ids in genres.items()})
 
 
-def titles_of(session: Session, item_ids: Sequence[str]) -> dict[str, str]:
+def titles_of(session: Db, item_ids: Sequence[str]) -> dict[str, str]:
     """Titles of some items (one query); items not in the store are absent."""
     if not item_ids:
         return {}
@@ -232,15 +236,15 @@ class CatalogCache:
         """This process wrote items: re-read titles and genres at their next use."""
         self._catalog.mark_stale()
 
-    def popular(self, session: Session) -> PopularList:
+    def popular(self, session: Db) -> PopularList:
         """The store's items by number of ratings, most rated first."""
         return self._popular.get(session)
 
-    def genre_items(self, session: Session, genre: str) -> frozenset[str]:
+    def genre_items(self, session: Db, genre: str) -> frozenset[str]:
         """Ids of the items listing ``genre`` (case-insensitive)."""
         return self._catalog.get(session).genres.get(genre.casefold(), frozenset())
 
-    def titles(self, session: Session, item_ids: Sequence[str]) -> dict[str, str]:
+    def titles(self, session: Db, item_ids: Sequence[str]) -> dict[str, str]:
         """Titles of ``item_ids``; ids not in the store are absent."""
         known = self._catalog.get(session).titles
         found = {item: known[item] for item in item_ids if item in known}
@@ -270,7 +274,7 @@ def _top(
 
 
 def _allowed_mask(
-    session: Session,
+    session: Db,
     loaded: LoadedModel,
     catalog: CatalogCache,
     rated: Iterable[str],
@@ -290,7 +294,7 @@ def _allowed_mask(
 
 # -- recommendations -------------------------------------------------------------------
 def recommend(
-    session: Session,
+    session: Db,
     loaded: LoadedModel | None,
     catalog: CatalogCache,
     user_id: str,
@@ -304,8 +308,8 @@ def recommend(
 
     Parameters
     ----------
-    session : Session
-        The request's unit of work.
+    session : Session or Connection
+        Where to read the user's ratings (and, rarely, catalog facts).
     loaded : LoadedModel or None
         The model to use (taken once from the holder by the caller).
     catalog : CatalogCache
@@ -363,7 +367,7 @@ def recommend(
 
 
 def _store_popular(
-    session: Session,
+    session: Db,
     catalog: CatalogCache,
     rated: Iterable[str],
     *,

@@ -33,6 +33,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from sqlalchemy import MetaData, create_engine
 from starlette_testclient import TestClient
 
 from app.api.main import create_app
@@ -132,6 +133,7 @@ key, where this API answers 403 (401 is for no key at all); see
 class Fuzzed:
     schema: Any
     client: TestClient
+    url: str
 
 
 @pytest.fixture(
@@ -160,7 +162,7 @@ def fuzzed(
         # FastAPI serves OpenAPI 3.1, which this Schemathesis major supports as an opt-in.
         schemathesis.experimental.OPEN_API_3_1.enable()
         schema = schemathesis.from_dict(raw, base_url="http://testserver")
-        yield Fuzzed(schema, client)
+        yield Fuzzed(schema, client, url)
     empty_database(url)
 
 
@@ -223,11 +225,42 @@ def test_the_schema_declares_links_for_stateful_runs(fuzzed: Fuzzed) -> None:
     assert len(links) >= 9
 
 
+class StoreSnapshot:
+    """Every row of every table but Alembic's, to put the store back as it was."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = create_engine(url)
+        self.meta = MetaData()
+        self.meta.reflect(self.engine)
+        self.tables = [t for t in self.meta.sorted_tables if t.name != "alembic_version"]
+        with self.engine.connect() as conn:
+            self.rows = {
+                t.name: [dict(r) for r in conn.execute(t.select()).mappings()] for t in self.tables
+            }
+
+    def restore(self) -> None:
+        with self.engine.begin() as conn:
+            for table in reversed(self.tables):
+                conn.execute(table.delete())
+            for table in self.tables:
+                if self.rows[table.name]:
+                    conn.execute(table.insert(), self.rows[table.name])
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
 def test_stateful_workflows_along_the_links(fuzzed: Fuzzed) -> None:
     machine = fuzzed.schema.as_state_machine()
     client = fuzzed.client
+    # Each run starts from the same store: what a step answers (201 or 200, 204 or
+    # 404) then depends on that run's own steps only, as Hypothesis requires.
+    snapshot = StoreSnapshot(fuzzed.url)
 
     class Workflow(machine):  # type: ignore[misc,valid-type]
+        def setup(self) -> None:
+            snapshot.restore()
+
         def before_call(self, case: Any) -> None:
             headers = {
                 k: v for k, v in (case.headers or {}).items() if k.lower() != "authorization"
@@ -243,4 +276,8 @@ def test_stateful_workflows_along_the_links(fuzzed: Fuzzed) -> None:
     Workflow.TestCase.settings = settings(
         max_examples=STATEFUL_RUNS, stateful_step_count=STATEFUL_STEPS, **_SETTINGS
     )
-    Workflow.TestCase().runTest()
+    try:
+        Workflow.TestCase().runTest()
+    finally:
+        snapshot.restore()
+        snapshot.close()
