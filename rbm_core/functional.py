@@ -97,16 +97,17 @@ def softmax(logits: FloatArray, axis: int = -1) -> FloatArray:
     # ``axis`` (the K rating levels): numpy's reductions along a short innermost axis
     # are about three times slower, and this is the hot spot of scoring all items.
     # softmax(x) = exp(x - max_k x) / sum_k exp(x - max_k x)
-    levels = np.moveaxis(logits, axis, 0)
-    top = np.array(levels[0])  # a copy, also for 1-D input
-    for level in levels[1:]:
-        np.maximum(top, level, out=top)
-    out: FloatArray = np.exp(logits - np.expand_dims(top, axis))
-    shifted = np.moveaxis(out, axis, 0)
-    total = np.array(shifted[0])
-    for level in shifted[1:]:
-        total += level
-    out /= np.expand_dims(total, axis)
+    axis = axis % logits.ndim
+    head = (slice(None),) * axis
+    n_levels = logits.shape[axis]
+    top = np.array(logits[(*head, 0)])  # a copy (also for 1-D input)
+    for k in range(1, n_levels):
+        np.maximum(top, logits[(*head, k)], out=top)
+    out: FloatArray = np.exp(logits - top[(*head, None)])
+    total = np.array(out[(*head, 0)])
+    for k in range(1, n_levels):
+        total += out[(*head, k)]
+    out /= total[(*head, None)]
     return out
 
 

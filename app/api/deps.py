@@ -43,6 +43,7 @@ __all__ = [
     "ModelHolderDep",
     "ReadEngineDep",
     "ReadSessionDep",
+    "ScoringLimiterDep",
     "SessionDep",
     "SettingsDep",
     "UserIdPath",
@@ -72,6 +73,12 @@ async def get_read_engine(request: Request) -> Engine:
     """
     engine: Engine = request.app.state.read_engine
     return engine
+
+
+async def get_scoring_limiter(request: Request) -> anyio.CapacityLimiter:
+    """The threads that score recommendations (see :func:`app.api.main.create_app`)."""
+    limiter: anyio.CapacityLimiter = request.app.state.scoring_limiter
+    return limiter
 
 
 async def get_catalog(request: Request) -> CatalogCache:
@@ -181,6 +188,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 ReadSessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
 ReadEngineDep = Annotated[Engine, Depends(get_read_engine)]
+ScoringLimiterDep = Annotated[anyio.CapacityLimiter, Depends(get_scoring_limiter)]
 ModelHolderDep = Annotated[ModelHolder, Depends(get_model_holder)]
 CatalogDep = Annotated[CatalogCache, Depends(get_catalog)]
 MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]

@@ -144,6 +144,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.session_factory = session_factory
     app.state.read_session_factory = make_sessionmaker(read_engine)
     app.state.read_engine = read_engine
+    app.state.scoring_limiter = anyio.CapacityLimiter(int(__import__('os').environ.get('PERF_THREADS', '4')))
     app.state.model_holder = holder
     app.state.catalog = CatalogCache()
     metrics.model_changed(None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import anyio.to_thread
 from fastapi import APIRouter, Depends, Query, Response, status
 
 from app.api.deps import (
@@ -13,6 +14,7 @@ from app.api.deps import (
     ModelHolderDep,
     ReadEngineDep,
     ReadSessionDep,
+    ScoringLimiterDep,
     SessionDep,
     SettingsDep,
     UserIdPath,
@@ -96,12 +98,13 @@ def delete_user_rating(
     response_model=Recommendations,
     responses=problem_responses(422, 503),
 )
-def get_recommendations(
+async def get_recommendations(
     user_id: UserIdPath,
     engine: ReadEngineDep,
     holder: ModelHolderDep,
     catalog: CatalogDep,
     metrics: MetricsDep,
+    limiter: ScoringLimiterDep,
     n: Annotated[int, Query(ge=1, le=MAX_N, description="How many items.")] = 10,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Ranks to skip.")] = 0,
     genre: Annotated[
@@ -120,31 +123,44 @@ def get_recommendations(
 ) -> Response:
     """Top-``n`` items for the user, never one the user has rated."""
     loaded = holder.current  # one reference for the whole request: swaps cannot tear it
-    # A connection, not a session: this is the hottest path, and a session (plus the
-    # thread-pool hop to close it) cost a third of its CPU. Autocommit on PostgreSQL:
-    # nothing to commit; the connection goes back to the pool before the answer.
-    with engine.connect() as connection:
-        result = recommend_service.recommend(
-            connection, loaded, catalog, user_id, n=n, offset=offset, genre=genre, exclude=exclude
-        )
-    metrics.recommendations.labels(strategy=result.strategy).inc()
-    body = Recommendations(
-        user_id=user_id,
-        strategy=result.strategy,
-        model_version=result.model_version,
-        offset=offset,
-        n=n,
-        items=[
-            RecommendedItem(
-                item_id=r.item_id,
-                title=r.title,
-                score=r.score,
-                predicted_rating=r.predicted_rating,
+
+    def work() -> Response:
+        # A connection, not a session: no unit of work to commit (autocommit on
+        # PostgreSQL), and it goes back to the pool in this thread, before the answer.
+        with engine.connect() as connection:
+            result = recommend_service.recommend(
+                connection,
+                loaded,
+                catalog,
+                user_id,
+                n=n,
+                offset=offset,
+                genre=genre,
+                exclude=exclude,
             )
-            for r in result.items
-        ],
-    )
-    return model_response(body)
+        metrics.recommendations.labels(strategy=result.strategy).inc()
+        body = Recommendations(
+            user_id=user_id,
+            strategy=result.strategy,
+            model_version=result.model_version,
+            offset=offset,
+            n=n,
+            items=[
+                RecommendedItem(
+                    item_id=r.item_id,
+                    title=r.title,
+                    score=r.score,
+                    predicted_rating=r.predicted_rating,
+                )
+                for r in result.items
+            ],
+        )
+        return model_response(body)
+
+    # One thread-pool hop for the whole request, among a few threads only: the work
+    # is CPU-bound under the GIL, so more threads would only contend for it (and
+    # each would hold a pooled connection meanwhile).
+    return await anyio.to_thread.run_sync(work, limiter=limiter)
 
 
 @router.get(

@@ -345,7 +345,8 @@ def user_rating_map(db: Session | Connection, user_id: str) -> dict[str, float]:
     -------
     dict of str to float
     """
-    return {item: float(value) for item, value in db.execute(_USER_RATINGS, {"user_id": user_id})}
+    rows = db.execute(_USER_RATINGS, {"user_id": user_id}).all()  # one fetchall, not row by row
+    return {item: float(value) for item, value in rows}
 
 
 def count_ratings(session: Session) -> int:

@@ -292,6 +292,22 @@ def _allowed_mask(
     return allowed
 
 
+def _usable_ratings(loaded: LoadedModel, ratings: dict[str, float]) -> dict[str, float]:
+    """The ratings the model can fold in: empty when it knows none of the items.
+
+    Ratings of items the model does not know are left in (it ignores them); values
+    off the model's scale are dropped (the store's scale may have changed since).
+    """
+    index = loaded.item_index
+    if not any(item in index for item in ratings):
+        return {}
+    levels = set(loaded.levels)
+    if levels.issuperset(ratings.values()):  # the usual case: no copy
+        return ratings
+    usable = {item: value for item, value in ratings.items() if value in levels}
+    return usable if any(item in index for item in usable) else {}
+
+
 # -- recommendations -------------------------------------------------------------------
 def recommend(
     session: Db,
@@ -332,12 +348,7 @@ def recommend(
     """
     ratings = repository.user_rating_map(session, user_id)
     if loaded is not None:
-        levels = set(loaded.levels)
-        known = {
-            item: value
-            for item, value in ratings.items()
-            if item in loaded.item_index and value in levels
-        }
+        known = _usable_ratings(loaded, ratings)
         allowed = _allowed_mask(session, loaded, catalog, ratings, exclude, genre)
         if known:
             scores = loaded.model.score_items(known)

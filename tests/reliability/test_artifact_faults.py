@@ -26,7 +26,8 @@ import numpy as np
 import pytest
 from _reliability_support import Store, api_server, wait_for
 
-pytestmark = pytest.mark.postgres
+# real server processes for seconds each: `make test` runs them, `make test-fast` not
+pytestmark = [pytest.mark.postgres, pytest.mark.e2e, pytest.mark.slow]
 
 RATED = {"50": 5, "181": 5, "1": 4, "100": 2, "98": 1}
 

@@ -26,7 +26,8 @@ from app.db.engine import make_engine, make_sessionmaker
 from app.db.models import Rating
 from app.db.repository import ItemIn, upsert_items
 
-pytestmark = pytest.mark.postgres
+# real server processes for seconds each: `make test` runs them, `make test-fast` not
+pytestmark = [pytest.mark.postgres, pytest.mark.e2e, pytest.mark.slow]
 
 USERS = [f"w{u}" for u in range(10)]
 ITEMS = [f"c{i}" for i in range(10)]

@@ -36,7 +36,8 @@ from _reliability_support import (
 )
 from sqlalchemy.engine import make_url
 
-pytestmark = pytest.mark.postgres
+# real server processes for seconds each: `make test` runs them, `make test-fast` not
+pytestmark = [pytest.mark.postgres, pytest.mark.e2e, pytest.mark.slow]
 
 DB_TIMEOUT = 2.0
 """RBMREC_DB_TIMEOUT_SECONDS of the server under test."""

@@ -32,7 +32,7 @@ from app.services import registry, retrain
 from app.services.model_holder import ModelHolder
 from app.settings import Settings
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
 
 TMPFS_BYTES = 4 * 1024 * 1024
 

@@ -38,7 +38,8 @@ from sqlalchemy import select
 from app.db.models import Rating
 from app.services import registry
 
-pytestmark = pytest.mark.postgres
+# real server processes for seconds each: `make test` runs them, `make test-fast` not
+pytestmark = [pytest.mark.postgres, pytest.mark.e2e, pytest.mark.slow]
 
 CLIENTS = 8
 SUBSET_USERS = [str(u) for u in range(1, 101)]

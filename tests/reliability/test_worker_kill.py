@@ -139,6 +139,7 @@ CASES = [
 ]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(("database_url", "point"), CASES, indirect=["database_url"])
 def test_a_retrain_killed_while_publishing_leaves_nothing_half_published(
     any_store: Store, tmp_path: Path, point: str
