@@ -11,9 +11,11 @@ What it does:
    keep-alive), each phase bounded by ``--requests`` and ``--seconds``:
    ``GET /users/{id}/recommendations?n=10`` for random ML-100K users, then
    ``POST /ratings`` (upserts of random ratings);
-5. prints p50/p95/p99/max latency, requests per second, and the server's and the
-   client's CPU time per request for each phase (plus ``GET /health/live``, the
-   floor of the HTTP stack), then stops the server and drops the database.
+5. prints p50/p95/p99/max latency, requests per second, and the CPU time per
+   request of the server, of this client and of the PostgreSQL backends (when the
+   database runs on this machine) for each phase (plus ``GET /health/live``, the
+   floor of the HTTP stack), and with ``--workers`` each worker's share of the
+   server's CPU; then stops the server and drops the database.
 
 Latencies are measured by the client (they include its own overhead). Example::
 
@@ -34,7 +36,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -60,6 +62,8 @@ class PhaseResult:
     seconds: float
     server_cpu: float = 0.0
     client_cpu: float = 0.0
+    database_cpu: float | None = None
+    worker_cpu: list[float] = field(default_factory=list)
 
     def row(self) -> dict[str, float | int | str]:
         lat = np.asarray(self.latencies) * 1000.0
@@ -76,6 +80,19 @@ class PhaseResult:
             # CPU seconds per request: what the numbers would allow on idle cores
             "server_cpu_ms": round(self.server_cpu / max(ok, 1) * 1000, 2),
             "client_cpu_ms": round(self.client_cpu / max(ok, 1) * 1000, 2),
+            # PostgreSQL backends of the benchmark database (when on this machine)
+            "db_cpu_ms": (
+                round(self.database_cpu / max(ok, 1) * 1000, 2)
+                if self.database_cpu is not None
+                else "n/a"
+            ),
+            # each uvicorn worker's share of the server CPU: keep-alive connections
+            # stay with the worker that accepted them, which need not be an even split
+            "worker_cpu_split": "/".join(
+                f"{100 * cpu / sum(self.worker_cpu):.0f}" for cpu in self.worker_cpu
+            )
+            if len(self.worker_cpu) > 1 and sum(self.worker_cpu) > 0
+            else "-",
         }
 
 
@@ -197,8 +214,8 @@ def wait_ready(base: str, process: subprocess.Popen[bytes], timeout: float = 120
     raise RuntimeError("the server did not become ready")
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and its descendants (Linux /proc)."""
+def _process_table() -> dict[int, tuple[int, float]]:
+    """Every process's (parent pid, user + system CPU seconds), from Linux /proc."""
     ticks = os.sysconf("SC_CLK_TCK")
     stats: dict[int, tuple[int, float]] = {}
     for entry in Path("/proc").iterdir():
@@ -210,12 +227,56 @@ def tree_cpu_seconds(pid: int) -> float:
             continue
         # after the command: state ppid ... utime(12) stime(13)
         stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks)
+    return stats
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its descendants (Linux /proc)."""
+    stats = _process_table()
     total, todo = 0.0, [pid]
     while todo:
         current = todo.pop()
         total += stats.get(current, (0, 0.0))[1]
         todo += [child for child, (parent, _) in stats.items() if parent == current]
     return total
+
+
+def worker_cpu_seconds(pid: int) -> list[float]:
+    """CPU seconds of each uvicorn worker (a spawned child of ``pid``), by pid."""
+    workers = []
+    for child, (parent, cpu) in sorted(_process_table().items()):
+        try:
+            spawned = parent == pid and b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if spawned:
+            workers.append(cpu)
+    return workers
+
+
+def database_cpu_seconds(database: str) -> dict[int, float]:
+    """CPU seconds of each PostgreSQL backend serving ``database`` on this machine.
+
+    A backend's command line names its database (``postgres: ... user db host``);
+    empty when none is visible (a server on another machine).
+    """
+    backends = {}
+    for pid, (_, cpu) in _process_table().items():
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if command.startswith(b"postgres:") and f" {database} ".encode() in command:
+            backends[pid] = cpu
+    return backends
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU used between two snapshots by the processes alive at the second one.
+
+    Backends that exited in between are missed (an undercount, never negative).
+    """
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
 
 
 Request = tuple[str, str, bytes | None]
@@ -276,11 +337,14 @@ async def run_phase(
     concurrency: int,
     max_requests: int,
     max_seconds: float,
+    database: str | None = None,
 ) -> PhaseResult:
     latencies: list[float] = []
     errors = 0
     counter = 0
     server_cpu = tree_cpu_seconds(server_pid)
+    workers = worker_cpu_seconds(server_pid)
+    backends = database_cpu_seconds(database) if database else {}
     client_cpu = time.process_time()
     started = time.perf_counter()
     deadline = started + max_seconds
@@ -302,18 +366,26 @@ async def run_phase(
                 errors += 1
 
     await asyncio.gather(*(worker(slot) for slot in range(concurrency)))
+    seconds = time.perf_counter() - started
+    client_cpu = time.process_time() - client_cpu
+    backends_after = database_cpu_seconds(database) if database else {}
     return PhaseResult(
         name,
         latencies,
         errors,
-        time.perf_counter() - started,
+        seconds,
         server_cpu=tree_cpu_seconds(server_pid) - server_cpu,
-        client_cpu=time.process_time() - client_cpu,
+        client_cpu=client_cpu,
+        database_cpu=cpu_used(backends, backends_after) if backends_after else None,
+        worker_cpu=[
+            after - before
+            for before, after in zip(workers, worker_cpu_seconds(server_pid), strict=False)
+        ],
     )
 
 
 async def load(
-    host: str, port: int, server_pid: int, args: argparse.Namespace
+    host: str, port: int, server_pid: int, database: str | None, args: argparse.Namespace
 ) -> list[PhaseResult]:
     rng = random.Random(args.seed)
     users = [str(u) for u in range(1, 944)]
@@ -348,7 +420,11 @@ async def load(
             return await raw[slot].request(*request)
 
         send = send_raw if args.client == "raw" else send_httpx
-        common = {"concurrency": args.concurrency, "max_seconds": args.seconds}
+        common = {
+            "concurrency": args.concurrency,
+            "max_seconds": args.seconds,
+            "database": database,
+        }
         await run_phase("warmup", server_pid, send, recommend, max_requests=args.warmup, **common)
         results = [
             await run_phase(
@@ -393,7 +469,8 @@ def main() -> None:
             port = free_port()
             server = start_server(settings, port, args.workers)
             wait_ready(f"http://127.0.0.1:{port}", server)
-            results = asyncio.run(load("127.0.0.1", port, server.pid, args))
+            database = make_url(url).database
+            results = asyncio.run(load("127.0.0.1", port, server.pid, database, args))
         finally:
             if server is not None:
                 server.send_signal(signal.SIGTERM)
@@ -410,8 +487,11 @@ def main() -> None:
         "max_ms",
         "server_cpu_ms",
         "client_cpu_ms",
+        "db_cpu_ms",
+        "worker_cpu_split",
     )
-    print("\n" + " | ".join(header))
+    print(f"\nload average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(" | ".join(header))
     for result in results:
         row = result.row()
         print(" | ".join(str(row[key]) for key in header))

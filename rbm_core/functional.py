@@ -99,15 +99,20 @@ def softmax(logits: FloatArray, axis: int = -1) -> FloatArray:
     # softmax(x) = exp(x - max_k x) / sum_k exp(x - max_k x)
     axis = axis % logits.ndim
     head = (slice(None),) * axis
+
+    def level(k: int) -> tuple[slice | int, ...]:
+        return (*head, k)
+
+    widen = (*head, np.newaxis)
     n_levels = logits.shape[axis]
-    top = np.array(logits[(*head, 0)])  # a copy (also for 1-D input)
+    top = np.array(logits[level(0)])  # a copy (also for 1-D input)
     for k in range(1, n_levels):
-        np.maximum(top, logits[(*head, k)], out=top)
-    out: FloatArray = np.exp(logits - top[(*head, None)])
-    total = np.array(out[(*head, 0)])
+        np.maximum(top, logits[level(k)], out=top)
+    out: FloatArray = np.exp(logits - top[widen])
+    total = np.array(out[level(0)])
     for k in range(1, n_levels):
-        total += out[(*head, k)]
-    out /= total[(*head, None)]
+        total += out[level(k)]
+    out /= total[widen]
     return out
 
 

@@ -925,7 +925,8 @@ class SoftmaxRBM:
         cols, user_levels, unknown = self._encode_user(user_ratings)
         items = np.asarray(cols, dtype=np.int64)
         levels = np.asarray(user_levels, dtype=np.int64)
-        # sorted like a CSR row, so sums over the rated items match the batch path
+        # column order, as in a CSR row: the float32 sum of the rated items' weights
+        # then does not depend on the order of the mapping
         order = np.argsort(items, kind="stable")
         return items[order], levels[order], unknown
 

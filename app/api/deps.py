@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import Executor
+from dataclasses import dataclass
 from email.message import Message
 from typing import Annotated
 
@@ -41,9 +43,9 @@ __all__ = [
     "ItemIdPath",
     "MetricsDep",
     "ModelHolderDep",
-    "ReadEngineDep",
     "ReadSessionDep",
-    "ScoringLimiterDep",
+    "Recommender",
+    "RecommenderDep",
     "SessionDep",
     "SettingsDep",
     "UserIdPath",
@@ -65,20 +67,37 @@ async def get_model_holder(request: Request) -> ModelHolder:
     return holder
 
 
-async def get_read_engine(request: Request) -> Engine:
-    """The engine for read-only work (autocommit on PostgreSQL, see :func:`get_read_session`).
+@dataclass(frozen=True)
+class Recommender:
+    """Everything ``GET /users/{id}/recommendations`` needs, as one dependency.
 
-    For handlers that open a connection themselves, in their own thread, for one
-    statement: no session and no thread-pool hop to close it afterwards.
+    One dependency rather than five: FastAPI resolves each one per request, and that
+    is measurable on the hottest route. Built once per app by the lifespan.
+
+    Attributes
+    ----------
+    read_engine : Engine
+        Read-only work (autocommit on PostgreSQL, see :func:`get_read_session`); the
+        handler opens one connection in its worker thread: no session, and no
+        thread-pool hop to close one afterwards.
+    holder : ModelHolder
+    catalog : CatalogCache
+    metrics : ApiMetrics
+    executor : concurrent.futures.Executor
+        The few threads that score (see :data:`app.api.main.SCORING_THREADS`).
     """
-    engine: Engine = request.app.state.read_engine
-    return engine
+
+    read_engine: Engine
+    holder: ModelHolder
+    catalog: CatalogCache
+    metrics: ApiMetrics
+    executor: Executor
 
 
-async def get_scoring_limiter(request: Request) -> anyio.CapacityLimiter:
-    """The threads that score recommendations (see :func:`app.api.main.create_app`)."""
-    limiter: anyio.CapacityLimiter = request.app.state.scoring_limiter
-    return limiter
+async def get_recommender(request: Request) -> Recommender:
+    """The app's :class:`Recommender`."""
+    recommender: Recommender = request.app.state.recommender
+    return recommender
 
 
 async def get_catalog(request: Request) -> CatalogCache:
@@ -187,8 +206,7 @@ async def require_json(request: Request) -> None:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 ReadSessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
-ReadEngineDep = Annotated[Engine, Depends(get_read_engine)]
-ScoringLimiterDep = Annotated[anyio.CapacityLimiter, Depends(get_scoring_limiter)]
+RecommenderDep = Annotated[Recommender, Depends(get_recommender)]
 ModelHolderDep = Annotated[ModelHolder, Depends(get_model_holder)]
 CatalogDep = Annotated[CatalogCache, Depends(get_catalog)]
 MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]

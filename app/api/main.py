@@ -14,6 +14,7 @@ import logging
 import signal
 import threading
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import anyio.to_thread
@@ -21,6 +22,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from threadpoolctl import threadpool_limits
 
+from app.api.deps import Recommender
 from app.api.errors import PROBLEM_MEDIA_TYPE, ServerErrorGuard, install_error_handlers
 from app.api.metrics import ApiMetrics, MetricsMiddleware
 from app.api.middleware import BodySizeLimitMiddleware
@@ -35,6 +37,13 @@ from app.settings import Settings, get_settings
 logger = logging.getLogger(__name__)
 
 __all__ = ["create_app"]
+
+SCORING_THREADS = 4
+"""Recommendation requests a process serves at once (each in a thread of its own small
+pool, holding one pooled connection). Scoring is CPU-bound under the GIL: more threads
+only contend for it, and past the pool size (10) they make the pool open and close
+connections. Four still overlap one request's database round trip with another's
+scoring, and keep a slow database from queueing every request behind one."""
 
 # Every router here declares ValidationProblem, so the component always exists.
 _VALIDATION_PROBLEM_REF = "#/components/schemas/ValidationProblem"
@@ -143,10 +152,16 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.engine = engine
     app.state.session_factory = session_factory
     app.state.read_session_factory = make_sessionmaker(read_engine)
-    app.state.read_engine = read_engine
-    app.state.scoring_limiter = anyio.CapacityLimiter(int(__import__('os').environ.get('PERF_THREADS', '4')))
     app.state.model_holder = holder
     app.state.catalog = CatalogCache()
+    scoring = ThreadPoolExecutor(SCORING_THREADS, thread_name_prefix="rbmrec-scoring")
+    app.state.recommender = Recommender(
+        read_engine=read_engine,
+        holder=holder,
+        catalog=app.state.catalog,
+        metrics=metrics,
+        executor=scoring,
+    )
     metrics.model_changed(None)
     # Load the active model before serving; a database that is down only delays it
     # (the poll task retries) and never stops the start.
@@ -160,6 +175,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         poll.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await poll
+        # uvicorn has let the requests in flight finish; what is left belongs to
+        # cancelled ones, which must not hold up the shutdown
+        scoring.shutdown(wait=False, cancel_futures=True)
         engine.dispose()
         blas.restore_original_limits()
 
