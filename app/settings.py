@@ -54,11 +54,16 @@ class Settings(BaseSettings):
         default_factory=list, description="Keys accepted for admin routes (comma separated)."
     )
     model_mmap: bool = Field(
-        default=False,
-        description="Memory-map model artifacts instead of reading them into memory: "
-        "worker processes then share the pages, but the files must never be changed in "
-        "place (truncating a mapped file kills the server with SIGBUS, and in-place "
-        "changes reach the served weights before the next check notices them).",
+        default=True,
+        description="Memory-map the served model from a verified private copy in "
+        "RBMREC_MODEL_CACHE_DIR, so the worker processes of a host share one copy of "
+        "the weights; false: each process reads the model into its own memory.",
+    )
+    model_cache_dir: Path | None = Field(
+        default=None,
+        description="Where API processes keep the copies of model artifacts they "
+        "memory-map (only they write there; default: rbmrec-<uid>-serving in the "
+        "system temporary directory).",
     )
     model_poll_seconds: float = Field(
         default=10.0, gt=0, le=30, description="How often the API checks for a new model."

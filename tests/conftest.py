@@ -7,6 +7,8 @@ end) and its own SQLite file; tables are emptied after each test that uses them.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +34,12 @@ _TABLES_TO_CLEAR = ["ratings", "items", "training_runs", "model_versions"]
 def pytest_configure(config: pytest.Config) -> None:
     # Nothing in the tests may read a developer's .env or real database by accident.
     os.environ.setdefault("RBMREC_DATABASE_URL", "sqlite:///:memory:")
+    # Serving copies of the many test models go to a directory of this run (servers
+    # started as subprocesses inherit it), removed at the end.
+    if "RBMREC_MODEL_CACHE_DIR" not in os.environ:
+        cache = Path(tempfile.mkdtemp(prefix="rbmrec-test-serving-"))
+        config.add_cleanup(lambda: shutil.rmtree(cache, ignore_errors=True))
+        os.environ["RBMREC_MODEL_CACHE_DIR"] = str(cache)
 
 
 @pytest.fixture(scope="session")

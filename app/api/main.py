@@ -33,6 +33,7 @@ from app.api.security_headers import SecurityHeadersMiddleware
 from app.db.engine import is_sqlite, make_engine, make_sessionmaker
 from app.services.model_holder import ModelHolder, poll_forever
 from app.services.recommend import CatalogCache
+from app.services.serving_cache import ServingCache, default_cache_root
 from app.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -153,7 +154,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     read_engine = (
         engine if is_sqlite(engine) else engine.execution_options(isolation_level="AUTOCOMMIT")
     )
-    holder = ModelHolder(session_factory, on_change=metrics.model_changed, mmap=settings.model_mmap)
+    holder = ModelHolder(
+        session_factory, on_change=metrics.model_changed, serving_cache=_serving_cache(settings)
+    )
     app.state.engine = engine
     app.state.session_factory = session_factory
     app.state.read_session_factory = make_sessionmaker(read_engine)
@@ -186,6 +189,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         scoring.shutdown(wait=False, cancel_futures=True)
         engine.dispose()
         blas.restore_original_limits()
+
+
+def _serving_cache(settings: Settings) -> ServingCache | None:
+    if not settings.model_mmap:
+        return None
+    return ServingCache(settings.model_cache_dir or default_cache_root())
 
 
 def _freeze_startup_heap() -> None:

@@ -64,7 +64,7 @@ def serve(
             "--workers",
             min=1,
             help="Worker processes (default: RBMREC_WORKERS, 1). Each loads the model "
-            "(memory-mapped, so they share its pages).",
+            "(memory-mapped from a verified copy, so they share its pages).",
             show_default=False,
         ),
     ] = None,

@@ -8,8 +8,11 @@ path.
 
 :meth:`ModelHolder.refresh` reads the registry (the source of truth for "which
 model is active") and, if the active version changed, verifies the artifact's
-SHA-256 against the registry row, loads it (into memory; memory-mapped with
-``RBMREC_MODEL_MMAP``), warms it, and swaps it in.
+SHA-256 against the registry row, loads it, warms it, and swaps it in. With a
+:class:`~app.services.serving_cache.ServingCache` (``RBMREC_MODEL_MMAP``, the
+default) the arrays are memory-mapped from a verified private copy, so the worker
+processes of a host share one copy of the weights; without one, each process
+reads them into its own memory.
 It runs off the request path: at start-up, every ``RBMREC_MODEL_POLL_SECONDS``
 (:func:`poll_forever`), after ``POST /models/{id}/activate`` and on ``SIGHUP``.
 
@@ -43,6 +46,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.services import registry
 from app.services.registry import ArtifactIntegrityError, ModelVersionInfo
+from app.services.serving_cache import ServingCache, ServingCacheError
 from rbm_core.artifact import ArtifactError, load_model
 from rbm_core.model import SoftmaxRBM
 
@@ -63,7 +67,8 @@ class LoadedModel:
     version : ModelVersionInfo
         The registry row it was loaded from.
     model : SoftmaxRBM
-        The fitted model (its arrays memory-mapped read-only with ``mmap``).
+        The fitted model (its arrays memory-mapped read-only from the serving copy
+        when loaded through a :class:`ServingCache`).
     item_index : mapping of str to int
         Item id -> position in ``model.item_ids_``.
     item_ids : ndarray of str, shape (n_items,)
@@ -116,16 +121,17 @@ def _stamp(directory: Path) -> FileStamp:
     return tuple(sorted(entries))
 
 
-def load_version(version: ModelVersionInfo, *, mmap: bool = False) -> LoadedModel:
+def load_version(version: ModelVersionInfo, *, cache: ServingCache | None = None) -> LoadedModel:
     """Verify and load a registered version's artifact.
 
     Parameters
     ----------
     version : ModelVersionInfo
         A registry row with a complete artifact.
-    mmap : bool, default False
-        Memory-map the arrays instead of reading them: processes share the pages, but
-        a file truncated in place then kills the process (SIGBUS) when it is read.
+    cache : ServingCache, optional
+        Memory-map the arrays from a verified private copy made there (processes
+        share the pages; see :mod:`app.services.serving_cache`). Without one, or
+        when the cache directory cannot be used, the arrays are read into memory.
 
     Returns
     -------
@@ -146,7 +152,7 @@ def load_version(version: ModelVersionInfo, *, mmap: bool = False) -> LoadedMode
             f"artifact {path} fails its checksum (SHA-256 {digest[:12]}..., the registry "
             f"recorded {version.sha256[:12]}...)"
         )
-    model = load_model(path, mmap=mmap)
+    model = _read_model(path, version.sha256, cache)
     item_ids = np.asarray(model.item_ids_)
     index = {item: i for i, item in enumerate(item_ids.tolist())}
     # Scoring an empty user once also fills the model's lazy caches, so the first
@@ -164,6 +170,15 @@ def load_version(version: ModelVersionInfo, *, mmap: bool = False) -> LoadedMode
         loaded_at=datetime.now(UTC),
         stamp=stamp,
     )
+
+
+def _read_model(path: Path, sha256: str, cache: ServingCache | None) -> SoftmaxRBM:
+    if cache is not None:
+        try:
+            return load_model(cache.materialize(path, sha256), mmap=True)
+        except ServingCacheError as exc:
+            logger.warning("%s; reading the model into memory instead of mapping it", exc)
+    return load_model(path, mmap=False)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -190,8 +205,9 @@ class ModelHolder:
     on_change : callable, optional
         Called with the new :class:`LoadedModel` (or ``None``) after each swap, in the
         thread that swapped (used to update the metrics).
-    mmap : bool, default False
-        Memory-map artifacts (see :func:`load_version`).
+    serving_cache : ServingCache, optional
+        Memory-map artifacts from verified copies there (see :func:`load_version`);
+        without one, models are read into memory.
     """
 
     def __init__(
@@ -199,10 +215,10 @@ class ModelHolder:
         session_factory: sessionmaker[Session],
         *,
         on_change: Callable[[LoadedModel | None], None] | None = None,
-        mmap: bool = False,
+        serving_cache: ServingCache | None = None,
     ) -> None:
         self._session_factory = session_factory
-        self._mmap = mmap
+        self._serving_cache = serving_cache
         self._on_change = on_change
         self._state: LoadedModel | None = None
         self._refresh_lock = threading.Lock()
@@ -279,7 +295,7 @@ class ModelHolder:
         if self._failed == key:
             return  # same broken files as last time: wait until they change
         try:
-            loaded = load_version(active, mmap=self._mmap)
+            loaded = load_version(active, cache=self._serving_cache)
         except (ArtifactIntegrityError, ArtifactError, OSError, ValueError) as exc:
             self._failed = key
             served = self._state.version.id if self._state is not None else "none"
