@@ -181,6 +181,8 @@ def start_server(settings: Settings, port: int, workers: int) -> subprocess.Pope
         **os.environ,
         "RBMREC_DATABASE_URL": settings.database_url,
         "RBMREC_MODEL_DIR": str(settings.model_dir),
+        # the serving copy the workers map goes with the rest of the run's files
+        "RBMREC_MODEL_CACHE_DIR": str(settings.model_dir.parent / "serving"),
         "RBMREC_LOG_LEVEL": "WARNING",
     }
     return subprocess.Popen(
