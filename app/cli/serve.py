@@ -76,9 +76,11 @@ def serve(
 
     The database must be migrated (`rbmrec db upgrade`); the active model is loaded
     at start and followed as it changes (every RBMREC_MODEL_POLL_SECONDS, and on
-    SIGHUP in single-process mode). OpenAPI docs at /docs.
+    SIGHUP, which reaches every worker). OpenAPI docs at /docs.
     """
     import uvicorn
+
+    from app.cli.supervisor import WorkerSupervisor, supports_reuse_port
 
     settings = load_settings()
     bind_host = host or settings.host
@@ -89,16 +91,22 @@ def serve(
         f"({n_workers} worker{'s' if n_workers > 1 else ''}; docs at /docs)",
         err=True,
     )
-    uvicorn.run(
-        APP_FACTORY,
-        factory=True,
-        host=bind_host,
-        port=bind_port,
-        workers=n_workers,
-        log_config=log_config(settings.log_level),
-        access_log=access_log,
-        timeout_graceful_shutdown=10,
-    )
+    options: dict[str, Any] = {
+        "factory": True,
+        "host": bind_host,
+        "port": bind_port,
+        "log_config": log_config(settings.log_level),
+        "access_log": access_log,
+        "timeout_graceful_shutdown": 10,
+    }
+    if n_workers > 1 and supports_reuse_port():
+        # One socket per worker, so that connections spread over them (see
+        # app/cli/supervisor.py); uvicorn's own supervisor shares one.
+        code = WorkerSupervisor(uvicorn.Config(APP_FACTORY, **options), n_workers).run()
+        if code:
+            raise typer.Exit(code)
+        return
+    uvicorn.run(APP_FACTORY, workers=n_workers, **options)
 
 
 def register(cli: typer.Typer) -> None:

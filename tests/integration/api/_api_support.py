@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,14 @@ def register(session_factory: sessionmaker[Session], artifact: Path, *, active: 
             session, artifact, status="active" if active else "candidate"
         )
     return info.id
+
+
+def rbmrec_command() -> list[str]:
+    """The ``rbmrec`` console script of this interpreter's environment."""
+    script = Path(sys.executable).with_name("rbmrec")
+    if script.is_file():
+        return [str(script)]
+    return [sys.executable, "-c", "from app.cli import main; main()"]
 
 
 def free_port() -> int:

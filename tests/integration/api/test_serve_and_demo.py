@@ -7,14 +7,13 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from types import ModuleType
 
 import httpx
 import pytest
-from _api_support import Subset, free_port
+from _api_support import Subset, free_port, rbmrec_command
 
 from app.db.engine import make_engine, make_sessionmaker
 from app.db.repository import count_ratings
@@ -22,13 +21,6 @@ from app.services import registry
 from app.settings import Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
-
-
-def rbmrec_command() -> list[str]:
-    script = Path(sys.executable).with_name("rbmrec")
-    if script.is_file():
-        return [str(script)]
-    return [sys.executable, "-c", "from app.cli import main; main()"]
 
 
 @pytest.mark.e2e
