@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -60,14 +61,7 @@ def test_the_model_is_mapped_from_the_copy_so_truncating_the_artifact_is_harmles
     artifact: tuple[Path, str], tmp_path: Path
 ) -> None:
     source, sha = artifact
-    work = tmp_path / "v1"
-    work.mkdir()
-    for path in source.rglob("*"):
-        target = work / path.relative_to(source)
-        if path.is_dir():
-            target.mkdir(exist_ok=True)
-        else:
-            target.write_bytes(path.read_bytes())
+    work = Path(shutil.copytree(source, tmp_path / "v1"))
     cache = ServingCache(tmp_path / "cache")
     loaded = load_version(_version(work, sha), cache=cache)
     weights = loaded.model.weights_

@@ -162,17 +162,22 @@ def test_a_dead_worker_is_replaced_and_signals_reach_every_worker(served: Served
     assert "Traceback" not in output
 
 
-def test_a_second_server_on_the_same_port_is_refused(
-    served: Served, sqlite_url: str, tmp_path: Path
-) -> None:
-    result = subprocess.run(
-        [*rbmrec_command(), "serve", "--port", str(served.port), "--workers", "2"],
-        env=_env(sqlite_url, tmp_path),
+def _serve_until_exit(port: int, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``rbmrec serve --workers 2`` expected to give up: its exit status and output."""
+    return subprocess.run(
+        [*rbmrec_command(), "serve", "--port", str(port), "--workers", "2"],
+        env=env,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def test_a_second_server_on_the_same_port_is_refused(
+    served: Served, sqlite_url: str, tmp_path: Path
+) -> None:
+    result = _serve_until_exit(served.port, _env(sqlite_url, tmp_path))
     assert result.returncode == 1
     assert "another `rbmrec serve` of this user serves it" in result.stderr
     assert "Traceback" not in result.stderr
@@ -184,14 +189,7 @@ def test_a_port_held_by_another_program_is_a_clear_error(sqlite_url: str, tmp_pa
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
         port = busy.getsockname()[1]
-        result = subprocess.run(
-            [*rbmrec_command(), "serve", "--port", str(port), "--workers", "2"],
-            env=_env(sqlite_url, tmp_path),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = _serve_until_exit(port, _env(sqlite_url, tmp_path))
     assert result.returncode == 1
     assert "address already in use" in result.stderr.lower()
     assert "Traceback" not in result.stderr
