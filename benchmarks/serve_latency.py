@@ -44,6 +44,7 @@ import numpy as np
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from app.cli.supervisor import listening_sockets
 from app.db import migrate
 from app.db.engine import make_engine, make_sessionmaker
 from app.services import movielens_download
@@ -214,6 +215,17 @@ def wait_ready(base: str, process: subprocess.Popen[bytes], timeout: float = 120
             pass
         time.sleep(0.3)
     raise RuntimeError("the server did not become ready")
+
+
+def wait_listening(port: int, workers: int, timeout: float = 60) -> None:
+    """Wait until every worker listens (uvicorn's own supervisor: one shared socket).
+
+    Keep-alive connections opened earlier would all stay with the workers that were
+    ready first.
+    """
+    deadline = time.monotonic() + timeout
+    while listening_sockets(port) < workers and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _process_table() -> dict[int, tuple[int, float]]:
@@ -471,6 +483,7 @@ def main() -> None:
             port = free_port()
             server = start_server(settings, port, args.workers)
             wait_ready(f"http://127.0.0.1:{port}", server)
+            wait_listening(port, args.workers)
             database = make_url(url).database
             results = asyncio.run(load("127.0.0.1", port, server.pid, database, args))
         finally:

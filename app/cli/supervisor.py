@@ -41,7 +41,7 @@ from uvicorn.config import STARTUP_FAILURE
 
 logger = logging.getLogger("uvicorn.error")
 
-__all__ = ["WorkerSupervisor", "reuse_port_socket", "supports_reuse_port"]
+__all__ = ["WorkerSupervisor", "listening_sockets", "reuse_port_socket", "supports_reuse_port"]
 
 _spawn = multiprocessing.get_context("spawn")
 
@@ -81,6 +81,27 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
         raise
     sock.set_inheritable(True)
     return sock
+
+
+def listening_sockets(port: int) -> int:
+    """How many TCP sockets listen on ``port`` on this host (Linux ``/proc/net``; else 0).
+
+    A worker's socket joins the kernel's balancing only once it listens, which it
+    does after the app's start-up: until then, new connections all go to the
+    workers already listening.
+    """
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            listening = len(fields) > 3 and fields[3] == "0A"
+            if listening and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                count += 1
+    return count
 
 
 def _port_lock(port: int) -> int | None:
@@ -162,9 +183,13 @@ class WorkerSupervisor:
                 self.workers,
             )
             self.processes = [self._start() for _ in range(self.workers)]
+            all_listening = False
             while not self._should_exit.wait(CHECK_SECONDS):
                 self._handle_signals()
                 self._replace_dead_workers()
+                if not all_listening and listening_sockets(self.config.port) >= self.workers:
+                    all_listening = True
+                    logger.info("all %d workers listen on port %d", self.workers, self.config.port)
             self._stop_all()
         finally:
             for sig, handler in previous.items():

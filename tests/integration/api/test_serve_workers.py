@@ -15,7 +15,7 @@ import httpx
 import pytest
 from _api_support import free_port, rbmrec_command
 
-from app.cli.supervisor import supports_reuse_port
+from app.cli.supervisor import listening_sockets, supports_reuse_port
 
 pytestmark = [
     pytest.mark.e2e,
@@ -88,7 +88,8 @@ def served(sqlite_url: str, tmp_path: Path) -> Iterator[Served]:
     server = Served(process, port, log)
     try:
         _wait(lambda: process.poll() is None and _ready(server.base), 60, "the workers")
-        _wait(lambda: server.output().count("Application startup complete") == 2, 30, "both")
+        _wait(lambda: listening_sockets(port) == 2, 30, "both workers to listen")
+        _wait(lambda: "all 2 workers listen on port" in server.output(), 10, "the supervisor")
         yield server
     finally:
         if process.poll() is None:
