@@ -93,7 +93,12 @@ class Settings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", description="Bind address of `rbmrec serve`.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port of `rbmrec serve`.")
-    workers: int = Field(default=1, ge=1, description="Uvicorn worker processes.")
+    workers: int = Field(
+        default=1,
+        ge=1,
+        description="API worker processes; use one per core (each listens on its own "
+        "`SO_REUSEPORT` socket on Linux).",
+    )
 
     @field_validator("api_keys", "admin_api_keys", "cors_origins", mode="before")
     @classmethod
