@@ -32,6 +32,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from typing import Final
@@ -105,7 +106,13 @@ def listening_sockets(port: int) -> int:
 
 
 def _port_lock(port: int) -> int | None:
-    """Hold the per-user lock of ``port``; ``None`` when another process holds it."""
+    """Hold the per-user lock of ``port``; ``None`` when another process holds it.
+
+    Raises
+    ------
+    OSError
+        The lock file cannot be created (an unwritable temporary directory).
+    """
     import fcntl  # POSIX only, like SO_REUSEPORT balancing
 
     uid = os.getuid() if hasattr(os, "getuid") else 0
@@ -155,7 +162,11 @@ class WorkerSupervisor:
 
     def run(self) -> int:
         """Serve until told to stop; returns the exit status for the ``serve`` command."""
-        lock = _port_lock(self.config.port)
+        try:
+            lock = _port_lock(self.config.port)
+        except OSError as exc:
+            logger.error("cannot take the lock of port %d: %s", self.config.port, exc)
+            return 1
         if lock is None:
             logger.error(
                 "cannot listen on port %d: another `rbmrec serve` of this user serves it",
@@ -246,9 +257,12 @@ class WorkerSupervisor:
             if process.pid is not None and process.is_alive():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(process.pid, signal.SIGTERM)
-        deadline = (self.config.timeout_graceful_shutdown or 0) + STOP_MARGIN_SECONDS
+        # one deadline for all: the workers shut down at the same time, not in turn
+        deadline = (
+            time.monotonic() + (self.config.timeout_graceful_shutdown or 0) + STOP_MARGIN_SECONDS
+        )
         for process in self.processes:
-            process.join(deadline)
+            process.join(max(0.0, deadline - time.monotonic()))
             if process.is_alive():
                 logger.warning("worker [%s] did not stop in time: killing it", process.pid)
                 process.kill()

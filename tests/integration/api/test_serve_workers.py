@@ -7,7 +7,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,9 +60,9 @@ def _env(sqlite_url: str, tmp_path: Path) -> dict[str, str]:
     }
 
 
-def _wait(condition: object, timeout: float, what: str) -> None:
+def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
+    while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
 
@@ -193,5 +193,18 @@ def test_a_port_held_by_another_program_is_a_clear_error(sqlite_url: str, tmp_pa
         result = _serve_until_exit(port, _env(sqlite_url, tmp_path))
     assert result.returncode == 1
     assert "address already in use" in result.stderr.lower()
+    assert "Traceback" not in result.stderr
+    assert "started worker" not in result.stderr
+
+
+def test_a_lock_file_that_cannot_be_opened_is_a_clear_error(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    temp = tmp_path / "tmp"
+    (temp / f"rbmrec-{os.getuid()}-serve-port-{port}.lock").mkdir(parents=True)  # not a file
+    result = _serve_until_exit(port, {**_env(sqlite_url, tmp_path), "TMPDIR": str(temp)})
+    assert result.returncode == 1
+    assert "cannot take the lock of port" in result.stderr
     assert "Traceback" not in result.stderr
     assert "started worker" not in result.stderr
