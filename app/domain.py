@@ -1,7 +1,9 @@
 """Domain rules shared by the store, the import and the API: ids and rating values.
 
 User and item ids are opaque strings (real systems use UUIDs), 1-64 characters of
-letters, digits and ``_.:-``; MovieLens ids are stored as their decimal strings.
+letters, digits and ``_.:-``, except ``.`` and ``..``: those are path segments that
+HTTP clients and proxies remove from URLs, so ``/items/.`` could never be read back.
+MovieLens ids are stored as their decimal strings.
 Ratings must be one of the levels of the configured :class:`RatingScale`.
 """
 
@@ -16,14 +18,30 @@ from rbm_core.scale import RatingScale, RatingScaleError
 ID_MAX_LENGTH: Final = 64
 """Longest user or item id accepted (the width of the id columns)."""
 
-ID_PATTERN: Final = r"^[A-Za-z0-9_.:\-]{1,64}$"
-"""Regular expression every user and item id must match in full."""
+_ID_CHAR: Final = r"[A-Za-z0-9_.:\-]"
+_NOT_DOT: Final = r"[A-Za-z0-9_:\-]"
+
+ID_PATTERN: Final = (
+    rf"^(?:{_NOT_DOT}{_ID_CHAR}{{0,63}}"  # starts with a character other than '.'
+    rf"|\.{_NOT_DOT}{_ID_CHAR}{{0,62}}"  # '.' and then such a character
+    rf"|\.\.{_ID_CHAR}{{1,62}})$"  # '..' and at least one more
+)
+"""Regular expression every user and item id must match in full: 1-64 characters of
+``[A-Za-z0-9_.:-]``, not ``.`` or ``..``. Written without look-around, which the
+validators of pydantic (Rust regex) do not support, and without nested repetition,
+so matching takes linear time."""
+
+ID_RULE: Final = (
+    f"1-{ID_MAX_LENGTH} characters from letters, digits and '_', '.', ':', '-' (not '.' or '..')"
+)
+""":data:`ID_PATTERN` in words, for error messages."""
 
 _ID_RE: Final = re.compile(ID_PATTERN)
 
 
 class InvalidIdError(ValueError):
-    """A user or item id is not a 1-64 character string of letters, digits and ``_.:-``."""
+    """A user or item id is not a 1-64 character string of letters, digits and ``_.:-``
+    (or is ``.`` or ``..``)."""
 
 
 class InvalidRatingError(RatingScaleError):
@@ -64,16 +82,14 @@ def validate_id(value: str, what: str = "id") -> str:
     Raises
     ------
     InvalidIdError
-        If ``value`` is not a string of 1-64 letters, digits or ``_.:-``.
+        If ``value`` is not a string of 1-64 letters, digits or ``_.:-``, or is
+        ``.`` or ``..``.
     """
     if not isinstance(value, str):
         raise InvalidIdError(f"{what} must be a string, got {type(value).__name__}")
     if not is_valid_id(value):
         shown = value if len(value) <= 80 else value[:77] + "..."
-        raise InvalidIdError(
-            f"invalid {what} {shown!r}: use 1-{ID_MAX_LENGTH} characters from "
-            "letters, digits and '_', '.', ':', '-'"
-        )
+        raise InvalidIdError(f"invalid {what} {shown!r}: use {ID_RULE}")
     return value
 
 

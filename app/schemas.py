@@ -62,7 +62,7 @@ IdStr = Annotated[
     str,
     StringConstraints(strict=True, min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN),
 ]
-"""A user or item id: 1-64 letters, digits or ``_.:-``."""
+"""A user or item id: 1-64 letters, digits or ``_.:-``, not ``.`` or ``..``."""
 
 RatingValue = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 """A rating: a finite JSON number (its scale is checked by the service)."""

@@ -31,7 +31,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.domain import InvalidIdError, InvalidRatingError, UnknownItemError
+from app.domain import ID_PATTERN, ID_RULE, InvalidIdError, InvalidRatingError, UnknownItemError
 from app.schemas import Problem, ValidationProblem
 
 logger = logging.getLogger(__name__)
@@ -201,13 +201,21 @@ async def _handle_http(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def _message(err: Mapping[str, Any]) -> str:
+    """pydantic's message, except for ids: the rule in words rather than the regex."""
+    ctx = err.get("ctx") or {}
+    if err.get("type") == "string_pattern_mismatch" and ctx.get("pattern") == ID_PATTERN:
+        return f"an id must be {ID_RULE}"
+    return str(err.get("msg", ""))
+
+
 def _clean_errors(raw: Sequence[Any]) -> list[dict[str, Any]]:
     # Only loc/msg/type: "input" would echo request data (possibly huge) and "ctx"
     # may hold exception objects that do not serialise.
     out: list[dict[str, Any]] = []
     for err in raw:
         loc = [part if isinstance(part, int) else str(part) for part in err.get("loc", ())]
-        out.append(field_error(loc, str(err.get("msg", "")), str(err.get("type", ""))))
+        out.append(field_error(loc, _message(err), str(err.get("type", ""))))
     return out
 
 

@@ -12,15 +12,20 @@ from hypothesis import strategies as st
 from app.domain import ID_MAX_LENGTH, ID_PATTERN, InvalidIdError, is_valid_id, validate_id
 
 ALPHABET = string.ascii_letters + string.digits + "_.:-"
-valid_ids = st.text(alphabet=ALPHABET, min_size=1, max_size=ID_MAX_LENGTH)
+DOT_SEGMENTS = (".", "..")
+valid_ids = st.text(alphabet=ALPHABET, min_size=1, max_size=ID_MAX_LENGTH).filter(
+    lambda value: value not in DOT_SEGMENTS
+)
 
 
 def reference(value: object) -> bool:
-    """The rule, written out plainly: 1-64 characters, each from the alphabet."""
+    """The rule, written out plainly: 1-64 characters, each from the alphabet, and not
+    a URL dot segment."""
     return (
         isinstance(value, str)
         and 1 <= len(value) <= ID_MAX_LENGTH
         and all(c in ALPHABET for c in value)
+        and value not in DOT_SEGMENTS
     )
 
 
@@ -68,3 +73,19 @@ def test_non_strings_are_invalid_ids(value: object) -> None:
 def test_the_api_pattern_agrees_with_the_validator(value: str) -> None:
     # ID_PATTERN is what the OpenAPI schema publishes; clients check with it.
     assert (re.fullmatch(ID_PATTERN, value) is not None) == is_valid_id(value)
+
+
+@pytest.mark.parametrize("value", [".", ".."])
+def test_url_dot_segments_are_not_ids(value: str) -> None:
+    # /items/. and /users/../ratings are rewritten by clients: such ids could be
+    # stored but never read back
+    assert not is_valid_id(value)
+    assert re.fullmatch(ID_PATTERN, value) is None
+    with pytest.raises(InvalidIdError, match=r"not '\.' or '\.\.'"):
+        validate_id(value, "item id")
+
+
+@pytest.mark.parametrize("value", ["...", ".a", "a.", "..a", ".a.", "a" * 64, "." + "a" * 63])
+def test_ids_with_dots_are_fine_when_they_are_not_dot_segments(value: str) -> None:
+    assert is_valid_id(value)
+    assert re.fullmatch(ID_PATTERN, value) is not None
