@@ -7,16 +7,15 @@ one-hot per *rated* item; unrated items are absent (not zero). In matrices, user
 rows are one-hot over the flattened ``M * K`` axis, column ``m * K + k``, so that
 ``W.reshape(M * K, F)`` multiplies them with sparse BLAS-like kernels.
 
-Every array is kept in the dtype of the weights (the model uses float32).
+Every array is kept in the dtype of the weights (the model uses float32). One CD-k
+gradient estimate is in :mod:`rbm_core.contrastive_divergence`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import scipy.sparse as sp
-from numpy.typing import DTypeLike, NDArray
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 from scipy.special import expit
 
 FloatArray = NDArray[np.floating]
@@ -346,6 +345,57 @@ def energy(
     return result
 
 
+# -- the conditional visible bias -------------------------------------------------------
+def shrunk_mean(total: ArrayLike, count: ArrayLike, shrinkage: float) -> FloatArray:
+    """``total / (count + shrinkage)``: a mean shrunk towards 0 by ``shrinkage`` pseudo-counts."""
+    out: FloatArray = np.asarray(total, dtype=np.float64) / (
+        np.asarray(count, dtype=np.float64) + shrinkage
+    )
+    return out
+
+
+def user_offsets(
+    codes: sp.csr_matrix,
+    level_values: FloatArray,
+    item_means: FloatArray,
+    shrinkage: float,
+) -> FloatArray:
+    """Each user's rating offset ``z_u = sum_i (r_ui - mean_i) / (n_u + lambda)``.
+
+    Parameters
+    ----------
+    codes : scipy.sparse.csr_matrix, shape (n_users, M)
+        Level codes (level index + 1) of the users' ratings.
+    level_values : ndarray of shape (K,)
+        Rating value of each level.
+    item_means : ndarray of shape (M,)
+        The reference mean rating of each item.
+    shrinkage : float
+        ``lambda``, pseudo-ratings at the item means.
+
+    Returns
+    -------
+    ndarray of float64, shape (n_users,)
+    """
+    dev = level_values[codes.data.astype(np.int64) - 1] - item_means[codes.indices]
+    total = np.bincount(rows_of(codes), weights=dev, minlength=codes.shape[0])
+    return shrunk_mean(total, np.diff(codes.indptr), shrinkage)
+
+
+def offset_bias(offsets: FloatArray, offset_weights: FloatArray) -> FloatArray:
+    """Conditional visible bias ``u_k = a_k z_u`` of each user, shape (n_users, K).
+
+    Parameters
+    ----------
+    offsets : ndarray of shape (n_users,)
+        ``z_u``.
+    offset_weights : ndarray of shape (K,)
+        ``a``.
+    """
+    bias: FloatArray = offsets[:, None] * offset_weights[None, :]
+    return bias
+
+
 # -- sampling ------------------------------------------------------------------------
 def sample_bernoulli(prob: FloatArray, rng: np.random.Generator) -> FloatArray:
     """Binary states with ``P(1) = prob``, same shape and dtype."""
@@ -362,167 +412,63 @@ def sample_categorical(prob: FloatArray, rng: np.random.Generator) -> NDArray[np
     return idx.astype(np.int64)
 
 
-# -- contrastive divergence ------------------------------------------------------------
-@dataclass(frozen=True)
-class CDStatistics:
-    """Gradient estimates of one CD-k step on a batch (averaged over the batch's users).
-
-    Only the items rated in the batch have a non-zero gradient, so the weight and
-    visible-bias gradients are given for those rows only (``items``).
-
-    Attributes
-    ----------
-    items : ndarray of int, shape (A,)
-        The distinct items rated in the batch, sorted.
-    d_weights : ndarray of shape (A, K, F)
-        ``<v h>_data - <v h>_recon`` for the rows ``W[items]``.
-    d_visible_bias : ndarray of shape (A, K)
-    d_hidden_bias : ndarray of shape (F,)
-    d_user_bias : ndarray of shape (n_users, K)
-        Per user, ``sum_items (v_data - v_recon)`` at each level: the gradient with
-        respect to that user's conditional visible bias (not averaged).
-    squared_error : float
-        Sum of squared differences between the input ratings and the expected
-        ratings of the first mean-field reconstruction (value units).
-    n_ratings : int
-    """
-
-    items: NDArray[np.int64]
-    d_weights: FloatArray
-    d_visible_bias: FloatArray
-    d_hidden_bias: FloatArray
-    d_user_bias: FloatArray
-    squared_error: float
-    n_ratings: int
-
-    def dense_weights(self, n_items: int) -> FloatArray:
-        """``d_weights`` scattered into an (n_items, K, F) array (for inspection)."""
-        out = np.zeros((n_items, *self.d_weights.shape[1:]), dtype=self.d_weights.dtype)
-        out[self.items] = self.d_weights
-        return out
-
-
-def _user_sums(indptr: NDArray[np.integer], values: FloatArray) -> FloatArray:
-    """Sum of the rows of ``values`` (one per rating, CSR order) for each user."""
-    n_users = len(indptr) - 1
-    summing = sp.csr_matrix(
-        (np.ones(len(values), dtype=values.dtype), np.arange(len(values)), indptr),
-        shape=(n_users, len(values)),
-    )
-    out: FloatArray = np.asarray(summing @ values)
-    return out
-
-
-def cd_statistics(
-    codes: sp.csr_matrix,
+def sample_hiddens(
+    levels: NDArray[np.integer],
     weights: FloatArray,
-    visible_bias: FloatArray,
     hidden_bias: FloatArray,
-    level_values: FloatArray,
-    n_steps: int,
     rng: np.random.Generator,
-    dropout: float = 0.0,
-    user_bias: FloatArray | None = None,
-) -> CDStatistics:
-    """One contrastive-divergence (CD-``n_steps``) gradient estimate on a batch of users.
+) -> FloatArray:
+    """Binary hidden states ``h ~ p(h | V)`` of Gibbs chains over the same ``Q`` items.
 
-    Each user's chain only involves the items that user rated. The chain samples binary
-    hidden states and visible ratings; the last visible reconstruction and the last
-    hidden layer use probabilities (less sampling noise, same expectation).
+    ``p(h_j = 1 | V) = sigmoid(c_j + sum_q W_q,v_q,j)``, where ``v_q`` is the level of
+    item ``q`` in the chain.
 
     Parameters
     ----------
-    codes : scipy.sparse.csr_matrix, shape (n_users, M)
-        Level codes of the batch (level index + 1), sorted indices.
-    weights : ndarray of shape (M, K, F)
-    visible_bias : ndarray of shape (M, K)
+    levels : ndarray of int, shape (n_chains, Q)
+        Level index of every item of every chain.
+    weights : ndarray of shape (Q, K, F)
+        The weights of the chains' items (``W[items]``).
     hidden_bias : ndarray of shape (F,)
-    level_values : ndarray of shape (K,)
-        Rating values, for the reconstruction error.
-    n_steps : int
-        Number of Gibbs steps ``T`` (>= 1).
     rng : numpy.random.Generator
-    dropout : float
-        Probability of dropping each hidden unit for a user for the whole step
-        (Srivastava et al., 2014): dropped units are clamped to zero in both phases.
-    user_bias : ndarray of shape (n_users, K), optional
-        Conditional visible bias of each user of the batch.
 
     Returns
     -------
-    CDStatistics
+    ndarray of shape (n_chains, F)
     """
-    _, k, f = weights.shape
-    dtype = weights.dtype
-    n_users = codes.shape[0]
-    rows = rows_of(codes)
-    items = codes.indices.astype(np.int64)
-    levels = codes.data.astype(np.int64) - 1
-    indptr = codes.indptr.astype(np.int64)
-    # work on the rows of the items rated in the batch only (compact column space);
-    # "local" is monotone in the item index, so each row stays sorted
-    active, local = np.unique(items, return_inverse=True)
-    w = weights[active]
-    b = visible_bias[active]
-    local_codes = sp.csr_matrix((codes.data, local, indptr), shape=(n_users, len(active)))
+    q = weights.shape[0]
+    x = weights[np.arange(q)[None, :], levels].sum(axis=1) + hidden_bias
+    return sample_bernoulli(expit(x).astype(weights.dtype), rng)
 
-    v_data = one_hot_visible(local_codes, k, dtype)
-    # positive phase: p(h | V_data)
-    h_data = hidden_probabilities(v_data, w, hidden_bias)
-    keep: FloatArray | None = None
-    if dropout > 0.0:
-        keep = sample_bernoulli(np.full(h_data.shape, 1.0 - dropout, dtype=dtype), rng)
-        h_data *= keep
-    h = sample_bernoulli(h_data, rng)
-    squared_error = 0.0
-    v_model: sp.csr_matrix
-    p_v: FloatArray = np.empty((0, k), dtype=dtype)
-    h_model: FloatArray = h_data
-    for step in range(n_steps):
-        p_v = softmax(visible_logits_at(h, w, b, rows, local, user_bias))
-        if step == 0:
-            expected = p_v @ level_values.astype(dtype)
-            squared_error = float(np.sum((expected - level_values[levels]) ** 2))
-        if step < n_steps - 1:
-            sampled = sample_categorical(p_v, rng)
-            v_model = sp.csr_matrix(
-                (np.ones(len(items), dtype=dtype), local * k + sampled, indptr),
-                shape=v_data.shape,
-            )
-            h = sample_bernoulli(hidden_probabilities(v_model, w, hidden_bias), rng)
-            if keep is not None:
-                h *= keep
-        else:
-            p_v = p_v.astype(dtype, copy=False)
-            v_model = block_visible(local_codes, p_v)
-            h_model = hidden_probabilities(v_model, w, hidden_bias)
-            if keep is not None:
-                h_model *= keep
 
-    scale = dtype.type(1.0 / max(n_users, 1))
-    # <v h>_data - <v h>_recon, accumulated in place to avoid (A*K, F) temporaries
-    d_w = np.asarray(v_data.T @ h_data)
-    d_w -= np.asarray(v_model.T @ h_model)
-    d_w *= scale
-    one_hot = np.zeros((len(items), k), dtype=dtype)
-    one_hot[np.arange(len(items)), levels] = 1.0
-    diff = one_hot - p_v
-    by_item = sp.csr_matrix(
-        (np.ones(len(items), dtype=dtype), (local, np.arange(len(items)))),
-        shape=(len(active), len(items)),
-    )
-    d_vb = np.asarray(by_item @ diff) * scale
-    d_hb = (h_data.sum(axis=0) - h_model.sum(axis=0)) * scale
-    d_ub = _user_sums(indptr, diff)
-    return CDStatistics(
-        items=active.astype(np.int64),
-        d_weights=d_w.reshape(len(active), k, f),
-        d_visible_bias=d_vb,
-        d_hidden_bias=d_hb,
-        d_user_bias=d_ub,
-        squared_error=squared_error,
-        n_ratings=len(items),
-    )
+def sample_visibles(
+    hidden: FloatArray,
+    weights: FloatArray,
+    visible_bias: FloatArray,
+    rng: np.random.Generator,
+) -> NDArray[np.int64]:
+    """Levels ``V ~ p(V | h)``, one per chain and item.
+
+    ``p(v_q = k | h) = softmax_k(b_q^k + sum_j h_j W_qj^k)``.
+
+    Parameters
+    ----------
+    hidden : ndarray of shape (n_chains, F)
+        Hidden states.
+    weights : ndarray of shape (Q, K, F)
+    visible_bias : ndarray of shape (Q, K)
+        The items' visible biases, any conditional bias included.
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    ndarray of int, shape (n_chains, Q)
+        Level indices.
+    """
+    q, k, f = weights.shape
+    logits = (hidden @ weights.reshape(q * k, f).T).reshape(-1, q, k) + visible_bias
+    p_v = softmax(logits, axis=-1)
+    return sample_categorical(p_v.reshape(-1, k), rng).reshape(-1, q)
 
 
 # -- prediction at (user, item) pairs ----------------------------------------------------

@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 from scipy.special import expit
 
 from rbm_core import functional as fn
+from rbm_core.contrastive_divergence import CDStatistics, cd_statistics
 from rbm_core.data import RatingMatrix, UserRatings
 from rbm_core.scale import RatingScaleError
 
@@ -609,7 +610,7 @@ class SoftmaxRBM:
                     if codes.nnz == 0:
                         continue
                     offsets = self._user_offsets(codes)
-                    stats = fn.cd_statistics(
+                    stats = cd_statistics(
                         codes,
                         self.weights_,
                         self.visible_bias_,
@@ -677,7 +678,7 @@ class SoftmaxRBM:
             self._reset_caches()
 
     def _apply_update(
-        self, stats: fn.CDStatistics, offsets: NDArray[np.floating] | None, lr: float
+        self, stats: CDStatistics, offsets: NDArray[np.floating] | None, lr: float
     ) -> None:
         # momentum SGD on every array: v <- momentum * v + lr * (gradient - decay * W);
         # W <- W + v. Decay and momentum touch all of W (in place, no temporaries of
@@ -785,18 +786,14 @@ class SoftmaxRBM:
         """
         if not self.user_offset:
             return None
-        rows = fn.rows_of(codes)
-        dev = self.scale_.values[codes.data.astype(np.int64) - 1] - self.item_means_[codes.indices]
-        total = np.bincount(rows, weights=dev, minlength=codes.shape[0])
-        z: NDArray[np.floating] = total / (np.diff(codes.indptr) + float(self.offset_shrinkage))
+        z = fn.user_offsets(
+            codes, self.scale_.values, self.item_means_, float(self.offset_shrinkage)
+        )
         return z.astype(DTYPE)
 
     def _user_bias(self, offsets: NDArray[np.floating] | None) -> NDArray[np.floating] | None:
         """Conditional visible bias ``u_k = a_k z_u`` of each user, shape (n, K)."""
-        if offsets is None:
-            return None
-        bias: NDArray[np.floating] = offsets[:, None] * self.offset_weights_[None, :]
-        return bias
+        return None if offsets is None else fn.offset_bias(offsets, self.offset_weights_)
 
     def _fold_in(self, codes: sp.csr_matrix) -> _FoldIn:
         visible = fn.one_hot_visible(codes, self.scale_.n_levels, DTYPE)
@@ -810,8 +807,8 @@ class SoftmaxRBM:
         ub = None
         if self.user_offset:
             dev = self.scale_.values[levels] - self.item_means_[items]
-            z = float(dev.sum()) / (len(items) + float(self.offset_shrinkage))
-            ub = (DTYPE(z) * self.offset_weights_)[None, :]
+            z = fn.shrunk_mean(dev.sum(), len(items), float(self.offset_shrinkage))
+            ub = fn.offset_bias(z.reshape(1).astype(DTYPE), self.offset_weights_)
         return _FoldIn(x[None, :], ub)
 
     def _top_down(self, x: NDArray[np.floating]) -> NDArray[np.floating]:
@@ -1227,28 +1224,22 @@ class SoftmaxRBM:
             query = np.asarray(cols, dtype=np.int64)
         if len(query) == 0:
             raise ValueError("nothing to sample: give item_ids or ratings of known items")
-        k = self.scale_.n_levels
-        w = self.weights_[query]  # (Q, K, F)
-        b = self.visible_bias_[query]
-        q = len(query)
-        levels = rng.integers(0, k, size=(int(n_samples), q))
+        # chains start at the given ratings where there are some, uniformly elsewhere
+        levels = rng.integers(0, self.scale_.n_levels, size=(int(n_samples), len(query)))
+        bias = self.visible_bias_[query]
         if len(start_items):
             where = {int(c): int(lv) for c, lv in zip(start_items, start_levels, strict=True)}
             for j, col in enumerate(query.tolist()):
                 if col in where:
                     levels[:, j] = where[col]
-        cols_q = np.arange(q)
-        w2 = w.reshape(q * k, -1)
-        # the conditioning offset comes from the ratings given (none: zero)
-        if len(start_items):
+            # the conditioning offset comes from the ratings given (none: zero)
             ub = self._fold_in_one(start_items, start_levels).user_bias
             if ub is not None:
-                b = b + ub
+                bias = bias + ub
+        weights = self.weights_[query]
         for _ in range(int(n_steps)):
-            x = w[cols_q[None, :], levels].sum(axis=1) + self.hidden_bias_
-            h = fn.sample_bernoulli(expit(x).astype(DTYPE), rng)
-            p_v = fn.softmax((h @ w2.T).reshape(-1, q, k) + b, axis=-1)
-            levels = fn.sample_categorical(p_v.reshape(-1, k), rng).reshape(-1, q)
+            hidden = fn.sample_hiddens(levels, weights, self.hidden_bias_, rng)
+            levels = fn.sample_visibles(hidden, weights, bias, rng)
         return self.scale_.values[levels]
 
     def similar_items(self, item_id: str, n: int = 10) -> list[tuple[str, float]]:
