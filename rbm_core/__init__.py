@@ -19,10 +19,10 @@ from rbm_core.model import (
     Prediction,
     Recommendation,
     SoftmaxRBM,
-    TrainingDivergedError,
     UnknownItemError,
 )
 from rbm_core.scale import DEFAULT_SCALE, RatingScale, RatingScaleError
+from rbm_core.training import TrainingDivergedError
 
 __all__ = [
     "DEFAULT_SCALE",

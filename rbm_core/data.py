@@ -51,6 +51,31 @@ def _as_id_array(values: ArrayLike | Iterable[Any], what: str) -> NDArray[np.str
     return arr if arr.dtype.kind == "U" else arr.astype(np.str_)
 
 
+def find_sorted(
+    sorted_keys: NDArray[Any], keys: NDArray[Any]
+) -> tuple[NDArray[np.intp], NDArray[np.bool_]]:
+    """Where each of ``keys`` stands in ``sorted_keys``, and whether it is there at all.
+
+    Parameters
+    ----------
+    sorted_keys : ndarray of shape (n,)
+        Sorted ids (or other keys).
+    keys : ndarray of shape (m,)
+        The keys to look up.
+
+    Returns
+    -------
+    positions : ndarray of int, shape (m,)
+        Index into ``sorted_keys`` (a valid index, meaningless where absent).
+    found : ndarray of bool, shape (m,)
+    """
+    if len(sorted_keys) == 0:
+        return np.zeros(len(keys), dtype=np.intp), np.zeros(len(keys), dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    found: NDArray[np.bool_] = sorted_keys[pos] == keys
+    return pos, found
+
+
 @dataclass(frozen=True, eq=False)
 class RatingMatrix:
     """A users x items matrix of ratings stored as level codes.
@@ -136,16 +161,9 @@ class RatingMatrix:
             if np.unique(col_ids).size != col_ids.size:
                 raise RatingDataError("item_catalog contains duplicate ids")
             order = np.argsort(col_ids, kind="stable")
-            sorted_cat = col_ids[order]
-            pos = np.searchsorted(sorted_cat, items)
-            pos_c = np.minimum(pos, max(len(sorted_cat) - 1, 0))
-            known = (
-                (pos < len(sorted_cat)) & (sorted_cat[pos_c] == items)
-                if len(sorted_cat)
-                else np.zeros(len(items), dtype=bool)
-            )
+            pos, known = find_sorted(col_ids[order], items)
             n_dropped = int((~known).sum())
-            cols = order[pos_c[known]]
+            cols = order[pos[known]]
             users, level_index = users[known], level_index[known]
 
         row_ids, rows = np.unique(users, return_inverse=True)
@@ -204,14 +222,11 @@ class RatingMatrix:
         values = [v for u in users for v in u.values()]
         cat = _as_id_array(item_catalog, "item_catalog").copy()
         order = np.argsort(cat, kind="stable")
-        sorted_cat = cat[order]
         item_arr = np.asarray(items, dtype=np.str_) if items else np.empty(0, dtype=np.str_)
-        pos = np.searchsorted(sorted_cat, item_arr)
-        pos_c = np.minimum(pos, max(len(sorted_cat) - 1, 0))
-        known = (pos < len(sorted_cat)) & (sorted_cat[pos_c] == item_arr)
+        pos, known = find_sorted(cat[order], item_arr)
         level_index = scale.indices_of(np.asarray(values, dtype=np.float64))
         rows = np.repeat(np.arange(len(users)), lengths)[known]
-        cols = order[pos_c[known]]
+        cols = order[pos[known]]
         codes = (level_index[known] + 1).astype(CODE_DTYPE)
         matrix = sp.csr_matrix((codes, (rows, cols)), shape=(len(users), len(cat)))
         matrix.sort_indices()

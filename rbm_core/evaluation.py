@@ -46,7 +46,7 @@ from numpy.typing import NDArray
 
 from rbm_core import metrics
 from rbm_core.baselines import BiasBaseline, GlobalMean, Popularity
-from rbm_core.data import RatingDataError, RatingMatrix, UserRatings
+from rbm_core.data import RatingDataError, RatingMatrix, UserRatings, find_sorted
 from rbm_core.model import SoftmaxRBM
 from rbm_core.movielens import DataFormatError, read_ratings
 from rbm_core.scale import RatingScale, RatingScaleError
@@ -383,9 +383,7 @@ def _test_set(train: RatingMatrix, test: pd.DataFrame) -> _TestSet:
     users, items, ratings = users[order], items[order], ratings[order]
     user_ids, first, user_of = np.unique(users, return_index=True, return_inverse=True)
     bounds = np.append(first, len(users)).astype(np.int64)
-    pos = np.searchsorted(train.user_ids, user_ids)
-    pos_c = np.minimum(pos, max(train.n_users - 1, 0))
-    in_train = (pos < train.n_users) & (train.user_ids[pos_c] == user_ids)
+    _, in_train = find_sorted(train.user_ids, user_ids)
     train_ratings = [
         train.user_ratings(str(u)) if known else {}
         for u, known in zip(user_ids.tolist(), in_train.tolist(), strict=True)

@@ -6,13 +6,10 @@ The estimator validates input, initialises and loops; the formulas live in
 
 from __future__ import annotations
 
-import itertools
 import logging
-import time
 from collections.abc import Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeAlias, cast, overload
+from typing import Any, ClassVar, Literal, cast, overload
 
 import numpy as np
 import scipy.sparse as sp
@@ -20,17 +17,16 @@ from numpy.typing import NDArray
 from scipy.special import expit
 
 from rbm_core import functional as fn
+from rbm_core import training
 from rbm_core.contrastive_divergence import CDStatistics, cd_statistics
-from rbm_core.data import RatingMatrix, UserRatings
+from rbm_core.data import RatingMatrix, UserRatings, find_sorted
 from rbm_core.scale import RatingScaleError
+from rbm_core.training import CDSchedule, HeldOutRatings
 
 logger = logging.getLogger(__name__)
 
 DTYPE = np.float32
 """dtype of every learned array and of all inference arithmetic."""
-
-CDSchedule: TypeAlias = int | Sequence[Sequence[int]]
-"""``cd_steps``: an int, or ``[[first_epoch, steps], ...]`` pairs (epochs counted from 0)."""
 
 PredictionMode = Literal["mean_field", "exact"]
 RankingScore = Literal["expected", "p_high", "p_high_popularity"]
@@ -73,10 +69,6 @@ class UnknownItemError(KeyError):
 
     def __str__(self) -> str:
         return f"unknown item id {self.item_id!r}"
-
-
-class TrainingDivergedError(ArithmeticError):
-    """Training produced non-finite weights (learning rate too high?)."""
 
 
 @dataclass(frozen=True)
@@ -138,9 +130,6 @@ class Recommendation:
 _ITEM_MEAN_PRIOR = 10.0
 """Pseudo-count shrinking each item's mean rating towards the global mean."""
 
-_LEARNED = ("weights_", "visible_bias_", "hidden_bias_", "offset_weights_")
-"""The arrays contrastive divergence updates (in this order)."""
-
 
 @dataclass(frozen=True)
 class _FoldIn:
@@ -153,32 +142,6 @@ class _FoldIn:
         return _FoldIn(self.x[rows], None if self.user_bias is None else self.user_bias[rows])
 
 
-def _aligned_inputs(train: RatingMatrix, user_ids: NDArray[np.str_]) -> sp.csr_matrix:
-    """Rows of ``train.codes`` for ``user_ids`` (empty rows for users not in ``train``)."""
-    pos = np.searchsorted(train.user_ids, user_ids)
-    pos_c = np.minimum(pos, max(train.n_users - 1, 0))
-    known = (pos < train.n_users) & (train.user_ids[pos_c] == user_ids)
-    inputs = train.codes[pos_c].multiply(known[:, None].astype(np.int8)).tocsr()
-    inputs.eliminate_zeros()
-    inputs.sort_indices()
-    return inputs.astype(np.int8)
-
-
-def _subsample_rows(
-    codes: sp.csr_matrix, counts: NDArray[np.integer], rng: np.random.Generator
-) -> sp.csr_matrix:
-    """At most ``counts[u]`` random entries of each row ``u`` of ``codes``."""
-    per_row = np.diff(codes.indptr)
-    rows = np.repeat(np.arange(codes.shape[0]), per_row)
-    order = np.lexsort((rng.random(codes.nnz), rows))
-    rank = np.empty(codes.nnz, dtype=np.int64)
-    rank[order] = np.arange(codes.nnz) - np.repeat(codes.indptr[:-1], per_row)
-    keep = rank < np.repeat(np.asarray(counts, dtype=np.int64), per_row)
-    out = sp.csr_matrix((codes.data[keep], (rows[keep], codes.indices[keep])), shape=codes.shape)
-    out.sort_indices()
-    return out
-
-
 @dataclass(frozen=True)
 class _Encoded:
     """A batch of users' ratings on the model's items."""
@@ -189,6 +152,16 @@ class _Encoded:
 
 def _is_user_batch(obj: object) -> bool:
     return isinstance(obj, Sequence) and not isinstance(obj, str | bytes | Mapping)
+
+
+@dataclass(frozen=True)
+class _TrainingData:
+    """What one training run iterates over (see :func:`rbm_core.training.run_epochs`)."""
+
+    train: RatingMatrix
+    validation: HeldOutRatings | None
+    probe: sp.csr_matrix  # the ratings whose mean free energy is train_free_energy
+    rng: np.random.Generator
 
 
 class SoftmaxRBM:
@@ -305,6 +278,14 @@ class SoftmaxRBM:
     training folds (docs/model.md): on the canonical folds u1..u5 they give a mean
     RMSE of about 0.926 and about 4 s of training per fold on two cores.
     """
+
+    _trained_arrays: ClassVar[tuple[str, ...]] = (
+        "weights_",
+        "visible_bias_",
+        "hidden_bias_",
+        "offset_weights_",
+    )
+    """The arrays contrastive divergence updates (in this order)."""
 
     def __init__(
         self,
@@ -424,43 +405,13 @@ class SoftmaxRBM:
             raise ValueError(
                 f"ranking must be 'expected', 'p_high' or 'p_high_popularity', got {self.ranking!r}"
             )
-        self._cd_schedule()
+        training.cd_schedule(self.cd_steps)
         if self.random_state is not None and not isinstance(
             self.random_state, int | np.integer | np.random.Generator
         ):
             raise ValueError(
                 f"random_state must be an int, a numpy Generator or None, got {self.random_state!r}"
             )
-
-    def _cd_schedule(self) -> list[tuple[int, int]]:
-        steps = self.cd_steps
-        if isinstance(steps, bool):
-            raise ValueError(f"cd_steps must be an int or [[epoch, steps], ...], got {steps!r}")
-        if isinstance(steps, int | np.integer):
-            if steps < 1:
-                raise ValueError(f"cd_steps must be >= 1, got {steps!r}")
-            return [(0, int(steps))]
-        try:
-            pairs = [(int(e), int(t)) for e, t in steps]
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"cd_steps must be an int or [[epoch, steps], ...], got {steps!r}"
-            ) from None
-        if not pairs or pairs[0][0] != 0:
-            raise ValueError("a cd_steps schedule must start at epoch 0")
-        if any(t < 1 for _, t in pairs) or any(b[0] <= a[0] for a, b in itertools.pairwise(pairs)):
-            raise ValueError("cd_steps schedule: epochs must increase and steps be >= 1")
-        return pairs
-
-    def _steps_at(self, epoch: int) -> int:
-        current = 1
-        for first, steps in self._cd_schedule():
-            if epoch >= first:
-                current = steps
-        return current
-
-    def _learning_rate_at(self, epoch: int) -> float:
-        return float(self.learning_rate) / (1.0 + float(self.learning_rate_decay) * epoch)
 
     # -- training ---------------------------------------------------------------------
     def fit(self, train: RatingMatrix, validation: RatingMatrix | None = None) -> SoftmaxRBM:
@@ -488,19 +439,8 @@ class SoftmaxRBM:
         if validation is None and self.early_stopping:
             train, validation = train.split(self.validation_fraction, rng)
         self._initialise(train, rng)
-        with self._blas_limits():
-            self._train(train, validation, self.n_epochs, rng, early_stopping=self.early_stopping)
+        self._train(train, validation, self.n_epochs, rng, early_stopping=self.early_stopping)
         return self
-
-    def _blas_limits(self) -> AbstractContextManager[Any]:
-        if self.blas_threads is None:
-            return nullcontext()
-        from threadpoolctl import threadpool_limits
-
-        limits: AbstractContextManager[Any] = threadpool_limits(
-            limits=int(self.blas_threads), user_api="blas"
-        )
-        return limits
 
     def partial_fit(
         self, train: RatingMatrix, validation: RatingMatrix | None = None
@@ -532,12 +472,11 @@ class SoftmaxRBM:
             if not np.array_equal(train.item_ids, self.item_ids_):
                 train = train.with_item_catalog(self.item_ids_)
             # a memory-mapped (loaded) model is read-only: train on private copies
-            for name in _LEARNED:
+            for name in self._trained_arrays:
                 arr = getattr(self, name)
                 if not arr.flags.writeable:
                     setattr(self, name, np.array(arr, dtype=DTYPE))
-        with self._blas_limits():
-            self._train(train, validation, 1, self._rng, early_stopping=False)
+        self._train(train, validation, 1, self._rng, early_stopping=False)
         return self
 
     def _initialise(self, train: RatingMatrix, rng: np.random.Generator) -> None:
@@ -565,7 +504,7 @@ class SoftmaxRBM:
         self.n_epochs_ = 0
         self.history_: list[dict[str, Any]] = []
         self.training_fingerprint_ = train.fingerprint()
-        self._velocity = [np.zeros_like(getattr(self, name)) for name in _LEARNED]
+        self._velocity = [np.zeros_like(getattr(self, name)) for name in self._trained_arrays]
         self._reset_caches()
 
     def _train(
@@ -577,134 +516,90 @@ class SoftmaxRBM:
         *,
         early_stopping: bool,
     ) -> None:
-        from tqdm.auto import tqdm
-
         if not hasattr(self, "_velocity"):
-            self._velocity = [np.zeros_like(getattr(self, name)) for name in _LEARNED]
-        val = self._validation_set(train, validation, rng) if validation is not None else None
-        if val is not None:
-            fe_codes = val.train_probe
+            self._velocity = [np.zeros_like(getattr(self, name)) for name in self._trained_arrays]
+        held_out = None
+        if validation is not None:
+            held_out = training.held_out_ratings(train, validation, self.item_ids_, rng)
+            probe = held_out.train_probe
         else:
-            fe_rows = np.sort(rng.permutation(train.n_users)[: min(train.n_users, 2000)])
-            fe_codes = train.codes[fe_rows]
-        level_values = self.scale_.values.astype(DTYPE)
-        best: tuple[float, list[NDArray[Any]]] | None = None
-        since_best = 0
-        batch_size = int(self.batch_size)
-        n_batches = -(-train.n_users // batch_size)
-        bar = tqdm(
-            total=n_epochs * n_batches, disable=not self.verbose, desc="SoftmaxRBM", unit="batch"
+            probe = train.codes[np.sort(rng.permutation(train.n_users)[: min(train.n_users, 2000)])]
+        stopping = None
+        if early_stopping and held_out is not None:
+            stopping = training.EarlyStopping(patience=int(self.n_iter_no_change))
+        with training.blas_thread_limit(self.blas_threads):
+            training.run_epochs(
+                self,
+                _TrainingData(train, held_out, probe, rng),
+                n_cases=train.n_users,
+                n_epochs=n_epochs,
+                batch_size=int(self.batch_size),
+                rng=rng,
+                early_stopping=stopping,
+                verbose=bool(self.verbose),
+                name=type(self).__name__,
+            )
+
+    def _epoch_settings(self, epoch: int) -> dict[str, Any]:
+        return {
+            "cd_steps": training.steps_at(training.cd_schedule(self.cd_steps), epoch),
+            "learning_rate": training.decayed_learning_rate(
+                self.learning_rate, self.learning_rate_decay, epoch
+            ),
+        }
+
+    def _train_batch(
+        self, data: _TrainingData, rows: NDArray[np.int64], epoch: int
+    ) -> tuple[float, int]:
+        codes = data.train.codes[rows]
+        if codes.nnz == 0:
+            return 0.0, 0
+        settings = self._epoch_settings(epoch)
+        offsets = self._user_offsets(codes)
+        stats = cd_statistics(
+            codes,
+            self.weights_,
+            self.visible_bias_,
+            self.hidden_bias_,
+            self.scale_.values.astype(DTYPE),
+            settings["cd_steps"],
+            data.rng,
+            dropout=float(self.hidden_dropout),
+            user_bias=self._user_bias(offsets),
         )
-        try:
-            for _ in range(n_epochs):
-                epoch = self.n_epochs_
-                start = time.perf_counter()
-                steps = self._steps_at(epoch)
-                lr = self._learning_rate_at(epoch)
-                sq_err, n_seen = 0.0, 0
-                order = rng.permutation(train.n_users)
-                for lo in range(0, train.n_users, batch_size):
-                    batch = np.sort(order[lo : lo + batch_size])
-                    codes = train.codes[batch]
-                    bar.update(1)
-                    if codes.nnz == 0:
-                        continue
-                    offsets = self._user_offsets(codes)
-                    stats = cd_statistics(
-                        codes,
-                        self.weights_,
-                        self.visible_bias_,
-                        self.hidden_bias_,
-                        level_values,
-                        steps,
-                        rng,
-                        dropout=float(self.hidden_dropout),
-                        user_bias=self._user_bias(offsets),
-                    )
-                    # overflow is caught by the finiteness check after the epoch
-                    with np.errstate(over="ignore", invalid="ignore"):
-                        self._apply_update(stats, offsets, lr)
-                    sq_err += stats.squared_error
-                    n_seen += stats.n_ratings
-                if not all(np.isfinite(getattr(self, name)).all() for name in _LEARNED):
-                    raise TrainingDivergedError(
-                        f"non-finite weights after epoch {epoch + 1}; "
-                        "lower the learning rate or raise the weight decay"
-                    )
-                self.n_epochs_ += 1
-                self._reset_caches()
-                entry: dict[str, Any] = {
-                    "epoch": self.n_epochs_,
-                    "cd_steps": steps,
-                    "learning_rate": lr,
-                    "train_rmse": float(np.sqrt(sq_err / max(n_seen, 1))),
-                    "train_free_energy": self._mean_free_energy(fe_codes),
-                    "validation_rmse": None,
-                    "validation_mae": None,
-                    "validation_free_energy": None,
-                }
-                if val is not None:
-                    rmse, mae = self._validation_scores(val)
-                    entry["validation_rmse"] = rmse
-                    entry["validation_mae"] = mae
-                    entry["validation_free_energy"] = self._mean_free_energy(val.targets_codes)
-                entry["seconds"] = time.perf_counter() - start
-                self.history_.append(entry)
-                if self.verbose:
-                    logger.info("epoch %d: %s", self.n_epochs_, entry)
-                    bar.set_postfix(
-                        train_rmse=f"{entry['train_rmse']:.4f}",
-                        val_rmse=("-" if val is None else f"{entry['validation_rmse']:.4f}"),
-                    )
-                if early_stopping and val is not None:
-                    score = float(entry["validation_rmse"])
-                    if best is None or score < best[0] - 1e-5:
-                        best = (score, [getattr(self, name).copy() for name in _LEARNED])
-                        since_best = 0
-                    else:
-                        since_best += 1
-                        if since_best >= int(self.n_iter_no_change):
-                            logger.info(
-                                "early stopping after epoch %d (best validation RMSE %.4f)",
-                                self.n_epochs_,
-                                best[0],
-                            )
-                            break
-        finally:
-            bar.close()
-        if best is not None:
-            for name, arr in zip(_LEARNED, best[1], strict=True):
-                setattr(self, name, arr)
-            self._reset_caches()
+        # overflow is caught by the finiteness check after the epoch
+        with np.errstate(over="ignore", invalid="ignore"):
+            self._apply_update(stats, offsets, settings["learning_rate"])
+        return stats.squared_error, stats.n_ratings
 
     def _apply_update(
         self, stats: CDStatistics, offsets: NDArray[np.floating] | None, lr: float
     ) -> None:
-        # momentum SGD on every array: v <- momentum * v + lr * (gradient - decay * W);
-        # W <- W + v. Decay and momentum touch all of W (in place, no temporaries of
-        # its size); the gradient only the rows of the items rated in the batch.
-        mom = DTYPE(self.momentum)
-        rate = DTYPE(lr)
+        # momentum SGD on every array; weight decay on W only. Decay and momentum touch
+        # all of W (in place, no temporaries of its size); the gradient only the rows of
+        # the items rated in the batch.
         vw, vb, vh, vo = self._velocity
-        vw *= mom
-        if self.weight_decay:
-            buffer = self._update_buffer()
-            np.multiply(self.weights_, DTYPE(-lr * float(self.weight_decay)), out=buffer)
-            vw += buffer
-        vw[stats.items] += rate * stats.d_weights
-        self.weights_ += vw
-        vb *= mom
-        vb[stats.items] += rate * stats.d_visible_bias
-        self.visible_bias_ += vb
-        vh *= mom
-        vh += rate * stats.d_hidden_bias
-        self.hidden_bias_ += vh
-        vo *= mom
+        momentum = float(self.momentum)
+        training.momentum_step(
+            self.weights_,
+            vw,
+            stats.d_weights,
+            lr,
+            momentum,
+            rows=stats.items,
+            weight_decay=float(self.weight_decay),
+            buffer=self._update_buffer(),
+        )
+        training.momentum_step(
+            self.visible_bias_, vb, stats.d_visible_bias, lr, momentum, rows=stats.items
+        )
+        training.momentum_step(self.hidden_bias_, vh, stats.d_hidden_bias, lr, momentum)
+        d_offset = None
         if offsets is not None:
             # the offset weights are shared by all items: average over the batch's ratings
             grad = (offsets[:, None] * stats.d_user_bias).sum(axis=0) / max(stats.n_ratings, 1)
-            vo += rate * grad.astype(DTYPE)
-        self.offset_weights_ += vo
+            d_offset = grad.astype(DTYPE)
+        training.momentum_step(self.offset_weights_, vo, d_offset, lr, momentum)
 
     def _update_buffer(self) -> NDArray[np.floating]:
         buffer: NDArray[np.floating] | None = self.__dict__.get("_buffer")
@@ -713,6 +608,29 @@ class SoftmaxRBM:
             self.__dict__["_buffer"] = buffer
         return buffer
 
+    def _epoch_figures(self, data: _TrainingData) -> dict[str, Any]:
+        figures: dict[str, Any] = {
+            "train_free_energy": self._mean_free_energy(data.probe),
+            "validation_rmse": None,
+            "validation_mae": None,
+            "validation_free_energy": None,
+        }
+        if data.validation is not None:
+            rmse, mae = self._validation_scores(data.validation)
+            figures["validation_rmse"] = rmse
+            figures["validation_mae"] = mae
+            figures["validation_free_energy"] = self._mean_free_energy(
+                data.validation.targets_codes
+            )
+        return figures
+
+    def _validation_scores(self, held_out: HeldOutRatings) -> tuple[float, float]:
+        """RMSE and MAE of the held-out ratings predicted from the training ratings."""
+        dist = self._distribution_at(self._fold_in(held_out.inputs), held_out.rows, held_out.items)
+        pred = dist.astype(np.float64) @ self.scale_.values
+        err = pred - held_out.targets
+        return float(np.sqrt(np.mean(err**2))), float(np.mean(np.abs(err)))
+
     def _mean_free_energy(self, codes: sp.csr_matrix) -> float:
         if codes.shape[0] == 0:
             return float("nan")
@@ -720,43 +638,6 @@ class SoftmaxRBM:
         ub = self._user_bias(self._user_offsets(codes))
         fe = fn.free_energy(visible, self.weights_, self.visible_bias_, self.hidden_bias_, ub)
         return float(np.mean(fe, dtype=np.float64))
-
-    # -- validation ---------------------------------------------------------------------
-    @dataclass(frozen=True)
-    class _ValidationSet:
-        inputs: sp.csr_matrix  # (n_val_users, M) level codes used for fold-in
-        rows: NDArray[np.int64]
-        items: NDArray[np.int64]
-        targets: NDArray[np.float64]
-        targets_codes: sp.csr_matrix
-        train_probe: sp.csr_matrix  # as many training ratings per user as held out
-
-    def _validation_set(
-        self,
-        train: RatingMatrix,
-        validation: RatingMatrix,
-        rng: np.random.Generator | None = None,
-    ) -> SoftmaxRBM._ValidationSet:
-        if not np.array_equal(validation.item_ids, self.item_ids_):
-            validation = validation.with_item_catalog(self.item_ids_)
-        inputs = _aligned_inputs(train, validation.user_ids)
-        rows, items, levels = validation.triples()
-        return SoftmaxRBM._ValidationSet(
-            inputs=inputs,
-            rows=rows,
-            items=items,
-            targets=self.scale_.values[levels],
-            targets_codes=validation.codes,
-            train_probe=_subsample_rows(
-                inputs, np.diff(validation.codes.indptr), np.random.default_rng(rng)
-            ),
-        )
-
-    def _validation_scores(self, val: SoftmaxRBM._ValidationSet) -> tuple[float, float]:
-        dist = self._distribution_at(self._fold_in(val.inputs), val.rows, val.items)
-        pred = dist.astype(np.float64) @ self.scale_.values
-        err = pred - val.targets
-        return float(np.sqrt(np.mean(err**2))), float(np.mean(np.abs(err)))
 
     # -- fold-in: from ratings to the hidden layer ------------------------------------------
     def _reset_caches(self) -> None:
@@ -1228,10 +1109,8 @@ class SoftmaxRBM:
         levels = rng.integers(0, self.scale_.n_levels, size=(int(n_samples), len(query)))
         bias = self.visible_bias_[query]
         if len(start_items):
-            where = {int(c): int(lv) for c, lv in zip(start_items, start_levels, strict=True)}
-            for j, col in enumerate(query.tolist()):
-                if col in where:
-                    levels[:, j] = where[col]
+            pos, given = find_sorted(start_items, query)
+            levels[:, given] = start_levels[pos[given]]
             # the conditioning offset comes from the ratings given (none: zero)
             ub = self._fold_in_one(start_items, start_levels).user_bias
             if ub is not None:

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from rbm_core import DEFAULT_SCALE, RatingDataError, RatingMatrix, RatingScale, RatingScaleError
+from rbm_core.data import find_sorted
 
 HALF_STARS = RatingScale.parse("0.5..5:0.5")
 
@@ -152,3 +153,13 @@ def test_the_matrix_does_not_share_the_callers_arrays() -> None:
     assert m.user_ids.tolist() == ["u", "v"]
     assert m.item_ids.tolist() == ["i", "j", "k"]
     assert m.user_ratings("u") == {"i": 1.0}
+
+
+def test_find_sorted_says_where_each_key_stands() -> None:
+    ids = np.array(["a", "c", "e"])
+    pos, found = find_sorted(ids, np.array(["e", "b", "a", "z", "c"]))
+    assert found.tolist() == [True, False, True, False, True]
+    assert pos[found].tolist() == [2, 0, 1]
+    assert np.all((pos >= 0) & (pos < 3))
+    pos, found = find_sorted(np.array([], dtype=str), np.array(["a"]))
+    assert found.tolist() == [False]

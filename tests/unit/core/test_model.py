@@ -18,6 +18,7 @@ from rbm_core import (
     SoftmaxRBM,
     TrainingDivergedError,
     UnknownItemError,
+    training,
 )
 from rbm_core import functional as fn
 
@@ -116,8 +117,8 @@ def test_early_stopping_keeps_the_best_epoch(make_matrix) -> None:
     best = int(np.argmin(scores))
     assert len(scores) - 1 - best == 3
     # the kept weights are the best epoch's: recompute its validation RMSE
-    vs = model._validation_set(train, val)
-    assert model._validation_scores(vs)[0] == pytest.approx(scores[best], rel=1e-5)
+    held_out = training.held_out_ratings(train, val, model.item_ids_)
+    assert model._validation_scores(held_out)[0] == pytest.approx(scores[best], rel=1e-5)
 
 
 def test_early_stopping_without_validation_carves_one(small_matrix: RatingMatrix) -> None:
@@ -445,23 +446,9 @@ def test_divergence_raises_a_named_error(small_matrix: RatingMatrix) -> None:
 
 
 def test_verbose_training_logs_each_epoch(small_matrix: RatingMatrix, caplog) -> None:
-    with caplog.at_level(logging.INFO, logger="rbm_core.model"):
+    with caplog.at_level(logging.INFO, logger="rbm_core.training"):
         fit_small(small_matrix, verbose=True, n_epochs=2)
     assert sum("epoch" in r.getMessage() for r in caplog.records) == 2
-
-
-def test_free_energy_history_compares_equal_sized_sets(small_matrix: RatingMatrix) -> None:
-    # the training side of the free-energy gap uses as many training ratings per
-    # validation user as that user has held out, drawn from the user's own ratings
-    train, val = small_matrix.split(0.3, random_state=2)
-    model = fit_small(train)
-    vs = model._validation_set(train, val, np.random.default_rng(0))
-    held = np.diff(val.codes.indptr)
-    available = np.diff(vs.inputs.indptr)
-    np.testing.assert_array_equal(np.diff(vs.train_probe.indptr), np.minimum(held, available))
-    probe = vs.train_probe.toarray()
-    inputs = vs.inputs.toarray()
-    assert np.all((probe == 0) | (probe == inputs))
 
 
 def test_blas_thread_limit_applies_during_fit_only(small_matrix: RatingMatrix) -> None:
