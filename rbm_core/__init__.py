@@ -11,16 +11,15 @@ from rbm_core.artifact import (
     save_model,
     verify_artifact,
 )
-from rbm_core.data import RatingDataError, RatingMatrix, UserRatings
-from rbm_core.model import (
-    DTYPE,
+from rbm_core.base import (
     ItemScores,
     NotFittedError,
     Prediction,
     Recommendation,
-    SoftmaxRBM,
     UnknownItemError,
 )
+from rbm_core.data import RatingDataError, RatingMatrix, UserRatings
+from rbm_core.model import DTYPE, SoftmaxRBM
 from rbm_core.scale import DEFAULT_SCALE, RatingScale, RatingScaleError
 from rbm_core.training import TrainingDivergedError
 

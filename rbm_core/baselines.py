@@ -1,12 +1,11 @@
 """Baseline recommenders to compare the RBM with: global mean, user + item biases, popularity.
 
-They follow the :class:`~rbm_core.model.SoftmaxRBM` conventions where the idea applies,
-so the evaluation harness treats every model alike: hyperparameters are keyword-only
-``__init__`` arguments stored unchanged, ``fit(train)`` returns ``self``, learned
-attributes end in ``_``, a user is a mapping item id -> rating folded in at prediction
-time (items the model does not know are ignored and reported), ``score_batch`` scores
-many users at once and ``recommend`` returns :class:`~rbm_core.model.Recommendation`
-lists.
+They are estimators of :mod:`rbm_core.base` like :class:`~rbm_core.model.SoftmaxRBM`,
+so the evaluation harness, the artifacts and the contract tests treat every model
+alike: keyword-only hyperparameters, ``fit(train)`` returning ``self``, learned
+attributes ending in ``_``, a user given as a mapping item id -> rating folded in at
+prediction time (unknown items ignored and reported), and, for the rankers,
+``score_items`` / ``score_batch`` / ``recommend`` from :class:`~rbm_core.base.Recommender`.
 
 - :class:`GlobalMean` predicts the training mean for everything (no ranking).
 - :class:`BiasBaseline` predicts ``mu + b_u + b_i`` with regularised biases (rating
@@ -17,19 +16,17 @@ lists.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, overload
+from typing import ClassVar, Literal
 
 import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
+from rbm_core.base import RatingEstimator, Recommender
+from rbm_core.checks import check_choice, check_number, check_positive_int, check_rating_matrix
 from rbm_core.data import RatingMatrix, UserRatings
-from rbm_core.metrics import top_k
-from rbm_core.model import NotFittedError, Recommendation
-from rbm_core.scale import RatingScale, RatingScaleError
 
 __all__ = ["BiasBaseline", "GlobalMean", "Popularity", "RatingPrediction"]
 
@@ -58,223 +55,32 @@ class RatingPrediction:
     ignored_ratings: list[str] = field(default_factory=list)
 
 
-def _is_user_batch(obj: object) -> bool:
-    return isinstance(obj, Sequence) and not isinstance(obj, str | bytes | Mapping)
+class _Baseline(RatingEstimator):
+    """What every baseline keeps: the catalog, the mean rating and each item's count."""
 
+    _array_attributes: ClassVar[tuple[str, ...]] = ("item_popularity_",)
+    _metadata_attributes: ClassVar[tuple[str, ...]] = (
+        *RatingEstimator._metadata_attributes,
+        "global_mean_",
+    )
 
-def _check_train(train: object) -> RatingMatrix:
-    if not isinstance(train, RatingMatrix):
-        raise TypeError(f"train must be a RatingMatrix, got {type(train).__name__}")
-    if train.n_ratings == 0:
-        raise ValueError("train has no ratings")
-    return train
-
-
-def _non_negative(owner: object, name: str) -> float:
-    value = getattr(owner, name)
-    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if not np.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
-class _Baseline:
-    """State and fold-in plumbing shared by the baselines (not part of the API)."""
-
-    _param_names: tuple[str, ...] = ()
-    item_ids_: NDArray[np.str_]
-    scale_: RatingScale
     global_mean_: float
+    item_popularity_: NDArray[np.float64]
 
-    def get_params(self) -> dict[str, Any]:
-        """The hyperparameters, as passed to ``__init__``."""
-        return {name: getattr(self, name) for name in self._param_names}
+    def _store_statistics(self, train: RatingMatrix) -> None:
+        self._store_catalog(check_rating_matrix(train, "train"))
+        self.global_mean_ = float(train.values.data.mean())
+        self.item_popularity_ = train.codes.getnnz(axis=0).astype(np.float64)
 
-    def set_params(self, **params: Any) -> _Baseline:
-        """Set hyperparameters by name; returns ``self``."""
-        for name, value in params.items():
-            if name not in self._param_names:
-                raise ValueError(f"unknown hyperparameter {name!r}")
-            setattr(self, name, value)
-        return self
-
-    def __repr__(self) -> str:
-        shown = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({shown})"
-
-    @property
-    def is_fitted(self) -> bool:
-        """Whether ``fit`` has run."""
-        return hasattr(self, "item_ids_")
-
-    def _check_fitted(self) -> None:
-        if not self.is_fitted:
-            raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call fit() first")
-
-    def _store_catalog(self, train: RatingMatrix) -> None:
-        self.item_ids_ = train.item_ids.copy()
-        self.scale_ = train.scale
-        self.n_items_ = train.n_items
-        self.n_users_ = train.n_users
-        values = train.values
-        self.global_mean_ = float(values.data.mean())
-        self.item_popularity_ = np.diff(values.tocsc().indptr).astype(np.float64)
-        self.__dict__.pop("_item_index_cache", None)
-
-    @property
-    def _item_index(self) -> dict[str, int]:
-        cache: dict[str, int] | None = self.__dict__.get("_item_index_cache")
-        if cache is None:
-            cache = {str(item): i for i, item in enumerate(self.item_ids_.tolist())}
-            self.__dict__["_item_index_cache"] = cache
-        return cache
-
-    def _encode(self, users: Sequence[UserRatings]) -> tuple[sp.csr_matrix, list[list[str]]]:
-        """The users' known ratings as a value CSR (n_users, n_items_), and the unknown ids."""
-        index = self._item_index
-        rows: list[int] = []
-        cols: list[int] = []
-        values: list[float] = []
-        ignored: list[list[str]] = []
-        for row, ratings in enumerate(users):
-            if not isinstance(ratings, Mapping):
-                kind = type(ratings).__name__
-                raise TypeError(f"user ratings must be a mapping item id -> rating, got {kind}")
-            unknown: list[str] = []
-            for item, value in ratings.items():
-                if not isinstance(item, str):
-                    raise TypeError(f"item ids must be strings, got {item!r}")
-                if isinstance(value, bool) or not isinstance(value, int | float | np.number):
-                    raise RatingScaleError(f"rating for item {item!r} is not a number: {value!r}")
-                col = index.get(item)
-                if col is None:
-                    unknown.append(item)
-                    continue
-                rows.append(row)
-                cols.append(col)
-                values.append(float(value))
-            ignored.append(unknown)
-        level = self.scale_.indices_of(np.asarray(values, dtype=np.float64))
-        matrix = sp.csr_matrix(
-            (self.scale_.values[level], (np.asarray(rows, dtype=np.int64), cols)),
-            shape=(len(users), self.n_items_),
-        )
-        matrix.sort_indices()
-        return matrix, ignored
-
-    def _query(
-        self, item_ids: Sequence[str] | None
-    ) -> tuple[NDArray[np.int64], list[str], list[str]]:
-        if item_ids is None:
-            return np.arange(self.n_items_), self.item_ids_.tolist(), []
-        if isinstance(item_ids, str):
-            raise TypeError("item_ids must be a sequence of item ids, not a single string")
-        index = self._item_index
-        cols: list[int] = []
-        names: list[str] = []
-        unknown: list[str] = []
-        for item in item_ids:
-            col = index.get(item) if isinstance(item, str) else None
-            if col is None:
-                unknown.append(str(item))
-            else:
-                cols.append(col)
-                names.append(item)
-        return np.asarray(cols, dtype=np.int64), names, unknown
-
-
-class _Ranker(_Baseline, ABC):
-    """``score_batch`` and ``recommend`` on top of a per-user score matrix."""
-
-    @abstractmethod
-    def _scores(self, known: sp.csr_matrix) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """Ranking scores and predicted ratings, both of shape (n_users, n_items_)."""
-
-    def score_batch(
-        self, users: Sequence[UserRatings]
-    ) -> tuple[NDArray[np.float64], sp.csr_matrix]:
-        """Ranking scores of many users at once.
-
-        Parameters
-        ----------
-        users : sequence of mapping of str to float
-            Each user's ratings.
-
-        Returns
-        -------
-        scores : ndarray of shape (n_users, n_items_)
-            Higher is better; rated items are scored too.
-        rated : scipy.sparse.csr_matrix of shape (n_users, n_items_)
-            The users' ratings of known items (non-zero = rated).
-        """
-        self._check_fitted()
-        known, _ = self._encode(users)
-        scores, _ = self._scores(known)
-        return scores, known
-
-    @overload
-    def recommend(
-        self, user_ratings: UserRatings, n: int = 10, exclude: Iterable[str] = ()
-    ) -> list[Recommendation]: ...
-
-    @overload
-    def recommend(
-        self, user_ratings: Sequence[UserRatings], n: int = 10, exclude: Iterable[str] = ()
-    ) -> list[list[Recommendation]]: ...
-
-    def recommend(
-        self,
-        user_ratings: UserRatings | Sequence[UserRatings],
-        n: int = 10,
-        exclude: Iterable[str] = (),
-    ) -> list[Recommendation] | list[list[Recommendation]]:
-        """Top-``n`` items for one user (a mapping) or for many (a sequence of mappings).
-
-        Items the user rated and items in ``exclude`` are never returned; ties are
-        broken by item order.
-
-        Parameters
-        ----------
-        user_ratings : mapping of str to float, or a sequence of them
-        n : int
-            Items per user (fewer if the catalog runs out).
-        exclude : iterable of str
-            Item ids never to return; unknown ids are fine.
-
-        Returns
-        -------
-        list of Recommendation, or a list of such lists for a batch
-        """
-        self._check_fitted()
-        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
-        if isinstance(exclude, str):
-            raise TypeError("exclude must be an iterable of item ids, not a single string")
-        single = not _is_user_batch(user_ratings)
-        users: Sequence[UserRatings] = (
-            [user_ratings]  # type: ignore[list-item]
-            if single
-            else user_ratings  # type: ignore[assignment]
-        )
-        known, _ = self._encode(users)
-        scores, predicted = self._scores(known)
-        index = self._item_index
-        excluded = [c for c in (index.get(i) for i in exclude) if c is not None]
-        if excluded:
-            scores = scores.copy()
-            scores[:, excluded] = -np.inf
-        top = top_k(scores, int(n), exclude=known)
-        ids = self.item_ids_
-        result = [
-            [
-                Recommendation(str(ids[c]), float(scores[r, c]), float(predicted[r, c]))
-                for c in top[r]
-                if c >= 0
-            ]
-            for r in range(top.shape[0])
-        ]
-        return result[0] if single else result
+    def _check_restored(self) -> None:
+        # arrays named user_* hold one entry per training user, the others one per item
+        super()._check_restored()
+        for name in self._array_attributes:
+            want = self.n_users_ if name.startswith("user_") else self.n_items_
+            if len(getattr(self, name)) != want:
+                raise ValueError(
+                    f"{name.rstrip('_')} has {len(getattr(self, name))} entries, not {want}"
+                )
 
 
 class GlobalMean(_Baseline):
@@ -293,7 +99,7 @@ class GlobalMean(_Baseline):
 
     def fit(self, train: RatingMatrix) -> GlobalMean:
         """Learn the mean rating of ``train``; returns ``self``."""
-        self._store_catalog(_check_train(train))
+        self._store_statistics(train)
         return self
 
     def predict(
@@ -313,12 +119,12 @@ class GlobalMean(_Baseline):
         RatingPrediction
         """
         self._check_fitted()
-        _, ignored = self._encode([user_ratings])
-        cols, names, unknown = self._query(item_ids)
-        return RatingPrediction(names, np.full(len(cols), self.global_mean_), unknown, ignored[0])
+        _, _, ignored = self._encode_one(user_ratings)
+        cols, names, unknown = self._columns(item_ids)
+        return RatingPrediction(names, np.full(len(cols), self.global_mean_), unknown, ignored)
 
 
-class BiasBaseline(_Ranker):
+class BiasBaseline(_Baseline, Recommender):
     """User and item biases: ``r_hat(u, i) = mu + b_u + b_i``, clipped to the scale.
 
     Fitted by alternating least squares on the regularised squared error
@@ -358,20 +164,23 @@ class BiasBaseline(_Ranker):
     by ``b_i``), so clipping never turns the top of a generous user's list into ties.
     """
 
-    _param_names = ("reg_user", "reg_item", "n_iter")
+    _array_attributes = (*_Baseline._array_attributes, "item_bias_", "user_bias_", "user_ids_")
 
     def __init__(self, *, reg_user: float = 15.0, reg_item: float = 10.0, n_iter: int = 10) -> None:
         self.reg_user = reg_user
         self.reg_item = reg_item
         self.n_iter = n_iter
 
+    def _validate_params(self) -> None:
+        check_number("reg_user", self.reg_user, low=0.0)
+        check_number("reg_item", self.reg_item, low=0.0)
+        check_positive_int("n_iter", self.n_iter)
+
     def fit(self, train: RatingMatrix) -> BiasBaseline:
         """Fit the biases on ``train``; returns ``self``."""
-        reg_user = _non_negative(self, "reg_user")
-        reg_item = _non_negative(self, "reg_item")
-        if isinstance(self.n_iter, bool) or not isinstance(self.n_iter, int) or self.n_iter < 1:
-            raise ValueError(f"n_iter must be a positive integer, got {self.n_iter!r}")
-        self._store_catalog(_check_train(train))
+        self._validate_params()
+        reg_user, reg_item = float(self.reg_user), float(self.reg_item)
+        self._store_statistics(train)
         values = train.values
         mu = self.global_mean_
         residual = values.copy()
@@ -407,8 +216,9 @@ class BiasBaseline(_Ranker):
         self.user_ids_ = train.user_ids.copy()
         return self
 
-    def _user_bias(self, known: sp.csr_matrix) -> NDArray[np.float64]:
+    def _user_bias(self, codes: sp.csr_matrix) -> NDArray[np.float64]:
         # b_u = sum_i (r_ui - mu - b_i) / (reg_user + n_u) over the ratings given
+        known = self._values_of(codes)
         residual = known.data - self.global_mean_ - self.item_bias_[known.indices]
         rows = np.repeat(np.arange(known.shape[0]), np.diff(known.indptr))
         # bincount of no ratings at all comes back as int64: cast before dividing
@@ -419,8 +229,8 @@ class BiasBaseline(_Ranker):
         )
         return result
 
-    def _scores(self, known: sp.csr_matrix) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        raw = self.global_mean_ + self._user_bias(known)[:, None] + self.item_bias_[None, :]
+    def _score_codes(self, codes: sp.csr_matrix) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        raw = self.global_mean_ + self._user_bias(codes)[:, None] + self.item_bias_[None, :]
         return raw, np.clip(raw, self.scale_.min, self.scale_.max)
 
     def predict(
@@ -443,16 +253,16 @@ class BiasBaseline(_Ranker):
             ``expected`` is ``mu + b_u + b_i`` clipped to the rating scale.
         """
         self._check_fitted()
-        known, ignored = self._encode([user_ratings])
-        cols, names, unknown = self._query(item_ids)
-        b_u = float(self._user_bias(known)[0])
+        items, levels, ignored = self._encode_one(user_ratings)
+        cols, names, unknown = self._columns(item_ids)
+        b_u = float(self._user_bias(self._one_row(items, levels))[0])
         expected = np.clip(
             self.global_mean_ + b_u + self.item_bias_[cols], self.scale_.min, self.scale_.max
         )
-        return RatingPrediction(names, expected, unknown, ignored[0])
+        return RatingPrediction(names, expected, unknown, ignored)
 
 
-class Popularity(_Ranker):
+class Popularity(_Baseline, Recommender):
     """Recommends the most popular items the user has not rated (the same list for all).
 
     Parameters
@@ -478,18 +288,21 @@ class Popularity(_Ranker):
     n_items_, n_users_ : int
     """
 
-    _param_names = ("by", "damping")
+    _array_attributes = (*_Baseline._array_attributes, "item_score_", "item_mean_")
 
     def __init__(self, *, by: PopularityScore = "count", damping: float = 10.0) -> None:
         self.by = by
         self.damping = damping
 
+    def _validate_params(self) -> None:
+        check_choice("by", self.by, ("count", "damped_mean"))
+        check_number("damping", self.damping, low=0.0)
+
     def fit(self, train: RatingMatrix) -> Popularity:
         """Count the ratings of each item in ``train``; returns ``self``."""
-        if self.by not in ("count", "damped_mean"):
-            raise ValueError(f"by must be 'count' or 'damped_mean', got {self.by!r}")
-        damping = _non_negative(self, "damping")
-        self._store_catalog(_check_train(train))
+        self._validate_params()
+        damping = float(self.damping)
+        self._store_statistics(train)
         sums = np.asarray(train.values.sum(axis=0)).ravel()
         counts = self.item_popularity_
         denom = counts + damping
@@ -502,8 +315,8 @@ class Popularity(_Ranker):
         self.item_score_ = counts.copy() if self.by == "count" else self.item_mean_.copy()
         return self
 
-    def _scores(self, known: sp.csr_matrix) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        n = known.shape[0]
+    def _score_codes(self, codes: sp.csr_matrix) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        n = codes.shape[0]
         return (
             np.broadcast_to(self.item_score_, (n, self.n_items_)).copy(),
             np.broadcast_to(self.item_mean_, (n, self.n_items_)).copy(),

@@ -1,15 +1,16 @@
 """The softmax-visible Restricted Boltzmann Machine for collaborative filtering.
 
-The estimator validates input, initialises and loops; the formulas live in
-:mod:`rbm_core.functional`.
+The estimator validates, initialises and stores; the formulas live in
+:mod:`rbm_core.functional` and :mod:`rbm_core.contrastive_divergence`, the epoch loop
+in :mod:`rbm_core.training` and the item index, encoding and top-N in
+:mod:`rbm_core.base`.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, cast, overload
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -18,117 +19,26 @@ from scipy.special import expit
 
 from rbm_core import functional as fn
 from rbm_core import training
+from rbm_core.base import Prediction, Recommender, is_user_batch
+from rbm_core.checks import (
+    check_bool,
+    check_choice,
+    check_number,
+    check_positive_int,
+    check_random_state,
+    check_rating_matrix,
+    check_same_scale,
+)
 from rbm_core.contrastive_divergence import CDStatistics, cd_statistics
 from rbm_core.data import RatingMatrix, UserRatings, find_sorted
 from rbm_core.scale import RatingScaleError
 from rbm_core.training import CDSchedule, HeldOutRatings
-
-logger = logging.getLogger(__name__)
 
 DTYPE = np.float32
 """dtype of every learned array and of all inference arithmetic."""
 
 PredictionMode = Literal["mean_field", "exact"]
 RankingScore = Literal["expected", "p_high", "p_high_popularity"]
-
-_PARAM_NAMES = (
-    "n_hidden",
-    "learning_rate",
-    "learning_rate_decay",
-    "momentum",
-    "weight_decay",
-    "batch_size",
-    "n_epochs",
-    "cd_steps",
-    "prediction",
-    "ranking",
-    "high_rating",
-    "popularity_weight",
-    "hidden_dropout",
-    "user_offset",
-    "offset_shrinkage",
-    "early_stopping",
-    "validation_fraction",
-    "n_iter_no_change",
-    "random_state",
-    "blas_threads",
-    "verbose",
-)
-
-
-class NotFittedError(ValueError, AttributeError):
-    """The model is used before ``fit`` (or ``load_model``) gave it weights."""
-
-
-class UnknownItemError(KeyError):
-    """An item id the model does not know was asked for where it cannot be ignored."""
-
-    def __init__(self, item_id: str) -> None:
-        super().__init__(item_id)
-        self.item_id = item_id
-
-    def __str__(self) -> str:
-        return f"unknown item id {self.item_id!r}"
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """Predicted ratings of one user for some items.
-
-    Attributes
-    ----------
-    item_ids : list of str
-        The known items asked for (or every model item), in order.
-    expected : ndarray of shape (n,)
-        Expected rating (value units) under ``distribution``.
-    distribution : ndarray of shape (n, K)
-        ``p(rating = level k)`` for each item; rows sum to one.
-    unknown_items : list of str
-        Items asked for that the model does not know (no prediction made).
-    ignored_ratings : list of str
-        Rated items the model does not know (left out of the fold-in).
-    """
-
-    item_ids: list[str]
-    expected: NDArray[np.floating]
-    distribution: NDArray[np.floating]
-    unknown_items: list[str] = field(default_factory=list)
-    ignored_ratings: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class ItemScores:
-    """Scores of one user for every model item (in ``model.item_ids_`` order).
-
-    Attributes
-    ----------
-    score : ndarray of shape (n_items,)
-        The ranking score ``recommend`` sorts by (see ``SoftmaxRBM.ranking``).
-    expected : ndarray of shape (n_items,)
-        Expected rating.
-    rated : ndarray of bool, shape (n_items,)
-        Items present in the user's ratings.
-    ignored_ratings : list of str
-        Rated items the model does not know.
-    """
-
-    score: NDArray[np.floating]
-    expected: NDArray[np.floating]
-    rated: NDArray[np.bool_]
-    ignored_ratings: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Recommendation:
-    """One recommended item: its id, ranking score and expected rating."""
-
-    item_id: str
-    score: float
-    predicted_rating: float
-
-
-_ITEM_MEAN_PRIOR = 10.0
-"""Pseudo-count shrinking each item's mean rating towards the global mean."""
 
 
 @dataclass(frozen=True)
@@ -142,16 +52,8 @@ class _FoldIn:
         return _FoldIn(self.x[rows], None if self.user_bias is None else self.user_bias[rows])
 
 
-@dataclass(frozen=True)
-class _Encoded:
-    """A batch of users' ratings on the model's items."""
-
-    codes: sp.csr_matrix  # (n_users, n_items_) level codes
-    ignored: list[list[str]]
-
-
-def _is_user_batch(obj: object) -> bool:
-    return isinstance(obj, Sequence) and not isinstance(obj, str | bytes | Mapping)
+_ITEM_MEAN_PRIOR = 10.0
+"""Pseudo-count shrinking each item's mean rating towards the global mean."""
 
 
 @dataclass(frozen=True)
@@ -164,7 +66,7 @@ class _TrainingData:
     rng: np.random.Generator
 
 
-class SoftmaxRBM:
+class SoftmaxRBM(Recommender):
     """Restricted Boltzmann Machine with K-way softmax visible units, one per rated item.
 
     Salakhutdinov, Mnih and Hinton, "Restricted Boltzmann Machines for Collaborative
@@ -286,6 +188,14 @@ class SoftmaxRBM:
         "offset_weights_",
     )
     """The arrays contrastive divergence updates (in this order)."""
+    _array_attributes = (*_trained_arrays, "item_means_", "item_popularity_")
+    _metadata_attributes = (
+        "n_items_",
+        "n_users_",
+        "n_epochs_",
+        "training_fingerprint_",
+        "history_",
+    )
 
     def __init__(
         self,
@@ -334,84 +244,26 @@ class SoftmaxRBM:
         self.blas_threads = blas_threads
         self.verbose = verbose
 
-    # -- scikit-learn plumbing ------------------------------------------------------
-    def get_params(self) -> dict[str, Any]:
-        """The hyperparameters, as passed to ``__init__``."""
-        return {name: getattr(self, name) for name in _PARAM_NAMES}
-
-    def set_params(self, **params: Any) -> SoftmaxRBM:
-        """Set hyperparameters by name; returns ``self``."""
-        for name, value in params.items():
-            if name not in _PARAM_NAMES:
-                raise ValueError(f"unknown hyperparameter {name!r}")
-            setattr(self, name, value)
-        return self
-
-    def __repr__(self) -> str:
-        shown = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"SoftmaxRBM({shown})"
-
-    @property
-    def is_fitted(self) -> bool:
-        """Whether the model has weights."""
-        return hasattr(self, "weights_")
-
-    def _check_fitted(self) -> None:
-        if not self.is_fitted:
-            raise NotFittedError(
-                "this SoftmaxRBM is not fitted yet: call fit() or load_model() first"
-            )
-
     def _validate_params(self) -> None:
-        def positive_int(name: str) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-        def non_negative(name: str, upper: float | None = None) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float | np.number):
-                raise ValueError(f"{name} must be a number, got {value!r}")
-            if not np.isfinite(value) or value < 0 or (upper is not None and value >= upper):
-                bound = f" and < {upper}" if upper is not None else ""
-                raise ValueError(f"{name} must be >= 0{bound}, got {value!r}")
-
         for name in ("n_hidden", "batch_size", "n_epochs", "n_iter_no_change"):
-            positive_int(name)
+            check_positive_int(name, getattr(self, name))
         if self.blas_threads is not None:
-            positive_int("blas_threads")
-        non_negative("learning_rate")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
-        non_negative("learning_rate_decay")
-        non_negative("momentum", upper=1.0)
-        non_negative("weight_decay")
-        non_negative("popularity_weight")
-        non_negative("hidden_dropout", upper=1.0)
-        non_negative("offset_shrinkage")
-        if not isinstance(self.user_offset, bool):
-            raise ValueError(f"user_offset must be True or False, got {self.user_offset!r}")
-        if not isinstance(self.high_rating, int | float) or not np.isfinite(self.high_rating):
-            raise ValueError(f"high_rating must be a number, got {self.high_rating!r}")
-        if not isinstance(self.validation_fraction, int | float) or not (
-            0.0 < self.validation_fraction < 1.0
-        ):
-            raise ValueError(
-                f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}"
-            )
-        if self.prediction not in ("mean_field", "exact"):
-            raise ValueError(f"prediction must be 'mean_field' or 'exact', got {self.prediction!r}")
-        if self.ranking not in ("expected", "p_high", "p_high_popularity"):
-            raise ValueError(
-                f"ranking must be 'expected', 'p_high' or 'p_high_popularity', got {self.ranking!r}"
-            )
+            check_positive_int("blas_threads", self.blas_threads)
+        check_number("learning_rate", self.learning_rate, low=0.0, low_open=True)
+        for name in ("learning_rate_decay", "weight_decay", "popularity_weight"):
+            check_number(name, getattr(self, name), low=0.0)
+        check_number("offset_shrinkage", self.offset_shrinkage, low=0.0)
+        check_number("momentum", self.momentum, low=0.0, high=1.0)
+        check_number("hidden_dropout", self.hidden_dropout, low=0.0, high=1.0)
+        check_bool("user_offset", self.user_offset)
+        check_number("high_rating", self.high_rating)
+        check_number(
+            "validation_fraction", self.validation_fraction, low=0.0, low_open=True, high=1.0
+        )
+        check_choice("prediction", self.prediction, ("mean_field", "exact"))
+        check_choice("ranking", self.ranking, ("expected", "p_high", "p_high_popularity"))
         training.cd_schedule(self.cd_steps)
-        if self.random_state is not None and not isinstance(
-            self.random_state, int | np.integer | np.random.Generator
-        ):
-            raise ValueError(
-                f"random_state must be an int, a numpy Generator or None, got {self.random_state!r}"
-            )
+        check_random_state(self.random_state)
 
     # -- training ---------------------------------------------------------------------
     def fit(self, train: RatingMatrix, validation: RatingMatrix | None = None) -> SoftmaxRBM:
@@ -430,11 +282,7 @@ class SoftmaxRBM:
         SoftmaxRBM
             ``self``.
         """
-        self._validate_params()
-        _check_matrix(train, "train")
-        if validation is not None:
-            _check_matrix(validation, "validation")
-            _check_same_scale(train, validation)
+        self._check_training_input(train, validation)
         rng = np.random.default_rng(self.random_state)
         if validation is None and self.early_stopping:
             train, validation = train.split(self.validation_fraction, rng)
@@ -455,11 +303,7 @@ class SoftmaxRBM:
         SoftmaxRBM
             ``self``.
         """
-        self._validate_params()
-        _check_matrix(train, "train")
-        if validation is not None:
-            _check_matrix(validation, "validation")
-            _check_same_scale(train, validation)
+        self._check_training_input(train, validation)
         if not hasattr(self, "_rng"):
             self._rng = np.random.default_rng(self.random_state)
         if not self.is_fitted:
@@ -479,6 +323,13 @@ class SoftmaxRBM:
         self._train(train, validation, 1, self._rng, early_stopping=False)
         return self
 
+    def _check_training_input(self, train: RatingMatrix, validation: RatingMatrix | None) -> None:
+        self._validate_params()
+        check_rating_matrix(train, "train")
+        if validation is not None:
+            check_rating_matrix(validation, "validation")
+            check_same_scale(train, validation)
+
     def _initialise(self, train: RatingMatrix, rng: np.random.Generator) -> None:
         m, k, f = train.n_items, train.n_levels, int(self.n_hidden)
         counts = train.level_counts().astype(np.float64)
@@ -497,15 +348,11 @@ class SoftmaxRBM:
             (counts @ values + _ITEM_MEAN_PRIOR * global_mean) / (item_n + _ITEM_MEAN_PRIOR)
         ).astype(DTYPE)
         self.item_popularity_ = item_n.astype(DTYPE)
-        self.item_ids_ = train.item_ids.copy()
-        self.scale_ = train.scale
-        self.n_items_ = m
-        self.n_users_ = train.n_users
+        self._store_catalog(train)
         self.n_epochs_ = 0
         self.history_: list[dict[str, Any]] = []
         self.training_fingerprint_ = train.fingerprint()
         self._velocity = [np.zeros_like(getattr(self, name)) for name in self._trained_arrays]
-        self._reset_caches()
 
     def _train(
         self,
@@ -634,37 +481,17 @@ class SoftmaxRBM:
     def _mean_free_energy(self, codes: sp.csr_matrix) -> float:
         if codes.shape[0] == 0:
             return float("nan")
-        visible = fn.one_hot_visible(codes, self.scale_.n_levels, DTYPE)
-        ub = self._user_bias(self._user_offsets(codes))
-        fe = fn.free_energy(visible, self.weights_, self.visible_bias_, self.hidden_bias_, ub)
-        return float(np.mean(fe, dtype=np.float64))
+        return float(np.mean(self._free_energies(codes), dtype=np.float64))
 
     # -- fold-in: from ratings to the hidden layer ------------------------------------------
-    def _reset_caches(self) -> None:
-        for name in ("_item_index_cache", "_item_unit_cache", "_item_names_cache"):
-            self.__dict__.pop(name, None)
-
-    def _item_names(self) -> list[str]:
-        cache: list[str] | None = self.__dict__.get("_item_names_cache")
-        if cache is None:
-            cache = [str(item) for item in self.item_ids_.tolist()]
-            self.__dict__["_item_names_cache"] = cache
-        return cache
-
-    @property
-    def _item_index(self) -> dict[str, int]:
-        cache: dict[str, int] | None = self.__dict__.get("_item_index_cache")
-        if cache is None:
-            cache = {str(item): i for i, item in enumerate(self.item_ids_.tolist())}
-            self.__dict__["_item_index_cache"] = cache
-        return cache
+    def _free_energies(self, codes: sp.csr_matrix) -> NDArray[np.floating]:
+        """``F(V)`` of each user of a code matrix, shape (n_users,)."""
+        visible = fn.one_hot_visible(codes, self.scale_.n_levels, DTYPE)
+        ub = self._user_bias(self._user_offsets(codes))
+        return fn.free_energy(visible, self.weights_, self.visible_bias_, self.hidden_bias_, ub)
 
     def _user_offsets(self, codes: sp.csr_matrix) -> NDArray[np.floating] | None:
-        """Each user's rating offset ``z_u``: mean deviation from the items' means, shrunk.
-
-        ``z_u = sum_i (r_ui - mean_i) / (n_u + offset_shrinkage)``; None when the model
-        does not use it.
-        """
+        """Each user's rating offset ``z_u`` (see :func:`functional.user_offsets`), or None."""
         if not self.user_offset:
             return None
         z = fn.user_offsets(
@@ -725,92 +552,11 @@ class SoftmaxRBM:
             return fn.exact_marginal_distribution(fold.x, w, b, fold.user_bias)
         return fn.mean_field_distribution(self._top_down(fold.x), w, b, fold.user_bias)
 
-    def _encode(self, users: Sequence[UserRatings]) -> _Encoded:
-        rows: list[int] = []
-        cols: list[int] = []
-        levels: list[int] = []
-        ignored: list[list[str]] = []
-        for row, ratings in enumerate(users):
-            user_cols, user_levels, unknown = self._encode_user(ratings)
-            rows.extend([row] * len(user_cols))
-            cols.extend(user_cols)
-            levels.extend(user_levels)
-            ignored.append(unknown)
-        codes = sp.csr_matrix(
-            (
-                (np.asarray(levels, dtype=np.int64) + 1).astype(np.int8),
-                (np.asarray(rows, dtype=np.int64), cols),
-            ),
-            shape=(len(users), self.n_items_),
-        )
-        codes.sort_indices()
-        return _Encoded(codes, ignored)
-
-    def _encode_user(self, ratings: UserRatings) -> tuple[list[int], list[int], list[str]]:
-        """Validate one user's ratings: (item columns, level indices, unknown item ids).
-
-        Raises
-        ------
-        TypeError
-            Not a mapping, or an item id that is not a string.
-        RatingScaleError
-            A rating that is not a number or not on the model's scale.
-        """
-        if not isinstance(ratings, Mapping):
-            raise TypeError(
-                f"user ratings must be a mapping item id -> rating, got {type(ratings).__name__}"
-            )
-        index = self._item_index
-        # exact scale values (4 and 4.0 alike) by dict lookup; anything else goes
-        # through RatingScale.indices_of, which accepts float noise and names bad values
-        level_of = {value: k for k, value in enumerate(self.scale_.values.tolist())}
-        cols: list[int] = []
-        levels: list[int] = []
-        inexact: list[tuple[int, float]] = []
-        unknown: list[str] = []
-        for item, value in ratings.items():
-            # exact-type tests first: isinstance with a union costs twice this whole loop
-            if type(item) is not str and not isinstance(item, str):
-                raise TypeError(f"item ids must be strings, got {item!r}")
-            if type(value) is not float and (
-                isinstance(value, bool) or not isinstance(value, (int, float, np.number))
-            ):
-                raise RatingScaleError(f"rating for item {item!r} is not a number: {value!r}")
-            col = index.get(item)
-            if col is None:
-                unknown.append(item)
-                continue
-            level = level_of.get(value)
-            if level is None:
-                inexact.append((len(levels), float(value)))
-                level = -1
-            cols.append(col)
-            levels.append(level)
-        if inexact:
-            found = self.scale_.indices_of(np.asarray([v for _, v in inexact], dtype=np.float64))
-            for (pos, _), level in zip(inexact, found.tolist(), strict=True):
-                levels[pos] = level
-        return cols, levels, unknown
-
-    def _encode_one(
-        self, user_ratings: UserRatings
-    ) -> tuple[NDArray[np.int64], NDArray[np.int64], list[str]]:
-        """One user's (item columns, level indices, unknown item ids), columns sorted.
-
-        The same encoding as one row of :meth:`_encode`, without building a sparse
-        matrix (which costs more than the rest of a single-user fold-in).
-        """
-        cols, user_levels, unknown = self._encode_user(user_ratings)
-        items = np.asarray(cols, dtype=np.int64)
-        levels = np.asarray(user_levels, dtype=np.int64)
-        # column order, as in a CSR row: the float32 sum of the rated items' weights
-        # then does not depend on the order of the mapping
-        order = np.argsort(items, kind="stable")
-        return items[order], levels[order], unknown
-
+    # -- scoring (the hooks of Recommender) ---------------------------------------------------
     def _score_from(
         self, dist: NDArray[np.floating], expected: NDArray[np.floating]
     ) -> NDArray[np.floating]:
+        """The ``ranking`` score from distributions (..., K) and expected ratings (...)."""
         if self.ranking == "expected":
             return expected
         high = self.scale_.values >= float(self.high_rating) - 1e-9
@@ -822,6 +568,29 @@ class SoftmaxRBM:
         pop = np.power(self.item_popularity_ + DTYPE(1.0), DTYPE(self.popularity_weight))
         score: NDArray[np.floating] = p_high * pop
         return score
+
+    def _score_one(
+        self, items: NDArray[np.int64], levels: NDArray[np.int64]
+    ) -> tuple[NDArray[np.floating], NDArray[np.floating]]:
+        dist = self._distribution_items(self._fold_in_one(items, levels))
+        expected = dist @ self.scale_.values.astype(DTYPE)
+        return self._score_from(dist, expected), expected
+
+    def _score_codes(
+        self, codes: sp.csr_matrix
+    ) -> tuple[NDArray[np.floating], NDArray[np.floating]]:
+        fold = self._fold_in(codes)
+        n = codes.shape[0]
+        scores = np.empty((n, self.n_items_), dtype=DTYPE)
+        expected = np.empty((n, self.n_items_), dtype=DTYPE)
+        values = self.scale_.values.astype(DTYPE)
+        # bound the (users, M, K) temporaries
+        step = max(1, (64 * 2**20) // max(1, self.n_items_ * self.scale_.n_levels * 4))
+        for lo in range(0, n, step):
+            dist = self._distribution_items(fold[lo : lo + step])
+            expected[lo : lo + step] = dist @ values
+            scores[lo : lo + step] = self._score_from(dist, expected[lo : lo + step])
+        return scores, expected
 
     # -- public inference -------------------------------------------------------------------
     def predict(
@@ -844,181 +613,16 @@ class SoftmaxRBM:
         """
         self._check_fitted()
         items, levels, ignored = self._encode_one(user_ratings)
-        if isinstance(item_ids, str):
-            raise TypeError("item_ids must be a sequence of item ids, not a single string")
-        index = self._item_index
-        query: NDArray[np.int64] | None = None
-        if item_ids is None:
-            names = self._item_names()
-            unknown: list[str] = []
-        else:
-            names, cols, unknown = [], [], []
-            for item in item_ids:
-                col = index.get(item) if isinstance(item, str) else None
-                if col is None:
-                    unknown.append(str(item))
-                else:
-                    names.append(item)
-                    cols.append(col)
-            query = np.asarray(cols, dtype=np.int64)
+        cols, names, unknown = self._columns(item_ids)
+        query = None if item_ids is None else cols
         dist = self._distribution_items(self._fold_in_one(items, levels), query)[0]
         expected = dist @ self.scale_.values.astype(DTYPE)
-        return Prediction(
-            item_ids=list(names),
-            expected=expected,
-            distribution=dist,
-            unknown_items=unknown,
-            ignored_ratings=ignored,
-        )
-
-    def score_items(self, user_ratings: UserRatings) -> ItemScores:
-        """Score every model item for one user (see ``ranking``).
-
-        Returns
-        -------
-        ItemScores
-            Arrays over ``item_ids_``; rated items are scored too and flagged in
-            ``rated``.
-        """
-        self._check_fitted()
-        items, levels, ignored = self._encode_one(user_ratings)
-        dist = self._distribution_items(self._fold_in_one(items, levels))[0]
-        expected = dist @ self.scale_.values.astype(DTYPE)
-        rated = np.zeros(self.n_items_, dtype=bool)
-        rated[items] = True
-        return ItemScores(self._score_from(dist, expected), expected, rated, ignored)
-
-    def score_batch(
-        self, users: Sequence[UserRatings]
-    ) -> tuple[NDArray[np.floating], sp.csr_matrix]:
-        """Scores of many users at once.
-
-        Returns
-        -------
-        scores : ndarray of shape (n_users, n_items_)
-        codes : scipy.sparse.csr_matrix of shape (n_users, n_items_)
-            The users' known ratings as level codes (non-zero = rated).
-        """
-        self._check_fitted()
-        enc = self._encode(users)
-        scores, _ = self._scores_of_codes(enc.codes)
-        return scores, enc.codes
-
-    def _scores_of_codes(
-        self, codes: sp.csr_matrix
-    ) -> tuple[NDArray[np.floating], NDArray[np.floating]]:
-        fold = self._fold_in(codes)
-        n = codes.shape[0]
-        scores = np.empty((n, self.n_items_), dtype=DTYPE)
-        expected = np.empty((n, self.n_items_), dtype=DTYPE)
-        values = self.scale_.values.astype(DTYPE)
-        # bound the (users, M, K) temporaries
-        step = max(1, (64 * 2**20) // max(1, self.n_items_ * self.scale_.n_levels * 4))
-        for lo in range(0, n, step):
-            dist = self._distribution_items(fold[lo : lo + step])
-            expected[lo : lo + step] = dist @ values
-            scores[lo : lo + step] = self._score_from(dist, expected[lo : lo + step])
-        return scores, expected
-
-    @overload
-    def recommend(
-        self, user_ratings: UserRatings, n: int = 10, exclude: Iterable[str] = ()
-    ) -> list[Recommendation]: ...
-
-    @overload
-    def recommend(
-        self, user_ratings: Sequence[UserRatings], n: int = 10, exclude: Iterable[str] = ()
-    ) -> list[list[Recommendation]]: ...
-
-    def recommend(
-        self,
-        user_ratings: UserRatings | Sequence[UserRatings],
-        n: int = 10,
-        exclude: Iterable[str] = (),
-    ) -> list[Recommendation] | list[list[Recommendation]]:
-        """Top-``n`` items for one user (a mapping) or for many (a sequence of mappings).
-
-        Items the user rated and items in ``exclude`` are never returned; items are
-        ranked by the ``ranking`` score, ties broken by item order. Deterministic.
-
-        Parameters
-        ----------
-        user_ratings : mapping of str to float, or a sequence of them
-        n : int
-            Number of items per user (fewer if the catalog runs out).
-        exclude : iterable of str
-            Item ids never to return (for every user of a batch); unknown ids are fine.
-
-        Returns
-        -------
-        list of Recommendation, or a list of such lists for a batch
-        """
-        self._check_fitted()
-        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
-        if isinstance(exclude, str):
-            raise TypeError("exclude must be an iterable of item ids, not a single string")
-        excluded = np.zeros(self.n_items_, dtype=bool)
-        index = self._item_index
-        for item in exclude:
-            col = index.get(item)
-            if col is not None:
-                excluded[col] = True
-        single = not _is_user_batch(user_ratings)
-        users = cast("Sequence[UserRatings]", [user_ratings] if single else user_ratings)
-        if single:
-            items, levels, _ = self._encode_one(users[0])
-            dist = self._distribution_items(self._fold_in_one(items, levels))
-            expected = dist @ self.scale_.values.astype(DTYPE)
-            scores = self._score_from(dist, expected)
-            mask = sp.csr_matrix(
-                (np.ones(len(items), dtype=np.int8), items, [0, len(items)]),
-                shape=(1, self.n_items_),
-            )
-        else:
-            mask = self._encode(users).codes
-            scores, expected = self._scores_of_codes(mask)
-        out = self._top_n(scores, expected, mask, excluded, int(n))
-        return out[0] if single else out
-
-    def _top_n(
-        self,
-        scores: NDArray[np.floating],
-        expected: NDArray[np.floating],
-        rated: sp.csr_matrix,
-        excluded: NDArray[np.bool_],
-        n: int,
-    ) -> list[list[Recommendation]]:
-        scores = scores.astype(np.float64, copy=True)
-        scores[:, excluded] = -np.inf
-        rows = fn.rows_of(rated)
-        scores[rows, rated.indices] = -np.inf
-        allowed = np.isfinite(scores).sum(axis=1)
-        k = min(n, self.n_items_)
-        if k < self.n_items_:
-            part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        else:
-            part = np.tile(np.arange(self.n_items_), (scores.shape[0], 1))
-        part_scores = np.take_along_axis(scores, part, axis=1)
-        # sort by score, then by item index for a deterministic tie-break
-        order = np.lexsort((part, -part_scores), axis=1)
-        top = np.take_along_axis(part, order, axis=1)
-        ids = self.item_ids_
-        result: list[list[Recommendation]] = []
-        for r in range(scores.shape[0]):
-            cols = top[r, : min(k, int(allowed[r]))]
-            result.append(
-                [
-                    Recommendation(str(ids[c]), float(scores[r, c]), float(expected[r, c]))
-                    for c in cols
-                ]
-            )
-        return result
+        return Prediction(names, expected, dist, unknown_items=unknown, ignored_ratings=ignored)
 
     def transform(self, user_ratings: UserRatings | Sequence[UserRatings]) -> NDArray[np.floating]:
         """Hidden features ``p(h | V)`` of one user, shape (F,), or many, shape (n, F)."""
         self._check_fitted()
-        if _is_user_batch(user_ratings):
+        if is_user_batch(user_ratings):
             codes = self._encode(user_ratings).codes  # type: ignore[arg-type]
             result: NDArray[np.floating] = expit(self._fold_in(codes).x)
             return result
@@ -1035,12 +639,9 @@ class SoftmaxRBM:
         unknown items are ignored.
         """
         self._check_fitted()
-        batch = _is_user_batch(user_ratings)
+        batch = is_user_batch(user_ratings)
         users = user_ratings if batch else [user_ratings]
-        codes = self._encode(users).codes  # type: ignore[arg-type]
-        visible = fn.one_hot_visible(codes, self.scale_.n_levels, DTYPE)
-        ub = self._user_bias(self._user_offsets(codes))
-        fe = fn.free_energy(visible, self.weights_, self.visible_bias_, self.hidden_bias_, ub)
+        fe = self._free_energies(self._encode(users).codes)  # type: ignore[arg-type]
         return fe if batch else float(fe[0])
 
     def sample(
@@ -1082,9 +683,8 @@ class SoftmaxRBM:
             If no item is given, or ``n_samples`` / ``n_steps`` is not a positive int.
         """
         self._check_fitted()
-        for name, value in (("n_samples", n_samples), ("n_steps", n_steps)):
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        n_samples = check_positive_int("n_samples", n_samples)
+        n_steps = check_positive_int("n_steps", n_steps)
         rng = np.random.default_rng(random_state)
         start_items = np.empty(0, dtype=np.int64)
         start_levels = np.empty(0, dtype=np.int64)
@@ -1092,21 +692,14 @@ class SoftmaxRBM:
             start_items, start_levels, _ = self._encode_one(user_ratings)
         if item_ids is None:
             query = start_items
+        elif isinstance(item_ids, str):
+            raise TypeError("item_ids must be a sequence of item ids, not a single string")
         else:
-            if isinstance(item_ids, str):
-                raise TypeError("item_ids must be a sequence of item ids, not a single string")
-            index = self._item_index
-            cols = []
-            for item in item_ids:
-                col = index.get(item)
-                if col is None:
-                    raise UnknownItemError(str(item))
-                cols.append(col)
-            query = np.asarray(cols, dtype=np.int64)
+            query = np.asarray([self._column(item) for item in item_ids], dtype=np.int64)
         if len(query) == 0:
             raise ValueError("nothing to sample: give item_ids or ratings of known items")
         # chains start at the given ratings where there are some, uniformly elsewhere
-        levels = rng.integers(0, self.scale_.n_levels, size=(int(n_samples), len(query)))
+        levels = rng.integers(0, self.scale_.n_levels, size=(n_samples, len(query)))
         bias = self.visible_bias_[query]
         if len(start_items):
             pos, given = find_sorted(start_items, query)
@@ -1116,7 +709,7 @@ class SoftmaxRBM:
             if ub is not None:
                 bias = bias + ub
         weights = self.weights_[query]
-        for _ in range(int(n_steps)):
+        for _ in range(n_steps):
             hidden = fn.sample_hiddens(levels, weights, self.hidden_bias_, rng)
             levels = fn.sample_visibles(hidden, weights, bias, rng)
         return self.scale_.values[levels]
@@ -1133,15 +726,12 @@ class SoftmaxRBM:
             If the model does not know ``item_id`` (a ``KeyError``).
         """
         self._check_fitted()
-        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
-        col = self._item_index.get(item_id) if isinstance(item_id, str) else None
-        if col is None:
-            raise UnknownItemError(str(item_id))
-        units = self._item_units()
+        n = check_positive_int("n", n)
+        col = self._column(item_id)
+        units = self._cached("item_units", self._item_units)
         sims = units @ units[col]
         sims[col] = -np.inf
-        k = min(int(n), self.n_items_ - 1)
+        k = min(n, self.n_items_ - 1)
         if k <= 0:
             return []
         part = np.argpartition(-sims, k - 1)[:k]
@@ -1149,25 +739,26 @@ class SoftmaxRBM:
         return [(str(self.item_ids_[c]), float(sims[c])) for c in part[order]]
 
     def _item_units(self) -> NDArray[np.floating]:
-        cache: NDArray[np.floating] | None = self.__dict__.get("_item_unit_cache")
-        if cache is None:
-            flat = self.weights_.reshape(self.n_items_, -1).astype(DTYPE)
-            flat = flat - flat.mean(axis=1, keepdims=True)
-            norms = np.linalg.norm(flat, axis=1, keepdims=True)
-            cache = flat / np.maximum(norms, DTYPE(1e-12))
-            self.__dict__["_item_unit_cache"] = cache
-        return cache
+        """Each item's weights, flattened, centred and scaled to unit length."""
+        flat = self.weights_.reshape(self.n_items_, -1).astype(DTYPE)
+        flat = flat - flat.mean(axis=1, keepdims=True)
+        norms = np.linalg.norm(flat, axis=1, keepdims=True)
+        units: NDArray[np.floating] = flat / np.maximum(norms, DTYPE(1e-12))
+        return units
 
+    # -- persistence ------------------------------------------------------------------------
+    def _artifact_state(self) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
+        arrays, metadata = super()._artifact_state()
+        metadata["n_hidden"] = int(self.weights_.shape[2])
+        return arrays, metadata
 
-def _check_matrix(matrix: object, what: str) -> None:
-    if not isinstance(matrix, RatingMatrix):
-        raise TypeError(f"{what} must be a RatingMatrix, got {type(matrix).__name__}")
-    if what == "train" and (matrix.n_ratings == 0 or matrix.n_items == 0):
-        raise ValueError("train has no ratings")
-
-
-def _check_same_scale(train: RatingMatrix, validation: RatingMatrix) -> None:
-    if train.scale != validation.scale:
-        raise RatingScaleError(
-            f"validation uses rating scale {validation.scale}, train {train.scale}"
-        )
+    def _check_restored(self) -> None:
+        super()._check_restored()
+        m, k, f = self.weights_.shape
+        if (m, k) != (len(self.item_ids_), self.scale_.n_levels) or self.visible_bias_.shape != (
+            m,
+            k,
+        ):
+            raise ValueError("array shapes do not match")
+        if self.hidden_bias_.shape != (f,) or self.item_popularity_.shape != (m,):
+            raise ValueError("array shapes do not match")

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from app.db import repository
 from app.db.models import Item
 from app.services.model_holder import LoadedModel
-from rbm_core.model import UnknownItemError as ModelUnknownItemError
+from rbm_core import UnknownItemError as ModelUnknownItemError
 
 logger = logging.getLogger(__name__)
 
