@@ -19,8 +19,9 @@ from rbm_core.base import (
     UnknownItemError,
 )
 from rbm_core.data import RatingDataError, RatingMatrix, UserRatings
-from rbm_core.model import DTYPE, SoftmaxRBM
+from rbm_core.model import SoftmaxRBM
 from rbm_core.scale import DEFAULT_SCALE, RatingScale, RatingScaleError
+from rbm_core.softmax_inference import DTYPE
 from rbm_core.training import TrainingDivergedError
 
 __all__ = [

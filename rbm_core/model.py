@@ -1,25 +1,23 @@
 """The softmax-visible Restricted Boltzmann Machine for collaborative filtering.
 
-The estimator validates, initialises and stores; the formulas live in
+:class:`SoftmaxRBM` is the estimator: hyperparameters, initialisation, training and
+persistence. What a fitted model computes (fold-in, predictions, scores, samples) is
+:class:`~rbm_core.softmax_inference.SoftmaxRBMInference`; the formulas live in
 :mod:`rbm_core.functional` and :mod:`rbm_core.contrastive_divergence`, the epoch loop
-in :mod:`rbm_core.training` and the item index, encoding and top-N in
+in :mod:`rbm_core.training`, and the item index, encoding and top-N in
 :mod:`rbm_core.base`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
-from scipy.special import expit
 
-from rbm_core import functional as fn
 from rbm_core import training
-from rbm_core.base import Prediction, Recommender, is_user_batch
 from rbm_core.checks import (
     check_bool,
     check_choice,
@@ -30,27 +28,15 @@ from rbm_core.checks import (
     check_same_scale,
 )
 from rbm_core.contrastive_divergence import CDStatistics, cd_statistics
-from rbm_core.data import RatingMatrix, UserRatings, find_sorted
+from rbm_core.data import RatingMatrix
 from rbm_core.scale import RatingScaleError
+from rbm_core.softmax_inference import (
+    DTYPE,
+    PredictionMode,
+    RankingScore,
+    SoftmaxRBMInference,
+)
 from rbm_core.training import CDSchedule, HeldOutRatings
-
-DTYPE = np.float32
-"""dtype of every learned array and of all inference arithmetic."""
-
-PredictionMode = Literal["mean_field", "exact"]
-RankingScore = Literal["expected", "p_high", "p_high_popularity"]
-
-
-@dataclass(frozen=True)
-class _FoldIn:
-    """Users folded into the model: hidden inputs and conditional visible biases."""
-
-    x: NDArray[np.floating]  # (n, F) hidden inputs
-    user_bias: NDArray[np.floating] | None  # (n, K) or None
-
-    def __getitem__(self, rows: slice) -> _FoldIn:
-        return _FoldIn(self.x[rows], None if self.user_bias is None else self.user_bias[rows])
-
 
 _ITEM_MEAN_PRIOR = 10.0
 """Pseudo-count shrinking each item's mean rating towards the global mean."""
@@ -66,7 +52,7 @@ class _TrainingData:
     rng: np.random.Generator
 
 
-class SoftmaxRBM(Recommender):
+class SoftmaxRBM(SoftmaxRBMInference):
     """Restricted Boltzmann Machine with K-way softmax visible units, one per rated item.
 
     Salakhutdinov, Mnih and Hinton, "Restricted Boltzmann Machines for Collaborative
@@ -482,269 +468,6 @@ class SoftmaxRBM(Recommender):
         if codes.shape[0] == 0:
             return float("nan")
         return float(np.mean(self._free_energies(codes), dtype=np.float64))
-
-    # -- fold-in: from ratings to the hidden layer ------------------------------------------
-    def _free_energies(self, codes: sp.csr_matrix) -> NDArray[np.floating]:
-        """``F(V)`` of each user of a code matrix, shape (n_users,)."""
-        visible = fn.one_hot_visible(codes, self.scale_.n_levels, DTYPE)
-        ub = self._user_bias(self._user_offsets(codes))
-        return fn.free_energy(visible, self.weights_, self.visible_bias_, self.hidden_bias_, ub)
-
-    def _user_offsets(self, codes: sp.csr_matrix) -> NDArray[np.floating] | None:
-        """Each user's rating offset ``z_u`` (see :func:`functional.user_offsets`), or None."""
-        if not self.user_offset:
-            return None
-        z = fn.user_offsets(
-            codes, self.scale_.values, self.item_means_, float(self.offset_shrinkage)
-        )
-        return z.astype(DTYPE)
-
-    def _user_bias(self, offsets: NDArray[np.floating] | None) -> NDArray[np.floating] | None:
-        """Conditional visible bias ``u_k = a_k z_u`` of each user, shape (n, K)."""
-        return None if offsets is None else fn.offset_bias(offsets, self.offset_weights_)
-
-    def _fold_in(self, codes: sp.csr_matrix) -> _FoldIn:
-        visible = fn.one_hot_visible(codes, self.scale_.n_levels, DTYPE)
-        x = fn.hidden_input(visible, self.weights_, self.hidden_bias_)
-        return _FoldIn(x, self._user_bias(self._user_offsets(codes)))
-
-    def _fold_in_one(self, items: NDArray[np.int64], levels: NDArray[np.int64]) -> _FoldIn:
-        # sparse gather: only the rated items' rows of W take part
-        x = self.weights_[items, levels].sum(axis=0, dtype=DTYPE)
-        x += self.hidden_bias_
-        ub = None
-        if self.user_offset:
-            dev = self.scale_.values[levels] - self.item_means_[items]
-            z = fn.shrunk_mean(dev.sum(), len(items), float(self.offset_shrinkage))
-            ub = fn.offset_bias(z.reshape(1).astype(DTYPE), self.offset_weights_)
-        return _FoldIn(x[None, :], ub)
-
-    def _top_down(self, x: NDArray[np.floating]) -> NDArray[np.floating]:
-        """Hidden probabilities as the visible layer sees them (scaled for dropout)."""
-        p: NDArray[np.floating] = expit(x)
-        if self.hidden_dropout:
-            p *= DTYPE(1.0 - float(self.hidden_dropout))
-        return p
-
-    def _distribution_at(
-        self, fold: _FoldIn, rows: NDArray[np.int64], items: NDArray[np.int64]
-    ) -> NDArray[np.floating]:
-        """``p(v_q | V)`` for (user row, item) pairs, shape (n_pairs, K)."""
-        if self.prediction == "exact":
-            return fn.exact_marginal_at(
-                fold.x, self.weights_, self.visible_bias_, rows, items, fold.user_bias
-            )
-        return fn.mean_field_at(
-            self._top_down(fold.x), self.weights_, self.visible_bias_, rows, items, fold.user_bias
-        )
-
-    def _distribution_items(
-        self, fold: _FoldIn, query: NDArray[np.int64] | None = None
-    ) -> NDArray[np.floating]:
-        """``p(v_q | V)`` of every folded-in user for items ``query`` (all by default).
-
-        Returns an array of shape (n_users, n_query, K).
-        """
-        w, b = self.weights_, self.visible_bias_
-        if query is not None:
-            w, b = w[query], b[query]
-        if self.prediction == "exact":
-            return fn.exact_marginal_distribution(fold.x, w, b, fold.user_bias)
-        return fn.mean_field_distribution(self._top_down(fold.x), w, b, fold.user_bias)
-
-    # -- scoring (the hooks of Recommender) ---------------------------------------------------
-    def _score_from(
-        self, dist: NDArray[np.floating], expected: NDArray[np.floating]
-    ) -> NDArray[np.floating]:
-        """The ``ranking`` score from distributions (..., K) and expected ratings (...)."""
-        if self.ranking == "expected":
-            return expected
-        high = self.scale_.values >= float(self.high_rating) - 1e-9
-        if not high.any():
-            high[-1] = True
-        p_high: NDArray[np.floating] = dist[..., high].sum(axis=-1)
-        if self.ranking == "p_high":
-            return p_high
-        pop = np.power(self.item_popularity_ + DTYPE(1.0), DTYPE(self.popularity_weight))
-        score: NDArray[np.floating] = p_high * pop
-        return score
-
-    def _score_one(
-        self, items: NDArray[np.int64], levels: NDArray[np.int64]
-    ) -> tuple[NDArray[np.floating], NDArray[np.floating]]:
-        dist = self._distribution_items(self._fold_in_one(items, levels))
-        expected = dist @ self.scale_.values.astype(DTYPE)
-        return self._score_from(dist, expected), expected
-
-    def _score_codes(
-        self, codes: sp.csr_matrix
-    ) -> tuple[NDArray[np.floating], NDArray[np.floating]]:
-        fold = self._fold_in(codes)
-        n = codes.shape[0]
-        scores = np.empty((n, self.n_items_), dtype=DTYPE)
-        expected = np.empty((n, self.n_items_), dtype=DTYPE)
-        values = self.scale_.values.astype(DTYPE)
-        # bound the (users, M, K) temporaries
-        step = max(1, (64 * 2**20) // max(1, self.n_items_ * self.scale_.n_levels * 4))
-        for lo in range(0, n, step):
-            dist = self._distribution_items(fold[lo : lo + step])
-            expected[lo : lo + step] = dist @ values
-            scores[lo : lo + step] = self._score_from(dist, expected[lo : lo + step])
-        return scores, expected
-
-    # -- public inference -------------------------------------------------------------------
-    def predict(
-        self, user_ratings: UserRatings, item_ids: Sequence[str] | None = None
-    ) -> Prediction:
-        """Predict one user's ratings from the ratings given (fold-in).
-
-        Parameters
-        ----------
-        user_ratings : mapping of str to float
-            The user's ratings (item id -> value on the model's scale). Unknown items
-            are ignored and listed in ``Prediction.ignored_ratings``.
-        item_ids : sequence of str, optional
-            Items to predict; all model items by default. Unknown ones are listed in
-            ``Prediction.unknown_items``.
-
-        Returns
-        -------
-        Prediction
-        """
-        self._check_fitted()
-        items, levels, ignored = self._encode_one(user_ratings)
-        cols, names, unknown = self._columns(item_ids)
-        query = None if item_ids is None else cols
-        dist = self._distribution_items(self._fold_in_one(items, levels), query)[0]
-        expected = dist @ self.scale_.values.astype(DTYPE)
-        return Prediction(names, expected, dist, unknown_items=unknown, ignored_ratings=ignored)
-
-    def transform(self, user_ratings: UserRatings | Sequence[UserRatings]) -> NDArray[np.floating]:
-        """Hidden features ``p(h | V)`` of one user, shape (F,), or many, shape (n, F)."""
-        self._check_fitted()
-        if is_user_batch(user_ratings):
-            codes = self._encode(user_ratings).codes  # type: ignore[arg-type]
-            result: NDArray[np.floating] = expit(self._fold_in(codes).x)
-            return result
-        items, levels, _ = self._encode_one(user_ratings)  # type: ignore[arg-type]
-        single: NDArray[np.floating] = expit(self._fold_in_one(items, levels).x[0])
-        return single
-
-    def free_energy(
-        self, user_ratings: UserRatings | Sequence[UserRatings]
-    ) -> float | NDArray[np.floating]:
-        """Free energy ``F(V)`` of one user's ratings (a float) or many (shape (n,)).
-
-        ``p(V)`` is proportional to ``exp(-F(V))`` among rating vectors of the same items;
-        unknown items are ignored.
-        """
-        self._check_fitted()
-        batch = is_user_batch(user_ratings)
-        users = user_ratings if batch else [user_ratings]
-        fe = self._free_energies(self._encode(users).codes)  # type: ignore[arg-type]
-        return fe if batch else float(fe[0])
-
-    def sample(
-        self,
-        user_ratings: UserRatings | None = None,
-        item_ids: Sequence[str] | None = None,
-        *,
-        n_samples: int = 1,
-        n_steps: int = 100,
-        random_state: int | np.random.Generator | None = None,
-    ) -> NDArray[np.float64]:
-        """Generate ratings from the model by block Gibbs sampling.
-
-        Parameters
-        ----------
-        user_ratings : mapping of str to float, optional
-            Starting state of the chains (its known items). Without it the chains
-            start from uniformly random levels.
-        item_ids : sequence of str, optional
-            The items to generate ratings for (the visible units present); by default
-            the known items of ``user_ratings``.
-        n_samples : int
-            Independent chains.
-        n_steps : int
-            Gibbs steps per chain (``v -> h -> v``).
-        random_state : int, numpy.random.Generator or None
-
-        Returns
-        -------
-        ndarray of shape (n_samples, n_items)
-            Sampled rating values, columns in the order of ``item_ids`` (or of the
-            known items of ``user_ratings``, in model order).
-
-        Raises
-        ------
-        UnknownItemError
-            If an item of ``item_ids`` is not known to the model.
-        ValueError
-            If no item is given, or ``n_samples`` / ``n_steps`` is not a positive int.
-        """
-        self._check_fitted()
-        n_samples = check_positive_int("n_samples", n_samples)
-        n_steps = check_positive_int("n_steps", n_steps)
-        rng = np.random.default_rng(random_state)
-        start_items = np.empty(0, dtype=np.int64)
-        start_levels = np.empty(0, dtype=np.int64)
-        if user_ratings is not None:
-            start_items, start_levels, _ = self._encode_one(user_ratings)
-        if item_ids is None:
-            query = start_items
-        elif isinstance(item_ids, str):
-            raise TypeError("item_ids must be a sequence of item ids, not a single string")
-        else:
-            query = np.asarray([self._column(item) for item in item_ids], dtype=np.int64)
-        if len(query) == 0:
-            raise ValueError("nothing to sample: give item_ids or ratings of known items")
-        # chains start at the given ratings where there are some, uniformly elsewhere
-        levels = rng.integers(0, self.scale_.n_levels, size=(n_samples, len(query)))
-        bias = self.visible_bias_[query]
-        if len(start_items):
-            pos, given = find_sorted(start_items, query)
-            levels[:, given] = start_levels[pos[given]]
-            # the conditioning offset comes from the ratings given (none: zero)
-            ub = self._fold_in_one(start_items, start_levels).user_bias
-            if ub is not None:
-                bias = bias + ub
-        weights = self.weights_[query]
-        for _ in range(n_steps):
-            hidden = fn.sample_hiddens(levels, weights, self.hidden_bias_, rng)
-            levels = fn.sample_visibles(hidden, weights, bias, rng)
-        return self.scale_.values[levels]
-
-    def similar_items(self, item_id: str, n: int = 10) -> list[tuple[str, float]]:
-        """The ``n`` items whose weights are most similar to ``item_id``'s (cosine).
-
-        Each item is represented by its weights ``W[m]`` (K x F, flattened); the item
-        itself is left out.
-
-        Raises
-        ------
-        UnknownItemError
-            If the model does not know ``item_id`` (a ``KeyError``).
-        """
-        self._check_fitted()
-        n = check_positive_int("n", n)
-        col = self._column(item_id)
-        units = self._cached("item_units", self._item_units)
-        sims = units @ units[col]
-        sims[col] = -np.inf
-        k = min(n, self.n_items_ - 1)
-        if k <= 0:
-            return []
-        part = np.argpartition(-sims, k - 1)[:k]
-        order = np.lexsort((part, -sims[part]))
-        return [(str(self.item_ids_[c]), float(sims[c])) for c in part[order]]
-
-    def _item_units(self) -> NDArray[np.floating]:
-        """Each item's weights, flattened, centred and scaled to unit length."""
-        flat = self.weights_.reshape(self.n_items_, -1).astype(DTYPE)
-        flat = flat - flat.mean(axis=1, keepdims=True)
-        norms = np.linalg.norm(flat, axis=1, keepdims=True)
-        units: NDArray[np.floating] = flat / np.maximum(norms, DTYPE(1e-12))
-        return units
 
     # -- persistence ------------------------------------------------------------------------
     def _artifact_state(self) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
