@@ -2,11 +2,16 @@
 
 Layout of an artifact directory::
 
-    metadata.json      format version, model class, hyperparameters, rating scale,
-                       item ids, training history, training-data fingerprint, array
-                       shapes and dtypes, and the caller's own metadata ("user")
+    metadata.json      format version, model class, hyperparameters, array shapes and
+                       dtypes, the caller's own metadata ("user"), and the estimator's
+                       learned metadata (for a SoftmaxRBM: rating scale, item ids,
+                       training history, training-data fingerprint, ...)
     arrays/<name>.npy  one learned array each (loadable with mmap)
     checksums.json     SHA-256 of every other file
+
+Any estimator of :mod:`rbm_core.base` can be saved: it names its learned arrays and
+metadata (see :class:`~rbm_core.base.BaseEstimator`), and ``model_class`` records its
+class (artifacts without it hold a :class:`~rbm_core.model.SoftmaxRBM`).
 
 Artifacts are data, never code: nothing is pickled and arrays load with
 ``allow_pickle=False``. Writing is atomic: the files go to a temporary directory
@@ -26,12 +31,14 @@ import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar, overload
 
 import numpy as np
 
+from rbm_core.base import BaseEstimator
+from rbm_core.baselines import BiasBaseline, GlobalMean, Popularity
 from rbm_core.model import SoftmaxRBM
-from rbm_core.scale import RatingScale, RatingScaleError
+from rbm_core.scale import RatingScaleError
 
 logger = logging.getLogger(__name__)
 
@@ -43,15 +50,20 @@ METADATA_FILE: Final = "metadata.json"
 CHECKSUM_FILE: Final = "checksums.json"
 ARRAY_DIR: Final = "arrays"
 
-_ARRAYS: Final = (
-    "weights_",
-    "visible_bias_",
-    "hidden_bias_",
-    "offset_weights_",
-    "item_means_",
-    "item_popularity_",
+ESTIMATORS: Final[dict[str, type[BaseEstimator]]] = {
+    cls.__name__: cls for cls in (SoftmaxRBM, BiasBaseline, GlobalMean, Popularity)
+}
+"""The estimators an artifact may hold, by the ``model_class`` it records."""
+
+_DEFAULT_CLASS: Final = "SoftmaxRBM"
+"""The class of artifacts written before ``model_class`` could name another."""
+
+_ENVELOPE: Final = frozenset(
+    {"format", "format_version", "model_class", "created_at", "hyperparameters", "arrays", "user"}
 )
-_SCALARS: Final = ("n_items_", "n_users_", "n_epochs_", "training_fingerprint_")
+"""metadata.json keys of the format itself; an estimator's metadata uses others."""
+
+E = TypeVar("E", bound=BaseEstimator)
 
 
 class ArtifactError(Exception):
@@ -88,26 +100,25 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def _hyperparameters(model: SoftmaxRBM) -> dict[str, Any]:
-    params = model.get_params()
-    # a Generator is run-time state, not a reproducible setting
-    if isinstance(params.get("random_state"), np.random.Generator):
-        params["random_state"] = None
-    cd = params["cd_steps"]
-    if not isinstance(cd, int | np.integer):
-        params["cd_steps"] = [[int(e), int(t)] for e, t in cd]
-    return params
+def _hyperparameters(model: BaseEstimator) -> dict[str, Any]:
+    # a Generator is run-time state, not a reproducible setting; tuples become lists
+    params = {
+        name: None if isinstance(value, np.random.Generator) else value
+        for name, value in model.get_params().items()
+    }
+    loaded: dict[str, Any] = json.loads(json.dumps(params, default=_json_default))
+    return loaded
 
 
 def save_model(
-    model: SoftmaxRBM, directory: Path | str, *, metadata: Mapping[str, Any] | None = None
+    model: BaseEstimator, directory: Path | str, *, metadata: Mapping[str, Any] | None = None
 ) -> Path:
     """Write a fitted model to a new artifact directory, atomically.
 
     Parameters
     ----------
-    model : SoftmaxRBM
-        A fitted model.
+    model : BaseEstimator
+        A fitted model of one of the :data:`ESTIMATORS`.
     directory : path
         The artifact directory to create; it must not exist (its parent must).
     metadata : mapping, optional
@@ -125,8 +136,11 @@ def save_model(
         metadata is not JSON-serialisable or writing fails (nothing is left behind).
     """
     target = Path(directory)
-    if not isinstance(model, SoftmaxRBM):
-        raise ArtifactError(f"can only save a SoftmaxRBM, got {type(model).__name__}")
+    # a subclass is saved as the estimator it extends
+    saved_as = next((c for c in type(model).__mro__ if ESTIMATORS.get(c.__name__) is c), None)
+    if saved_as is None:
+        known = ", ".join(ESTIMATORS)
+        raise ArtifactError(f"can only save a {known}; got a {type(model).__name__}")
     if not model.is_fitted:
         raise ArtifactError("cannot save a model that is not fitted")
     if target.exists():
@@ -138,26 +152,29 @@ def save_model(
         user_meta = json.loads(json.dumps(dict(metadata or {}), default=_json_default))
     except (TypeError, ValueError) as exc:
         raise ArtifactError(f"metadata is not JSON-serialisable: {exc}") from None
+    try:
+        params = _hyperparameters(model)
+    except (TypeError, ValueError) as exc:
+        raise ArtifactError(f"hyperparameters are not JSON-serialisable: {exc}") from None
 
-    arrays = {name.rstrip("_"): np.ascontiguousarray(getattr(model, name)) for name in _ARRAYS}
+    learned_arrays, learned_meta = model._artifact_state()
+    arrays = {name: np.ascontiguousarray(arr) for name, arr in learned_arrays.items()}
+    clash = _ENVELOPE & set(learned_meta)
+    if clash:
+        raise ArtifactError(f"{type(model).__name__} metadata uses reserved keys {sorted(clash)}")
     meta: dict[str, Any] = {
+        **learned_meta,
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
-        "model_class": "SoftmaxRBM",
+        "model_class": saved_as.__name__,
         "created_at": dt.datetime.now(dt.UTC).isoformat(),
-        "hyperparameters": _hyperparameters(model),
-        "rating_scale": list(model.scale_.levels),
-        "item_ids": [str(i) for i in model.item_ids_.tolist()],
-        "n_hidden": int(model.weights_.shape[2]),
-        "history": model.history_,
+        "hyperparameters": params,
         "arrays": {
             name: {"shape": list(arr.shape), "dtype": str(arr.dtype)}
             for name, arr in arrays.items()
         },
         "user": user_meta,
     }
-    for name in _SCALARS:
-        meta[name.rstrip("_")] = getattr(model, name)
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
     try:
@@ -268,7 +285,17 @@ def verify_artifact(directory: Path | str) -> None:
             raise ArtifactError(f"checksum mismatch for {rel} in {path}: the file is corrupt")
 
 
-def load_model(directory: Path | str, *, mmap: bool = True) -> SoftmaxRBM:
+@overload
+def load_model(directory: Path | str, *, mmap: bool = True) -> SoftmaxRBM: ...
+
+
+@overload
+def load_model(directory: Path | str, *, mmap: bool = True, estimator: type[E]) -> E: ...
+
+
+def load_model(
+    directory: Path | str, *, mmap: bool = True, estimator: type[BaseEstimator] = SoftmaxRBM
+) -> BaseEstimator:
     """Load a model saved by :func:`save_model`, verifying its checksums first.
 
     Parameters
@@ -278,51 +305,55 @@ def load_model(directory: Path | str, *, mmap: bool = True) -> SoftmaxRBM:
     mmap : bool
         Memory-map the arrays read-only (processes loading the same artifact share
         the pages) instead of reading them into private memory.
+    estimator : type
+        The class the caller expects (a :class:`~rbm_core.base.BaseEstimator` accepts
+        any); an artifact of another class is refused.
 
     Returns
     -------
-    SoftmaxRBM
+    SoftmaxRBM, or an instance of ``estimator``
         A fitted model, ready for inference (and for ``partial_fit`` if not mmapped).
 
     Raises
     ------
     ArtifactError
-        If the artifact is missing, corrupt, truncated or of another format version.
+        If the artifact is missing, corrupt, truncated, of another format version or
+        holds another class than ``estimator``.
     """
     path = Path(directory)
     verify_artifact(path)
     meta = read_artifact_metadata(path)
+    name = meta.get("model_class", _DEFAULT_CLASS)
+    cls = ESTIMATORS.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise ArtifactError(f"artifact {path} holds an unknown model class {name!r}")
+    if not issubclass(cls, estimator):
+        raise ArtifactError(f"artifact {path} holds a {name}, not a {estimator.__name__}")
     try:
-        params = dict(meta["hyperparameters"])
-        scale = RatingScale(tuple(float(v) for v in meta["rating_scale"]))
-        item_ids = np.asarray([str(i) for i in meta["item_ids"]], dtype=np.str_)
-        shapes = meta["arrays"]
-        model = SoftmaxRBM().set_params(**params)
-        for name in _ARRAYS:
-            key = name.rstrip("_")
+        model = cls().set_params(**dict(meta["hyperparameters"]))
+        arrays = {}
+        for key in (attribute.rstrip("_") for attribute in cls._array_attributes):
+            spec = meta["arrays"][key]
             file = path / ARRAY_DIR / f"{key}.npy"
-            arr = np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
-            spec = shapes[key]
+            try:
+                arr = np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
+            except OSError as exc:
+                raise ArtifactError(f"cannot read array {key} in {path}: {exc}") from None
             if list(arr.shape) != list(spec["shape"]) or str(arr.dtype) != spec["dtype"]:
                 raise ArtifactError(
                     f"array {key} in {path} has shape {arr.shape} / {arr.dtype}, "
                     f"expected {spec['shape']} / {spec['dtype']}"
                 )
-            setattr(model, name, arr)
-        for name in _SCALARS:
-            setattr(model, name, meta[name.rstrip("_")])
-        model.item_ids_ = item_ids
-        model.scale_ = scale
-        model.history_ = list(meta.get("history", []))
+            arrays[key] = arr
+        model._restore_artifact_state(arrays, meta)
     except ArtifactError:
         raise
     except (KeyError, TypeError, ValueError, RatingScaleError) as exc:
         raise ArtifactError(f"artifact {path} has invalid metadata: {exc!r}") from None
-    m, k, f = model.weights_.shape
-    if (m, k) != (len(item_ids), scale.n_levels) or model.visible_bias_.shape != (m, k):
-        raise ArtifactError(f"artifact {path} is inconsistent: array shapes do not match")
-    if model.hidden_bias_.shape != (f,) or model.item_popularity_.shape != (m,):
-        raise ArtifactError(f"artifact {path} is inconsistent: array shapes do not match")
+    try:
+        model._check_restored()
+    except ValueError as exc:
+        raise ArtifactError(f"artifact {path} is inconsistent: {exc}") from None
     try:
         model._validate_params()
     except ValueError as exc:

@@ -19,6 +19,8 @@ from rbm_core import (
     save_model,
     verify_artifact,
 )
+from rbm_core.base import BaseEstimator
+from rbm_core.baselines import BiasBaseline, GlobalMean, Popularity
 
 
 @pytest.fixture
@@ -202,3 +204,49 @@ def test_generator_random_state_is_not_persisted(
     loaded = load_model(save_model(model, tmp_path / "g"))
     assert loaded.random_state is None
     assert loaded.cd_steps == [[0, 1], [1, 2]]
+
+
+def test_artifacts_without_a_model_class_hold_a_softmax_rbm(saved: Path) -> None:
+    # artifacts written before model_class could name another estimator
+    _rewrite_metadata(saved, lambda m: m.pop("model_class"))
+    assert isinstance(load_model(saved), SoftmaxRBM)
+
+
+@pytest.mark.parametrize("cls", [BiasBaseline, GlobalMean, Popularity])
+def test_baselines_persist_too(cls, small_matrix: RatingMatrix, tmp_path: Path) -> None:
+    model = cls().fit(small_matrix)
+    path = save_model(model, tmp_path / "baseline")
+    assert read_artifact_metadata(path)["model_class"] == cls.__name__
+    loaded = load_model(path, estimator=cls)
+    assert type(loaded) is cls
+    assert loaded.get_params() == model.get_params()
+    for name in cls._array_attributes:
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(model, name))
+    assert loaded.global_mean_ == model.global_mean_
+    # a caller expecting the RBM is refused, one accepting any estimator is not
+    with pytest.raises(ArtifactError, match=f"holds a {cls.__name__}, not a SoftmaxRBM"):
+        load_model(path)
+    assert type(load_model(path, estimator=BaseEstimator)) is cls
+
+
+def test_unknown_model_classes_are_refused(saved: Path) -> None:
+    _rewrite_metadata(saved, lambda m: m.update(model_class="os.system"))
+    with pytest.raises(ArtifactError, match=r"unknown model class 'os\.system'"):
+        load_model(saved, estimator=BaseEstimator)
+
+
+def test_a_subclass_is_saved_as_the_estimator_it_extends(
+    small_matrix: RatingMatrix, tmp_path: Path
+) -> None:
+    class Tuned(SoftmaxRBM):
+        pass
+
+    model = Tuned(n_hidden=4, n_epochs=1, random_state=0).fit(small_matrix)
+    loaded = load_model(save_model(model, tmp_path / "t"))
+    assert type(loaded) is SoftmaxRBM
+
+    class NotAnEstimator:
+        is_fitted = True
+
+    with pytest.raises(ArtifactError, match="can only save a SoftmaxRBM, BiasBaseline"):
+        save_model(NotAnEstimator(), tmp_path / "x")  # type: ignore[arg-type]
