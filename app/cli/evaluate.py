@@ -78,7 +78,7 @@ def evaluate(
     Either --data DIR [--folds 1,2,3,4,5] for the ML-100K canonical folds, or
     --train FILE --test FILE for one split (reported as fold 1).
     """
-    from rbm_core import evaluation
+    from rbm_core import datasets, evaluation
     from rbm_core.movielens import DataFormatError
     from rbm_core.scale import RatingScale, RatingScaleError
 
@@ -108,11 +108,9 @@ def evaluate(
     try:
         factories = evaluation.default_models(params, names=names)
         if train is not None and test is not None:
-            splits = [evaluation.load_train_test(train, test)]
+            splits = [datasets.load_train_test(train, test)]
         else:
-            splits = evaluation.load_ml100k_folds(
-                data or Path(), _parse_folds(folds or "1,2,3,4,5")
-            )
+            splits = datasets.load_ml100k_folds(data or Path(), _parse_folds(folds or "1,2,3,4,5"))
         report = evaluation.evaluate(
             splits,
             factories,
@@ -121,7 +119,12 @@ def evaluate(
             relevance_threshold=relevance_threshold,
             progress=progress,
         )
-    except (FileNotFoundError, DataFormatError, evaluation.EvaluationError) as exc:
+    except (
+        FileNotFoundError,
+        DataFormatError,
+        datasets.DatasetError,
+        evaluation.EvaluationError,
+    ) as exc:
         fail(str(exc))
     result = report.to_dict()
     if as_json:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 M, K, F = 3, 3, 4
@@ -29,3 +32,10 @@ def codes_of(rows: list[dict[int, int]], n_items: int = M) -> sp.csr_matrix:
     m = sp.csr_matrix((np.asarray(d, dtype=np.int8), (r, c)), shape=(len(rows), n_items))
     m.sort_indices()
     return m
+
+
+def write_fold(directory: Path, fold: int, train: pd.DataFrame, test: pd.DataFrame) -> None:
+    """Write ``u{fold}.base`` / ``u{fold}.test`` in the ML-100K tab layout."""
+    for name, frame in ((f"u{fold}.base", train), (f"u{fold}.test", test)):
+        lines = [f"{u}\t{i}\t{r:g}\t0\n" for u, i, r in frame.itertuples(index=False)]
+        (directory / name).write_text("".join(lines))

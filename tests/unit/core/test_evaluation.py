@@ -10,22 +10,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from _core_support import write_fold
 
-from rbm_core import RatingMatrix, RatingScale, RatingScaleError, SoftmaxRBM
+from rbm_core import RatingMatrix, RatingScale, SoftmaxRBM
 from rbm_core.baselines import BiasBaseline, GlobalMean, Popularity
+from rbm_core.datasets import RatingSplit, load_ml100k_folds, load_train_test
 from rbm_core.evaluation import (
     EvaluationError,
-    RatingSplit,
     default_models,
     evaluate,
     evaluate_split,
-    infer_scale,
-    load_ml100k_folds,
-    load_train_test,
     metric_names,
-    read_rating_file,
 )
-from rbm_core.movielens import DataFormatError
 
 SCALE = RatingScale((1.0, 2.0, 3.0, 4.0, 5.0))
 
@@ -101,80 +97,6 @@ def test_users_without_relevant_items_leave_the_top_n_figures_empty() -> None:
     results, _ = evaluate_split(train, low, {"popularity": Popularity})
     assert results["popularity"]["n_ranked_users"] == 0
     assert results["popularity"]["ndcg_at_10"] is None
-
-
-# -- data loading -------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("values", "levels"),
-    [
-        ([1, 2, 3, 4, 5], (1, 2, 3, 4, 5)),
-        ([5, 1, 2, 4, 4], (1, 2, 3, 4, 5)),
-        ([0.5, 1.5, 5.0], tuple(np.arange(1, 11) / 2)),
-        ([1.0, 2.5, 7.0], (1.0, 2.5, 4.0, 5.5, 7.0)),
-        ([1.0, 2.0, math.pi], (1.0, 2.0, math.pi)),
-        ([0.1, 0.3, 0.4], (0.1, 0.2, 0.3, 0.4)),
-    ],
-)
-def test_infer_scale(values: list[float], levels: tuple[float, ...]) -> None:
-    assert infer_scale(values).levels == pytest.approx(levels)
-
-
-def test_infer_scale_needs_two_values() -> None:
-    with pytest.raises(RatingScaleError, match="two distinct"):
-        infer_scale([4.0, 4.0])
-    with pytest.raises(RatingScaleError, match="finite"):
-        infer_scale([1.0, float("nan")])
-
-
-def test_read_rating_file_formats(tmp_path: Path) -> None:
-    tab = tmp_path / "train.data"
-    tab.write_text("1\t10\t5\t881250949\n2\t10\t3\t881250950\n")
-    csv = tmp_path / "train.csv"
-    csv.write_text("userId,movieId,rating,timestamp\n1,10,4.5,1\n2,11,0.5,2\n")
-    assert read_rating_file(tab).to_dict("list") == {
-        "user_id": ["1", "2"],
-        "item_id": ["10", "10"],
-        "rating": [5.0, 3.0],
-    }
-    assert read_rating_file(csv)["rating"].tolist() == [4.5, 0.5]
-    misnamed = tmp_path / "train.txt"
-    misnamed.write_text(csv.read_text())
-    with pytest.raises(DataFormatError, match=r"\.csv"):
-        read_rating_file(misnamed)
-    with pytest.raises(FileNotFoundError):
-        read_rating_file(tmp_path / "absent.data")
-    bad = tmp_path / "bad.data"
-    bad.write_text("1\t10\t5\t1\n1\t11\tfive\t2\n")
-    with pytest.raises(DataFormatError, match=r"bad\.data:2"):
-        read_rating_file(bad)
-
-
-def _write_fold(directory: Path, fold: int, train: pd.DataFrame, test: pd.DataFrame) -> None:
-    for name, frame in ((f"u{fold}.base", train), (f"u{fold}.test", test)):
-        lines = [f"{u}\t{i}\t{r:g}\t0\n" for u, i, r in frame.itertuples(index=False)]
-        (directory / name).write_text("".join(lines))
-
-
-def test_load_ml100k_folds_and_its_errors(tmp_path: Path) -> None:
-    _write_fold(tmp_path, 2, TRAIN, TEST)
-    (split,) = load_ml100k_folds(tmp_path, [2])
-    assert split.fold == 2
-    assert len(split.train) == 5
-    assert len(split.test) == 4
-    assert split.source == "u2.base/u2.test"
-    with pytest.raises(FileNotFoundError, match=r"u1\.base"):
-        load_ml100k_folds(tmp_path, [1])
-    with pytest.raises(FileNotFoundError, match="no such directory"):
-        load_ml100k_folds(tmp_path / "nowhere")
-    with pytest.raises(EvaluationError, match=r"folds 1\.\.5"):
-        load_ml100k_folds(tmp_path, [6])
-    with pytest.raises(EvaluationError, match="twice"):
-        load_ml100k_folds(tmp_path, [2, 2])
-    with pytest.raises(EvaluationError, match="no folds"):
-        load_ml100k_folds(tmp_path, [])
-    (tmp_path / "u2.test").write_text("")
-    with pytest.raises(EvaluationError, match="test file has no ratings"):
-        load_ml100k_folds(tmp_path, [2])
 
 
 def test_default_models_refuses_unknown_names_and_parameters() -> None:
@@ -288,7 +210,7 @@ def test_ml100k_slice_side_by_side(ml_slice: RatingSplit) -> None:
 
 
 def test_load_train_test_is_fold_one(tmp_path: Path) -> None:
-    _write_fold(tmp_path, 3, TRAIN, TEST)
+    write_fold(tmp_path, 3, TRAIN, TEST)
     split = load_train_test(tmp_path / "u3.base", tmp_path / "u3.test")
     assert split.fold == 1
     report = evaluate([split], {"bias": BiasBaseline})
