@@ -1,4 +1,5 @@
-"""rbm_core.baselines: known answers on synthetic matrices, the estimator contract, ML-100K."""
+"""rbm_core.baselines: known answers on synthetic matrices and ML-100K (the contract is in
+test_estimator_contract.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rbm_core import NotFittedError, RatingMatrix, RatingScale, RatingScaleError
+from rbm_core import RatingMatrix, RatingScale
 from rbm_core.baselines import BiasBaseline, GlobalMean, Popularity
 from rbm_core.movielens import read_ratings
 
@@ -127,43 +128,6 @@ def test_popularity_by_damped_mean_shrinks_rare_items_towards_the_global_mean() 
     want = [(8 + 2 * mu) / 6, (10 + 2 * mu) / 4, (8 + 2 * mu) / 4, (5 + 2 * mu) / 3]
     assert model.item_score_ == pytest.approx(want)
     assert [r.item_id for r in model.recommend({}, n=4)] == ["q", "s", "r", "p"]
-
-
-@pytest.mark.parametrize("model", [BiasBaseline(), Popularity()])
-def test_batch_and_single_user_recommendations_agree(model: BiasBaseline | Popularity) -> None:
-    train = _additive()
-    model.fit(train)
-    users = [train.user_ratings("a"), {"x": 4.0}, {}]
-    batch = model.recommend(users, n=2)
-    assert batch == [model.recommend(u, n=2) for u in users]
-    scores, rated = model.score_batch(users)
-    assert scores.shape == (3, 3)
-    assert rated.getnnz(axis=1).tolist() == [3, 1, 0]
-
-
-@pytest.mark.parametrize("cls", [BiasBaseline, GlobalMean, Popularity])
-def test_estimator_contract(cls: type[BiasBaseline | GlobalMean | Popularity]) -> None:
-    model = cls()
-    assert not model.is_fitted
-    use = model.predict if isinstance(model, GlobalMean) else model.recommend
-    with pytest.raises(NotFittedError, match="not fitted"):
-        use({})
-    train = _additive()
-    assert model.fit(train) is model
-    assert model.item_ids_.tolist() == ["x", "y", "z"]
-    assert model.get_params() == cls().get_params()
-    with pytest.raises(TypeError):
-        model.fit("not a matrix")  # type: ignore[arg-type]
-    with pytest.raises(RatingScaleError):
-        use({"x": 3.5})
-
-
-def test_input_ratings_are_not_mutated() -> None:
-    model = BiasBaseline().fit(_additive())
-    ratings = {"x": 4.0, "unknown": 2.0}
-    model.predict(ratings)
-    model.recommend(ratings)
-    assert ratings == {"x": 4.0, "unknown": 2.0}
 
 
 @pytest.mark.parametrize(
