@@ -40,6 +40,7 @@ __all__ = [
     "NotFittedError",
     "Prediction",
     "RatingEstimator",
+    "RatingPrediction",
     "Recommendation",
     "Recommender",
     "UnknownItemError",
@@ -76,7 +77,7 @@ class Recommendation:
 
 
 @dataclass(frozen=True)
-class Prediction:
+class RatingPrediction:
     """Predicted ratings of one user for some items.
 
     Attributes
@@ -84,9 +85,7 @@ class Prediction:
     item_ids : list of str
         The known items asked for (or every model item), in order.
     expected : ndarray of shape (n,)
-        Expected rating (value units) under ``distribution``.
-    distribution : ndarray of shape (n, K)
-        ``p(rating = level k)`` for each item; rows sum to one.
+        Predicted (expected) rating of each item, in value units.
     unknown_items : list of str
         Items asked for that the model does not know (no prediction made).
     ignored_ratings : list of str
@@ -95,9 +94,22 @@ class Prediction:
 
     item_ids: list[str]
     expected: NDArray[np.floating]
-    distribution: NDArray[np.floating]
     unknown_items: list[str] = field(default_factory=list)
     ignored_ratings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Prediction(RatingPrediction):
+    """A :class:`RatingPrediction` with a distribution over the rating levels.
+
+    Attributes
+    ----------
+    distribution : ndarray of shape (n, K)
+        ``p(rating = level k)`` for each item; rows sum to one, and ``expected`` is
+        the expected rating under it.
+    """
+
+    distribution: NDArray[np.floating]
 
 
 @dataclass(frozen=True)

@@ -17,42 +17,19 @@ prediction time (unknown items ignored and reported), and, for the rankers,
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
-from rbm_core.base import RatingEstimator, Recommender
+from rbm_core.base import RatingEstimator, RatingPrediction, Recommender
 from rbm_core.checks import check_choice, check_number, check_positive_int, check_rating_matrix
 from rbm_core.data import RatingMatrix, UserRatings
 
-__all__ = ["BiasBaseline", "GlobalMean", "Popularity", "RatingPrediction"]
+__all__ = ["BiasBaseline", "GlobalMean", "Popularity"]
 
 PopularityScore = Literal["count", "damped_mean"]
-
-
-@dataclass(frozen=True)
-class RatingPrediction:
-    """Predicted ratings of one user for some items (a baseline has no distribution).
-
-    Attributes
-    ----------
-    item_ids : list of str
-        The known items asked for (or every model item), in order.
-    expected : ndarray of shape (n,)
-        Predicted rating of each item.
-    unknown_items : list of str
-        Items asked for that the model does not know (no prediction made).
-    ignored_ratings : list of str
-        Rated items the model does not know (left out of the fold-in).
-    """
-
-    item_ids: list[str]
-    expected: NDArray[np.float64]
-    unknown_items: list[str] = field(default_factory=list)
-    ignored_ratings: list[str] = field(default_factory=list)
 
 
 class _Baseline(RatingEstimator):

@@ -264,12 +264,27 @@ def exact_marginal_distribution(
     step = max(1, _GATHER_CHUNK_BYTES // per_user)
     for lo in range(0, n, step):
         hi = min(lo + step, n)
-        logits = softplus(hidden_in[lo:hi, None, None, :] + weights[None]).sum(axis=-1)
-        logits += visible_bias
-        if user_bias is not None:
-            logits += user_bias[lo:hi, None, :]
-        out[lo:hi] = softmax(logits, axis=-1)
+        ub = None if user_bias is None else user_bias[lo:hi, None, :]
+        out[lo:hi] = _exact_marginal(hidden_in[lo:hi, None, :], weights, visible_bias, ub)
     return out
+
+
+def _exact_marginal(
+    hidden_in: FloatArray,
+    weights: FloatArray,
+    visible_bias: FloatArray,
+    user_bias: FloatArray | None,
+) -> FloatArray:
+    """``softmax_k(b^k + u^k + sum_j softplus(x_j + W_j^k))`` over broadcast leading axes.
+
+    ``hidden_in`` (..., F) meets ``weights`` (..., K, F); ``visible_bias`` and
+    ``user_bias`` are (..., K).
+    """
+    logits = softplus(hidden_in[..., None, :] + weights).sum(axis=-1)
+    logits += visible_bias
+    if user_bias is not None:
+        logits += user_bias
+    return softmax(logits, axis=-1)
 
 
 # -- energies ------------------------------------------------------------------------
@@ -505,10 +520,7 @@ def exact_marginal_at(
     out = np.empty((n_pairs, k), dtype=weights.dtype)
     chunk = max(1, _GATHER_CHUNK_BYTES // (k * f * weights.dtype.itemsize))
     for lo in range(0, n_pairs, chunk):
-        hi = min(lo + chunk, n_pairs)
-        logits = softplus(hidden_in[rows[lo:hi], None, :] + weights[items[lo:hi]]).sum(axis=-1)
-        logits += visible_bias[items[lo:hi]]
-        if user_bias is not None:
-            logits += user_bias[rows[lo:hi]]
-        out[lo:hi] = softmax(logits, axis=-1)
+        r, q = rows[lo : lo + chunk], items[lo : lo + chunk]
+        ub = None if user_bias is None else user_bias[r]
+        out[lo : lo + chunk] = _exact_marginal(hidden_in[r], weights[q], visible_bias[q], ub)
     return out

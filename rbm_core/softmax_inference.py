@@ -200,7 +200,7 @@ class SoftmaxRBMInference(Recommender):
         query = None if item_ids is None else cols
         dist = self._distribution_items(self._fold_in_one(items, levels), query)[0]
         expected = dist @ self.scale_.values.astype(DTYPE)
-        return Prediction(names, expected, dist, unknown_items=unknown, ignored_ratings=ignored)
+        return Prediction(names, expected, unknown, ignored, distribution=dist)
 
     def transform(self, user_ratings: UserRatings | Sequence[UserRatings]) -> NDArray[np.floating]:
         """Hidden features ``p(h | V)`` of one user, shape (F,), or many, shape (n, F)."""
