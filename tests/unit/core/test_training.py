@@ -185,7 +185,7 @@ def test_early_stopping_keeps_the_best_epoch(higher_is_better: bool) -> None:
 
 
 def test_divergence_is_a_named_error() -> None:
-    model = MeanFit(learning_rate=float("inf"))
+    model = MeanFit(learning_rate=float("nan"))
     with pytest.raises(TrainingDivergedError, match="non-finite weights after epoch 1"):
         run_epochs(
             model, np.ones(4), n_cases=4, n_epochs=3, batch_size=2, rng=np.random.default_rng(0)
