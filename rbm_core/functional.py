@@ -362,9 +362,18 @@ def energy(
 
 # -- the conditional visible bias -------------------------------------------------------
 def shrunk_mean(total: ArrayLike, count: ArrayLike, shrinkage: float) -> FloatArray:
-    """``total / (count + shrinkage)``: a mean shrunk towards 0 by ``shrinkage`` pseudo-counts."""
-    out: FloatArray = np.asarray(total, dtype=np.float64) / (
-        np.asarray(count, dtype=np.float64) + shrinkage
+    """``total / (count + shrinkage)``: a mean shrunk towards 0 by ``shrinkage`` pseudo-counts.
+
+    A mean of nothing (``count == 0``) is 0 whatever the shrinkage, ``shrinkage = 0``
+    included, where the formula would be 0 / 0.
+    """
+    numerator = np.asarray(total, dtype=np.float64)
+    denominator = np.asarray(count, dtype=np.float64) + shrinkage
+    out: FloatArray = np.divide(
+        numerator,
+        denominator,
+        out=np.zeros(np.broadcast(numerator, denominator).shape),
+        where=denominator > 0,
     )
     return out
 
@@ -376,6 +385,8 @@ def user_offsets(
     shrinkage: float,
 ) -> FloatArray:
     """Each user's rating offset ``z_u = sum_i (r_ui - mean_i) / (n_u + lambda)``.
+
+    A user without ratings has ``z_u = 0`` (see :func:`shrunk_mean`).
 
     Parameters
     ----------

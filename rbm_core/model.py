@@ -108,7 +108,8 @@ class SoftmaxRBM(SoftmaxRBMInference):
     user_offset : bool
         Condition the visible biases on the user's rating offset (see above).
     offset_shrinkage : float
-        Pseudo-count ``lambda`` of ``z_u = sum_i (r_ui - mean_i) / (n_u + lambda)``.
+        Pseudo-count ``lambda`` of ``z_u = sum_i (r_ui - mean_i) / (n_u + lambda)``,
+        >= 0; a user without ratings has ``z_u = 0`` (also for ``lambda = 0``).
     early_stopping : bool
         Stop when the validation RMSE has not improved for ``n_iter_no_change`` epochs
         and keep the best epoch's weights. Without an explicit validation matrix,

@@ -215,3 +215,10 @@ def test_user_offsets_match_their_definition() -> None:
     assert fn.shrunk_mean(6.0, 2, 1.0) == pytest.approx(2.0)
     a = np.array([-1.0, 0.0, 2.0])
     np.testing.assert_allclose(fn.offset_bias(z, a), np.outer(z, a))
+
+
+def test_a_mean_of_nothing_without_shrinkage_is_zero() -> None:
+    np.testing.assert_array_equal(fn.shrunk_mean(np.zeros(2), np.array([0, 2]), 0.0), [0.0, 0.0])
+    codes = codes_of([{}, {0: 2}])
+    z = fn.user_offsets(codes, np.array([1.0, 2.0, 3.0]), np.array([2.0, 2.0, 2.0]), 0.0)
+    np.testing.assert_array_equal(z, [0.0, 1.0])

@@ -275,3 +275,23 @@ def test_predict_with_no_known_item_asked_for(small_model: SoftmaxRBM, predictio
         assert pred.expected.shape == (0,)
         assert pred.distribution.shape == (0, 5)
         assert pred.unknown_items == asked
+
+
+def test_no_shrinkage_is_well_defined_for_a_user_without_ratings(small_matrix) -> None:
+    # z_u = sum_i (r_ui - mean_i) / (n_u + lambda) is 0/0 for lambda = 0 and no ratings:
+    # such a user has no offset (z_u = 0), in the batched and the single-user path
+    model = SoftmaxRBM(n_hidden=8, n_epochs=3, offset_shrinkage=0.0, random_state=0)
+    model.fit(small_matrix)
+    with np.errstate(all="raise"):
+        alone = model.score_items({})
+        scores, _ = model.score_batch([{}, {model.item_ids_[0]: 4.0}])
+        pred = model.predict({})
+    assert np.isfinite(alone.score).all()
+    assert np.isfinite(scores).all()
+    np.testing.assert_allclose(scores[0], alone.score, rtol=1e-6)
+    assert np.isfinite(pred.expected).all()
+    assert len(model.recommend([{}], n=5)[0]) == 5
+    assert len(model.recommend({}, n=5)) == 5
+    # no offset: the prediction of a user without offset weights' help
+    plain = copy.deepcopy(model).set_params(user_offset=False)
+    np.testing.assert_allclose(pred.distribution, plain.predict({}).distribution, rtol=1e-6)
