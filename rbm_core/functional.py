@@ -237,11 +237,18 @@ def exact_marginal_distribution(
     weights: FloatArray,
     visible_bias: FloatArray,
     user_bias: FloatArray | None = None,
+    keep: float = 1.0,
 ) -> FloatArray:
     """Exact ``p(v_q = k | V)``, summing over all ``2^F`` hidden states analytically.
 
     ``p(v_q = k | V)`` is proportional to ``exp(b_q^k) * prod_j (1 + exp(x_j + W_qj^k))``
     where ``x`` is the hidden input given ``V`` (:func:`hidden_input`).
+
+    Under dropout (each hidden unit kept with probability ``keep``) it is the
+    normalised geometric mean over the dropout masks of the exact marginals, weighted
+    by their probabilities: each unit's factor is raised to the power ``keep``,
+    ``exp(b_q^k) * prod_j (1 + exp(x_j + W_qj^k)) ** keep`` (the rule of weight scaling
+    in dropout networks, Srivastava et al. 2014, for the softmax of an RBM).
 
     Parameters
     ----------
@@ -251,6 +258,8 @@ def exact_marginal_distribution(
     visible_bias : ndarray of shape (Q, K)
     user_bias : ndarray of shape (n_users, K), optional
         Per-user term added to every logit of that user.
+    keep : float
+        Probability of keeping a hidden unit (``1 - dropout``); 1 without dropout.
 
     Returns
     -------
@@ -265,7 +274,8 @@ def exact_marginal_distribution(
     for lo in range(0, n, step):
         hi = min(lo + step, n)
         ub = None if user_bias is None else user_bias[lo:hi, None, :]
-        out[lo:hi] = _exact_marginal(hidden_in[lo:hi, None, :], weights, visible_bias, ub)
+        x = hidden_in[lo:hi, None, :]
+        out[lo:hi] = _exact_marginal(x, weights, visible_bias, ub, keep)
     return out
 
 
@@ -274,13 +284,16 @@ def _exact_marginal(
     weights: FloatArray,
     visible_bias: FloatArray,
     user_bias: FloatArray | None,
+    keep: float,
 ) -> FloatArray:
-    """``softmax_k(b^k + u^k + sum_j softplus(x_j + W_j^k))`` over broadcast leading axes.
+    """``softmax_k(b^k + u^k + keep * sum_j softplus(x_j + W_j^k))`` over leading axes.
 
     ``hidden_in`` (..., F) meets ``weights`` (..., K, F); ``visible_bias`` and
     ``user_bias`` are (..., K).
     """
     logits = softplus(hidden_in[..., None, :] + weights).sum(axis=-1)
+    if keep != 1.0:
+        logits *= logits.dtype.type(keep)
     logits += visible_bias
     if user_bias is not None:
         logits += user_bias
@@ -520,11 +533,12 @@ def exact_marginal_at(
     rows: NDArray[np.integer],
     items: NDArray[np.integer],
     user_bias: FloatArray | None = None,
+    keep: float = 1.0,
 ) -> FloatArray:
     """Exact marginal distributions for (user, item) pairs, shape (n_pairs, K).
 
-    See :func:`exact_marginal_distribution`; ``hidden_in`` holds the hidden inputs
-    ``x`` of the users, shape (n_users, F).
+    See :func:`exact_marginal_distribution` (``keep`` included); ``hidden_in`` holds
+    the hidden inputs ``x`` of the users, shape (n_users, F).
     """
     _, k, f = weights.shape
     n_pairs = len(rows)
@@ -533,5 +547,5 @@ def exact_marginal_at(
     for lo in range(0, n_pairs, chunk):
         r, q = rows[lo : lo + chunk], items[lo : lo + chunk]
         ub = None if user_bias is None else user_bias[r]
-        out[lo : lo + chunk] = _exact_marginal(hidden_in[r], weights[q], visible_bias[q], ub)
+        out[lo : lo + chunk] = _exact_marginal(hidden_in[r], weights[q], visible_bias[q], ub, keep)
     return out

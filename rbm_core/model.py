@@ -92,7 +92,7 @@ class SoftmaxRBM(SoftmaxRBMInference):
         ``[[0, 1], [20, 3], [30, 5]]``.
     prediction : {"mean_field", "exact"}
         How ``p(v_q | V)`` is computed: mean-field (one pass through ``p(h | V)``) or the
-        exact marginal over the hidden units.
+        exact marginal over the hidden units. Both account for ``hidden_dropout``.
     ranking : {"expected", "p_high", "p_high_popularity"}
         The score ``recommend`` sorts by: the expected rating, the probability of a
         rating >= ``high_rating``, or that probability times the item's training
@@ -104,7 +104,9 @@ class SoftmaxRBM(SoftmaxRBMInference):
     hidden_dropout : float
         Probability of dropping each hidden unit per user and CD step (Srivastava et
         al., 2014); mean-field prediction scales the hidden probabilities by
-        ``1 - hidden_dropout``. 0 disables it.
+        ``1 - hidden_dropout``, exact prediction each unit's factor of the marginal
+        (the geometric mean over dropout masks, see
+        :func:`~rbm_core.functional.exact_marginal_distribution`). 0 disables it.
     user_offset : bool
         Condition the visible biases on the user's rating offset (see above).
     offset_shrinkage : float

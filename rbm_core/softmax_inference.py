@@ -106,8 +106,13 @@ class SoftmaxRBMInference(Recommender):
         """Hidden probabilities as the visible layer sees them (scaled for dropout)."""
         p: NDArray[np.floating] = expit(x)
         if self.hidden_dropout:
-            p *= DTYPE(1.0 - float(self.hidden_dropout))
+            p *= DTYPE(self._keep)
         return p
+
+    @property
+    def _keep(self) -> float:
+        """Probability that a hidden unit is present (``1 - hidden_dropout``)."""
+        return 1.0 - float(self.hidden_dropout)
 
     def _distribution_at(
         self, fold: _FoldIn, rows: NDArray[np.int64], items: NDArray[np.int64]
@@ -115,7 +120,7 @@ class SoftmaxRBMInference(Recommender):
         """``p(v_q | V)`` for (user row, item) pairs, shape (n_pairs, K)."""
         if self.prediction == "exact":
             return fn.exact_marginal_at(
-                fold.x, self.weights_, self.visible_bias_, rows, items, fold.user_bias
+                fold.x, self.weights_, self.visible_bias_, rows, items, fold.user_bias, self._keep
             )
         return fn.mean_field_at(
             self._top_down(fold.x), self.weights_, self.visible_bias_, rows, items, fold.user_bias
@@ -132,7 +137,7 @@ class SoftmaxRBMInference(Recommender):
         if query is not None:
             w, b = w[query], b[query]
         if self.prediction == "exact":
-            return fn.exact_marginal_distribution(fold.x, w, b, fold.user_bias)
+            return fn.exact_marginal_distribution(fold.x, w, b, fold.user_bias, self._keep)
         return fn.mean_field_distribution(self._top_down(fold.x), w, b, fold.user_bias)
 
     # -- scoring (the hooks of Recommender) ---------------------------------------------------

@@ -222,3 +222,33 @@ def test_a_mean_of_nothing_without_shrinkage_is_zero() -> None:
     codes = codes_of([{}, {0: 2}])
     z = fn.user_offsets(codes, np.array([1.0, 2.0, 3.0]), np.array([2.0, 2.0, 2.0]), 0.0)
     np.testing.assert_array_equal(z, [0.0, 1.0])
+
+
+def test_exact_marginal_under_dropout_is_the_geometric_mean_over_masks(params) -> None:
+    # each hidden unit is kept with probability `keep`; per mask m the exact p(v_q | V, m)
+    # sums over the kept units' states only. The prediction is the normalised geometric
+    # mean of those distributions, weighted by the masks' probabilities
+    w, b, c = params
+    u = np.array([0.2, -0.3, 0.6])
+    v = {0: 2, 1: 0}
+    query, keep = 2, 0.6
+    log_mean = np.zeros(K)
+    for mask in itertools.product([0.0, 1.0], repeat=F):
+        m = np.array(mask)
+        p_mask = np.prod(np.where(m == 1.0, keep, 1.0 - keep))
+        states = [h for h in all_hidden_states() if np.all(h <= m)]
+        joint = np.array(
+            [
+                logsumexp([-brute_energy({**v, query: k}, h, w, b, c, u) for h in states])
+                for k in range(K)
+            ]
+        )
+        log_mean += p_mask * (joint - logsumexp(joint))
+    expected = np.exp(log_mean - logsumexp(log_mean))
+    x = fn.hidden_input(fn.one_hot_visible(codes_of([v]), K, np.float64), w, c)
+    got = fn.exact_marginal_distribution(x, w[[query]], b[[query]], u[None, :], keep=keep)
+    np.testing.assert_allclose(got[0, 0], expected, rtol=1e-10)
+    at_pairs = fn.exact_marginal_at(
+        x, w, b, np.array([0]), np.array([query]), u[None, :], keep=keep
+    )
+    np.testing.assert_allclose(at_pairs[0], expected, rtol=1e-10)

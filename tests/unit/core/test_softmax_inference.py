@@ -295,3 +295,25 @@ def test_no_shrinkage_is_well_defined_for_a_user_without_ratings(small_matrix) -
     # no offset: the prediction of a user without offset weights' help
     plain = copy.deepcopy(model).set_params(user_offset=False)
     np.testing.assert_allclose(pred.distribution, plain.predict({}).distribution, rtol=1e-6)
+
+
+@pytest.mark.parametrize("prediction", ["mean_field", "exact"])
+def test_hidden_dropout_shapes_both_kinds_of_prediction(small_matrix, prediction: str) -> None:
+    # a unit kept with probability 1 - d: mean field scales p(h | V) by 1 - d, the exact
+    # marginal scales each unit's log-term softplus(x_j + W_qj^k) by 1 - d
+    model = SoftmaxRBM(
+        n_hidden=8, n_epochs=3, hidden_dropout=0.5, prediction=prediction, random_state=0
+    ).fit(small_matrix)
+    m = model
+    ratings = {m.item_ids_[0]: 4.0, m.item_ids_[3]: 1.0}
+    x = (m.hidden_bias_ + m.weights_[0, 3] + m.weights_[3, 0]).astype(np.float64)
+    z = ((4.0 - m.item_means_[0]) + (1.0 - m.item_means_[3])) / (2 + m.offset_shrinkage)
+    if prediction == "exact":
+        hidden_term = np.logaddexp(0.0, x + m.weights_).sum(axis=-1)
+    else:
+        hidden_term = m.weights_ @ expit(x)
+    logits = m.visible_bias_ + z * m.offset_weights_ + 0.5 * hidden_term
+    expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(m.predict(ratings).distribution, expected, rtol=1e-4, atol=1e-6)
+    scores, _ = m.score_batch([ratings])
+    np.testing.assert_allclose(scores[0], m.score_items(ratings).score, rtol=1e-5)
