@@ -26,7 +26,7 @@ from rbm_core.functional import (
     visible_logits_at,
 )
 
-__all__ = ["CDStatistics", "cd_statistics"]
+__all__ = ["CDStatistics", "cd_statistics", "offset_weights_gradient"]
 
 
 @dataclass(frozen=True)
@@ -189,3 +189,25 @@ def cd_statistics(
         squared_error=squared_error,
         n_ratings=len(items),
     )
+
+
+def offset_weights_gradient(offsets: FloatArray, d_user_bias: FloatArray) -> FloatArray:
+    """Gradient of the offset weights ``a``, averaged over the users like the others.
+
+    The conditional visible bias of user ``u`` is ``a_k z_u``, so
+    ``d a_k = (1/n_users) sum_u z_u d u_k(u)``, with ``d u(u)`` from
+    :attr:`CDStatistics.d_user_bias`.
+
+    Parameters
+    ----------
+    offsets : ndarray of shape (n_users,)
+        ``z_u`` of each user of the batch.
+    d_user_bias : ndarray of shape (n_users, K)
+        Per-user gradient of the conditional visible bias (not averaged).
+
+    Returns
+    -------
+    ndarray of shape (K,)
+    """
+    grad: FloatArray = (offsets[:, None] * d_user_bias).sum(axis=0) / max(len(offsets), 1)
+    return grad

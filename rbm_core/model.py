@@ -27,7 +27,7 @@ from rbm_core.checks import (
     check_rating_matrix,
     check_same_scale,
 )
-from rbm_core.contrastive_divergence import CDStatistics, cd_statistics
+from rbm_core.contrastive_divergence import CDStatistics, cd_statistics, offset_weights_gradient
 from rbm_core.data import RatingMatrix
 from rbm_core.scale import RatingScaleError
 from rbm_core.softmax_inference import (
@@ -432,9 +432,7 @@ class SoftmaxRBM(SoftmaxRBMInference):
         training.momentum_step(self.hidden_bias_, vh, stats.d_hidden_bias, lr, momentum)
         d_offset = None
         if offsets is not None:
-            # the offset weights are shared by all items: average over the batch's ratings
-            grad = (offsets[:, None] * stats.d_user_bias).sum(axis=0) / max(stats.n_ratings, 1)
-            d_offset = grad.astype(DTYPE)
+            d_offset = offset_weights_gradient(offsets, stats.d_user_bias).astype(DTYPE)
         training.momentum_step(self.offset_weights_, vo, d_offset, lr, momentum)
 
     def _update_buffer(self) -> NDArray[np.floating]:

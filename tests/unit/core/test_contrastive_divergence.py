@@ -8,7 +8,7 @@ from _core_support import F, K, M, codes_of, tiny_params
 from scipy.special import expit, logsumexp
 
 from rbm_core import functional as fn
-from rbm_core.contrastive_divergence import CDStatistics, cd_statistics
+from rbm_core.contrastive_divergence import CDStatistics, cd_statistics, offset_weights_gradient
 
 
 @pytest.fixture
@@ -102,3 +102,10 @@ def test_cd_gradient_points_uphill_on_the_data_likelihood() -> None:
         c = c + 0.5 * s.d_hidden_bias
     after = fn.exact_marginal_distribution(fn.hidden_input(visible, w, c), w[:1], b[:1])[0, 0, 2]
     assert after > before + 0.3
+
+
+def test_offset_weights_gradient_is_a_mean_over_users() -> None:
+    offsets = np.array([0.5, -1.0, 0.0, 2.0])
+    d_user_bias = np.arange(12, dtype=float).reshape(4, 3) - 5.0
+    want = sum(z * d for z, d in zip(offsets, d_user_bias, strict=True)) / 4
+    np.testing.assert_allclose(offset_weights_gradient(offsets, d_user_bias), want)

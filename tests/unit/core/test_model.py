@@ -17,6 +17,7 @@ from rbm_core import (
     TrainingDivergedError,
     training,
 )
+from rbm_core.contrastive_divergence import cd_statistics
 
 
 def fit_small(matrix: RatingMatrix, **params) -> SoftmaxRBM:
@@ -217,3 +218,29 @@ def test_blas_thread_limit_applies_during_fit_only(small_matrix: RatingMatrix) -
     assert seen
     assert all(threads == [1] * len(before) for threads in seen)
     assert blas_threads() == before
+
+
+def test_offset_weights_gradient_is_averaged_per_user_like_the_others(small_matrix) -> None:
+    # every gradient of a CD step is a mean over the batch's users; the offset weights'
+    # too: d a_k = (1/n_users) sum_u z_u sum_i (v_data - v_recon)_uik
+    model = fit_small(small_matrix, momentum=0.0, weight_decay=0.0)
+    codes = small_matrix.codes[:20]
+    offsets = model._user_offsets(codes)
+    stats = cd_statistics(
+        codes,
+        model.weights_,
+        model.visible_bias_,
+        model.hidden_bias_,
+        DEFAULT_SCALE.values.astype(DTYPE),
+        1,
+        np.random.default_rng(0),
+        user_bias=model._user_bias(offsets),
+    )
+    a_before, c_before = model.offset_weights_.copy(), model.hidden_bias_.copy()
+    model._apply_update(stats, offsets, 0.1)
+    per_user = (offsets[:, None] * stats.d_user_bias).sum(axis=0) / codes.shape[0]
+    assert stats.n_ratings > 2 * codes.shape[0]  # per rating would be far smaller
+    np.testing.assert_allclose((model.offset_weights_ - a_before) / 0.1, per_user, rtol=1e-3)
+    np.testing.assert_allclose(
+        (model.hidden_bias_ - c_before) / 0.1, stats.d_hidden_bias, rtol=1e-3, atol=1e-6
+    )
