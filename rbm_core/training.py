@@ -32,6 +32,7 @@ __all__ = [
     "EpochTrainable",
     "HeldOutRatings",
     "TrainingDivergedError",
+    "aligned_rows",
     "blas_thread_limit",
     "cd_schedule",
     "decayed_learning_rate",
@@ -39,6 +40,7 @@ __all__ = [
     "momentum_step",
     "run_epochs",
     "steps_at",
+    "subsample_rows",
 ]
 
 logger = logging.getLogger(__name__)
