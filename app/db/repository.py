@@ -38,7 +38,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.db.models import Item, Rating, utcnow
+from app.db.tables import Item, Rating
+from app.db.types import utcnow
 from app.domain import UnknownItemError, configured_scale, validate_id, validate_rating
 from rbm_core.scale import RatingScale
 

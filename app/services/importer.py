@@ -38,7 +38,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db import repository
-from app.db.models import SQLITE_UTCNOW
+from app.db.types import SQLITE_UTCNOW
 from app.domain import ID_PATTERN, InvalidIdError, InvalidRatingError, validate_id, validate_rating
 from rbm_core.movielens import (
     DataFormatError,

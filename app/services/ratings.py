@@ -19,7 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app.db import repository
-from app.db.models import Item, Rating
+from app.db.tables import Item, Rating
 from app.domain import InvalidRatingError, UnknownItemError, validate_rating
 from rbm_core.scale import RatingScale
 

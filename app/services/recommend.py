@@ -27,7 +27,7 @@ from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
 from app.db import repository
-from app.db.models import Item
+from app.db.tables import Item
 from app.services.model_holder import LoadedModel
 from rbm_core.model import UnknownItemError as ModelUnknownItemError
 

@@ -27,7 +27,7 @@ from typing import Any, Final
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
-from app.db.models_registry import ModelVersion
+from app.db.tables import ModelVersion
 
 logger = logging.getLogger(__name__)
 

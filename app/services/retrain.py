@@ -62,9 +62,8 @@ from numpy.typing import NDArray
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db.models import Rating
-from app.db.models_registry import RUN_TRIGGERS, ModelVersion, TrainingRun
 from app.db.repository import RatingsSnapshot, read_ratings_snapshot
+from app.db.tables import RUN_TRIGGERS, ModelVersion, Rating, TrainingRun
 from app.services import registry
 from app.services.locks import LockBusyError, RetrainLock
 from app.services.registry import ModelVersionInfo

@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 from app.cli import cli
 from app.db import repository as repo
-from app.db.models import Item, Rating
+from app.db.tables import Item, Rating
 from app.services import movielens_download as dl
 from app.services.importer import import_movielens
 from app.settings import get_settings

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.api.main import create_app
 from app.db import migrate
 from app.db.engine import make_engine
-from app.db.models_registry import ModelVersion
+from app.db.tables import ModelVersion
 from app.services import registry, retrain
 from app.services.registry import (
     ArtifactIntegrityError,

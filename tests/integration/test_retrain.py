@@ -27,9 +27,8 @@ from _registry_support import (
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db.models import Rating
-from app.db.models_registry import ModelVersion, TrainingRun
 from app.db.repository import count_ratings, read_ratings_snapshot
+from app.db.tables import ModelVersion, Rating, TrainingRun
 from app.services import registry, retrain
 from app.services.locks import LockBusyError, RetrainLock
 from app.services.retrain import (

@@ -11,7 +11,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import repository as repo
-from app.db.models import Item, Rating
+from app.db.tables import Item, Rating
 from app.domain import InvalidIdError, InvalidRatingError, UnknownItemError
 from rbm_core.scale import RatingScale
 
