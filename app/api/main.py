@@ -30,7 +30,7 @@ from app.api.middleware import BodySizeLimitMiddleware
 from app.api.openapi_links import add_openapi_links
 from app.api.security import log_security_posture
 from app.api.security_headers import SecurityHeadersMiddleware
-from app.db.engine import is_sqlite, make_engine, make_sessionmaker
+from app.db.engine import engine_from_settings, is_sqlite, make_sessionmaker
 from app.services.model_holder import ModelHolder, poll_forever
 from app.services.recommend import CatalogCache
 from app.services.serving_cache import ServingCache, default_cache_root
@@ -147,7 +147,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     # server's pool: BLAS threads on top of those oversubscribe the cores (measured:
     # 7x fewer recommendations per second with OpenBLAS's default threads).
     blas = threadpool_limits(limits=1, user_api="blas")
-    engine = make_engine(settings.database_url, timeout_seconds=settings.db_timeout_seconds)
+    engine = engine_from_settings(settings)
     session_factory = make_sessionmaker(engine)
     # Read-only handlers skip BEGIN/COMMIT on PostgreSQL (same pool); SQLite keeps
     # its own transaction handling.

@@ -6,8 +6,7 @@ import json
 
 import typer
 
-from app.cli.common import fail, load_settings
-from app.cli.models import model_params, open_store
+from app.cli.common import fail, load_settings, model_params, open_store
 from app.services.locks import LockBusyError
 from app.services.retrain import RetrainError, TrainingRunInfo, run_retrain, train_and_activate
 

@@ -10,6 +10,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.settings import Settings
+
 PING_AFTER_IDLE_SECONDS: Final = 1.0
 """A pooled PostgreSQL connection idle for longer is pinged before it is used."""
 
@@ -88,6 +90,15 @@ def make_engine(url: str, *, timeout_seconds: float = 5.0, **kwargs: Any) -> Eng
     )
     _ping_after_idle(engine, PING_AFTER_IDLE_SECONDS)
     return engine
+
+
+def engine_from_settings(settings: Settings, **kwargs: Any) -> Engine:
+    """The engine of the configured store.
+
+    ``RBMREC_DATABASE_URL`` with the ``RBMREC_DB_TIMEOUT_SECONDS`` timeouts; what the
+    API, the CLI and the demo open (tests and benchmarks call :func:`make_engine`).
+    """
+    return make_engine(settings.database_url, timeout_seconds=settings.db_timeout_seconds, **kwargs)
 
 
 def _ping_after_idle(engine: Engine, idle_seconds: float) -> None:

@@ -1,78 +1,15 @@
-"""``rbmrec models``: list the registered model versions, activate one (rollback).
-
-Also holds the helpers the registry commands share (``train``, ``retrain``,
-``worker``): opening the store with clear errors, and parsing hyperparameters.
-"""
+"""``rbmrec models``: list the registered model versions, activate one (rollback)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator
-from typing import Any
 
 import typer
-from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
-from sqlalchemy.orm import Session, sessionmaker
 
-from app.cli.common import fail, load_settings
-from app.db.engine import make_engine, make_sessionmaker
+from app.cli.common import fail, load_settings, open_store
 from app.services import registry
-from app.settings import Settings
 
 models_app = typer.Typer(help="Model versions: list them, activate one.", no_args_is_help=True)
-
-
-@contextlib.contextmanager
-def open_store(settings: Settings) -> Iterator[sessionmaker[Session]]:
-    """A session factory on the configured store; database trouble becomes ``error: ...``."""
-    engine = make_engine(settings.database_url, timeout_seconds=settings.db_timeout_seconds)
-    try:
-        yield make_sessionmaker(engine)
-    except (ProgrammingError, OperationalError) as exc:
-        message = str(exc.orig)
-        if "no such table" in message or "does not exist" in message:
-            fail(
-                "the database schema is not up to date "
-                f"({message.splitlines()[0]}); run `rbmrec db upgrade`"
-            )
-        fail(f"cannot reach the database: {message.splitlines()[0] if message else exc}")
-    except DBAPIError as exc:
-        fail(f"database error: {str(exc.orig).splitlines()[0]}")
-    finally:
-        engine.dispose()
-
-
-def model_params(
-    epochs: int | None, hidden: int | None, seed: int | None, params: list[str] | None
-) -> dict[str, Any]:
-    """Hyperparameter overrides from the command line (``--param name=value``, JSON values).
-
-    Unknown names are refused here, before anything runs.
-    """
-    from rbm_core.model import SoftmaxRBM
-
-    out: dict[str, Any] = {}
-    for item in params or []:
-        name, sep, raw = item.partition("=")
-        if not sep or not name.strip():
-            fail(f"--param expects NAME=VALUE, got {item!r}")
-        try:
-            value: Any = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        out[name.strip()] = value
-    if epochs is not None:
-        out["n_epochs"] = epochs
-    if hidden is not None:
-        out["n_hidden"] = hidden
-    if seed is not None:
-        out["random_state"] = seed
-    try:
-        SoftmaxRBM().set_params(**out)
-    except ValueError as exc:
-        fail(str(exc))
-    return out
 
 
 def _metric(version: registry.ModelVersionInfo, key: str) -> str:
