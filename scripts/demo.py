@@ -69,7 +69,7 @@ def prepare(settings: Settings) -> None:
             directory = movielens_dir(settings)
             step(f"importing MovieLens 100K from {directory}")
             try:
-                report = import_movielens(engine, directory, scale=settings.scale)
+                report = import_movielens(engine, directory, scale=settings.rating_scale)
             except (DataFormatError, FileNotFoundError) as exc:
                 fail(f"{exc} (nothing was imported)")
             step(

@@ -59,7 +59,10 @@ def post_rating(
     entry = RatingEntry(body.user_id, body.item_id, body.rating, body.rated_at)
     try:
         rating, created = ratings_service.write_rating(
-            session, entry, scale=settings.scale, auto_create_items=settings.auto_create_items
+            session,
+            entry,
+            scale=settings.rating_scale,
+            auto_create_items=settings.auto_create_items,
         )
     except RatingsRejected as exc:
         raise rejection(exc, single=True) from None
@@ -91,7 +94,10 @@ def post_ratings_batch(
     entries = [RatingEntry(r.user_id, r.item_id, r.rating, r.rated_at) for r in body.ratings]
     try:
         written = ratings_service.write_ratings(
-            session, entries, scale=settings.scale, auto_create_items=settings.auto_create_items
+            session,
+            entries,
+            scale=settings.rating_scale,
+            auto_create_items=settings.auto_create_items,
         )
     except RatingsRejected as exc:
         raise rejection(exc, single=False) from None

@@ -183,7 +183,7 @@ def get_predictions(
         holder.current,
         user_id,
         item_id,
-        levels=[float(v) for v in settings.scale.values],
+        levels=[float(v) for v in settings.rating_scale.values],
     )
     expected = result.expected.tolist()
     distribution = result.distribution.tolist()

@@ -81,7 +81,7 @@ def movielens(
     if (path is None) == (download is None):
         fail("give either PATH or --download NAME")
     try:
-        scale = RatingScale.parse(rating_scale) if rating_scale else settings.scale
+        scale = RatingScale.parse(rating_scale) if rating_scale else settings.rating_scale
     except RatingScaleError as exc:
         fail(f"invalid --rating-scale: {exc}")
 

@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session
 
 from app.db.tables import Item, Rating
 from app.db.types import utcnow
-from app.domain import UnknownItemError, configured_scale, validate_id, validate_rating
+from app.domain import UnknownItemError, validate_id, validate_rating
 from rbm_core.scale import RatingScale
 
 logger = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ def upsert_rating(
     rating: float,
     rated_at: datetime | None = None,
     *,
-    scale: RatingScale | None = None,
+    scale: RatingScale,
 ) -> tuple[Rating, bool]:
     """Insert or replace one rating in a single ``INSERT .. ON CONFLICT .. RETURNING``.
 
@@ -166,8 +166,8 @@ def upsert_rating(
         A level of ``scale``.
     rated_at : datetime, optional
         When the rating was given (naive means UTC); default: now.
-    scale : RatingScale, optional
-        Allowed values; default: the configured ``RBMREC_RATING_SCALE``.
+    scale : RatingScale
+        Allowed values (``Settings.rating_scale``).
 
     Returns
     -------
@@ -206,9 +206,7 @@ def upsert_rating(
     return row, row.version == 1
 
 
-def upsert_ratings(
-    session: Session, ratings: Sequence[RatingIn], *, scale: RatingScale | None = None
-) -> int:
+def upsert_ratings(session: Session, ratings: Sequence[RatingIn], *, scale: RatingScale) -> int:
     """Insert or replace a batch of ratings, all or nothing.
 
     Every entry is validated (ids, scale, item existence) before anything is written,
@@ -222,8 +220,8 @@ def upsert_ratings(
         The unit of work; not committed here.
     ratings : sequence of RatingIn
         The ratings; ``rated_at`` ``None`` means now.
-    scale : RatingScale, optional
-        Allowed values; default: the configured ``RBMREC_RATING_SCALE``.
+    scale : RatingScale
+        Allowed values (``Settings.rating_scale``).
 
     Returns
     -------
@@ -238,7 +236,6 @@ def upsert_ratings(
         Some items are not in the store (all of them are listed).
     """
     now = datetime.now(UTC)
-    scale = scale if scale is not None else configured_scale()
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for position, entry in enumerate(ratings):
         try:

@@ -842,7 +842,7 @@ def _split(snapshot: RatingsSnapshot, settings: Settings) -> _Split:
         snapshot.user_ids[kept].astype(str),
         snapshot.item_ids[kept].astype(str),
         snapshot.ratings[kept],
-        settings.scale,
+        settings.rating_scale,
     )
     held_users = snapshot.user_ids[held].astype(str)
     held_items = snapshot.item_ids[held].astype(str)
@@ -850,7 +850,7 @@ def _split(snapshot: RatingsSnapshot, settings: Settings) -> _Split:
     validation = None
     if held.any():
         validation = RatingMatrix.from_arrays(
-            held_users, held_items, held_ratings, settings.scale, item_catalog=train.item_ids
+            held_users, held_items, held_ratings, settings.rating_scale, item_catalog=train.item_ids
         )
         if validation.n_ratings == 0:
             validation = None

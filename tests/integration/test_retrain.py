@@ -198,7 +198,7 @@ def test_a_worse_candidate_is_rejected(
         snapshot.user_ids.astype(str),
         snapshot.item_ids.astype(str),
         snapshot.ratings,
-        settings.scale,
+        settings.rating_scale,
     )
     leaked = SoftmaxRBM(n_hidden=100, n_epochs=20, random_state=0).fit(everything)
     path = save_model(leaked, settings.model_dir / registry.new_version_id())

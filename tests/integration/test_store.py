@@ -72,8 +72,10 @@ def test_timestamps_are_utc_aware_and_naive_means_utc(
 ) -> None:
     plus_two = timezone(timedelta(hours=2))
     with session_factory.begin() as session:
-        repo.upsert_rating(session, "u1", "i1", 3, datetime(2024, 1, 1, 14, 0, tzinfo=plus_two))
-        repo.upsert_rating(session, "u1", "i2", 3, datetime(2024, 1, 1, 12, 0))
+        repo.upsert_rating(
+            session, "u1", "i1", 3, datetime(2024, 1, 1, 14, 0, tzinfo=plus_two), scale=FIVE
+        )
+        repo.upsert_rating(session, "u1", "i2", 3, datetime(2024, 1, 1, 12, 0), scale=FIVE)
     with session_factory() as session:
         times = {r.item_id: r for r in repo.get_user_ratings(session, "u1")}
         assert times["i1"].rated_at == T0
@@ -106,11 +108,11 @@ def test_bad_single_upserts_write_nothing(
     assert _all_ratings(session_factory) == []
 
 
-def test_the_configured_scale_is_the_default(
+def test_ratings_are_checked_against_the_scale_passed_in(
     session_factory: sessionmaker[Session], items: list[str]
 ) -> None:
     with pytest.raises(InvalidRatingError), session_factory.begin() as session:
-        repo.upsert_rating(session, "u1", "i1", 4.5)
+        repo.upsert_rating(session, "u1", "i1", 4.5, scale=FIVE)
     half = RatingScale.parse("0.5..5:0.5")
     with session_factory.begin() as session:
         row, _ = repo.upsert_rating(session, "u1", "i1", 4.5, scale=half)

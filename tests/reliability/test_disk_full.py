@@ -31,6 +31,7 @@ from app.db.repository import RatingIn, upsert_ratings
 from app.services import registry, retrain
 from app.services.model_holder import ModelHolder
 from app.settings import Settings
+from rbm_core.scale import DEFAULT_SCALE
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
 
@@ -78,7 +79,11 @@ def _fill(disk: Path, leave: int) -> Path:
 
 def _changed(store: Store) -> None:
     with store.session_factory.begin() as session:
-        upsert_ratings(session, [RatingIn(f"disk-{uuid.uuid4().hex[:8]}", "50", 3.0)])
+        upsert_ratings(
+            session,
+            [RatingIn(f"disk-{uuid.uuid4().hex[:8]}", "50", 3.0)],
+            scale=DEFAULT_SCALE,
+        )
 
 
 def _assert_previous_still_serves(store: Store, previous: str) -> None:

@@ -34,6 +34,7 @@ from app.db.tables import ModelVersion, TrainingRun
 from app.services import registry, retrain
 from app.services.model_holder import ModelHolder
 from app.settings import Settings
+from rbm_core.scale import DEFAULT_SCALE
 
 HOOK = textwrap.dedent(
     """
@@ -82,7 +83,7 @@ POINTS = ["array", "checksums", "staged", "publish", "register"]
 def _add_rating(store: Store, user: str) -> None:
     # a changed store, so that no retrain is skipped as "nothing changed"
     with store.session_factory.begin() as session:
-        upsert_ratings(session, [RatingIn(user, "50", 4.0)])
+        upsert_ratings(session, [RatingIn(user, "50", 4.0)], scale=DEFAULT_SCALE)
 
 
 def _killed_retrain(store: Store, point: str, workdir: Path) -> subprocess.CompletedProcess[str]:

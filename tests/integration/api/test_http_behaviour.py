@@ -14,6 +14,7 @@ from app.api.deps import SessionDep
 from app.api.main import create_app
 from app.db.repository import ItemIn, count_ratings, upsert_items, upsert_rating, user_rating_map
 from app.settings import Settings
+from rbm_core.scale import DEFAULT_SCALE
 
 PROBLEM = "application/problem+json"
 RATING = {"user_id": "u1", "item_id": "m1", "rating": 4}
@@ -82,7 +83,7 @@ def test_a_failing_handler_rolls_its_writes_back(
     app = create_app(make_settings())
 
     def write_then_fail(session: SessionDep) -> None:
-        upsert_rating(session, "ghost", item, 2.0)
+        upsert_rating(session, "ghost", item, 2.0, scale=DEFAULT_SCALE)
         session.flush()
         raise RuntimeError("after the write")
 
