@@ -48,8 +48,13 @@ class InvalidRatingError(RatingScaleError):
     """A rating value is not a number on the configured rating scale."""
 
 
-class UnknownItemError(LookupError):
-    """A rating refers to an item that is not in the store."""
+class ItemsNotInStoreError(LookupError):
+    """Ratings refer to items that are not in the store (``item_ids`` lists them).
+
+    Not :class:`rbm_core.model.UnknownItemError`, which says that a *model* does not
+    know an item (the service reports that as
+    :class:`app.services.recommend.ItemNotInModelError`).
+    """
 
     def __init__(self, item_ids: list[str]) -> None:
         self.item_ids = item_ids

@@ -31,7 +31,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.domain import ID_PATTERN, ID_RULE, InvalidIdError, InvalidRatingError, UnknownItemError
+from app.domain import ID_PATTERN, ID_RULE, InvalidIdError, InvalidRatingError, ItemsNotInStoreError
 from app.schemas import Problem, ValidationProblem
 
 logger = logging.getLogger(__name__)
@@ -246,7 +246,7 @@ async def _handle_validation(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _handle_domain(request: Request, exc: Exception) -> JSONResponse:
-    if isinstance(exc, UnknownItemError):
+    if isinstance(exc, ItemsNotInStoreError):
         return problem_response(
             404, str(exc), title="Unknown item", type=TYPE_UNKNOWN_ITEM, instance=_instance(request)
         )
@@ -343,7 +343,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _handle_http)
     app.add_exception_handler(RequestValidationError, _handle_validation)
     app.add_exception_handler(ResponseValidationError, _handle_response_validation)
-    for domain_error in (InvalidIdError, InvalidRatingError, UnknownItemError):
+    for domain_error in (InvalidIdError, InvalidRatingError, ItemsNotInStoreError):
         app.add_exception_handler(domain_error, _handle_domain)
     for db_error in (DBAPIError, PoolTimeoutError):
         app.add_exception_handler(db_error, _handle_database)

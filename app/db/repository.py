@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session
 
 from app.db.tables import Item, Rating
 from app.db.types import utcnow
-from app.domain import UnknownItemError, validate_id, validate_rating
+from app.domain import ItemsNotInStoreError, validate_id, validate_rating
 from rbm_core.scale import RatingScale
 
 logger = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ def upsert_rating(
     ------
     InvalidIdError, InvalidRatingError
         Bad input; nothing is executed.
-    UnknownItemError
+    ItemsNotInStoreError
         The item is not in the store. The session's transaction is then unusable
         (PostgreSQL aborts it): roll back.
     """
@@ -201,7 +201,7 @@ def upsert_rating(
         row = session.scalars(stmt, execution_options={"populate_existing": True}).one()
     except IntegrityError as exc:
         if _is_foreign_key_violation(exc):
-            raise UnknownItemError([item_id]) from exc
+            raise ItemsNotInStoreError([item_id]) from exc
         raise
     return row, row.version == 1
 
@@ -232,7 +232,7 @@ def upsert_ratings(session: Session, ratings: Sequence[RatingIn], *, scale: Rati
     ------
     InvalidIdError, InvalidRatingError
         An entry is invalid; the message names its position in the batch.
-    UnknownItemError
+    ItemsNotInStoreError
         Some items are not in the store (all of them are listed).
     """
     now = datetime.now(UTC)
@@ -256,7 +256,7 @@ def upsert_ratings(session: Session, ratings: Sequence[RatingIn], *, scale: Rati
     wanted = {item_id for _, item_id in rows}
     missing = wanted - existing_item_ids(session, wanted)
     if missing:
-        raise UnknownItemError(sorted(missing))
+        raise ItemsNotInStoreError(sorted(missing))
     stmt = _rating_upsert(session)
     values = list(rows.values())
     try:
@@ -266,7 +266,7 @@ def upsert_ratings(session: Session, ratings: Sequence[RatingIn], *, scale: Rati
         # an item deleted between the check and the write
         if _is_foreign_key_violation(exc):
             missing = wanted - existing_item_ids(session, wanted)
-            raise UnknownItemError(sorted(missing)) from exc
+            raise ItemsNotInStoreError(sorted(missing)) from exc
         raise
     return len(values)
 

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from app.db import repository
 from app.db.tables import Item, Rating
-from app.domain import InvalidRatingError, UnknownItemError, validate_rating
+from app.domain import InvalidRatingError, ItemsNotInStoreError, validate_rating
 from rbm_core.scale import RatingScale
 
 __all__ = [
@@ -153,7 +153,7 @@ def write_rating(
         return repository.upsert_rating(
             session, entry.user_id, entry.item_id, entry.rating, entry.rated_at, scale=scale
         )
-    except UnknownItemError:
+    except ItemsNotInStoreError:
         raise RatingsRejected(
             [FieldProblem(("item_id",), f"unknown item id {entry.item_id!r}", "unknown_item")], 1
         ) from None
@@ -228,7 +228,7 @@ def write_ratings(
             [repository.RatingIn(e.user_id, e.item_id, e.rating, e.rated_at) for e in ordered],
             scale=scale,
         )
-    except UnknownItemError as exc:  # deleted between the check and the write
+    except ItemsNotInStoreError as exc:  # deleted between the check and the write
         raise RatingsRejected(
             [FieldProblem(("ratings",), str(exc), "unknown_item")], len(exc.item_ids)
         ) from None

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from app.db import repository
 from app.db.tables import Item
 from app.services.model_holder import LoadedModel
-from rbm_core.model import UnknownItemError as ModelUnknownItemError
+from rbm_core.model import UnknownItemError
 
 logger = logging.getLogger(__name__)
 
@@ -482,7 +482,7 @@ def similar_items(
         raise NoModelError("no model is loaded yet: train one with `rbmrec train`")
     try:
         pairs = loaded.model.similar_items(item_id, n)
-    except ModelUnknownItemError:
+    except UnknownItemError:
         in_store = repository.get_item(session, item_id) is not None
         raise ItemNotInModelError(item_id, in_store) from None
     titles = catalog.titles(session, [item for item, _ in pairs])

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import repository as repo
 from app.db.tables import Item, Rating
-from app.domain import InvalidIdError, InvalidRatingError, UnknownItemError
+from app.domain import InvalidIdError, InvalidRatingError, ItemsNotInStoreError
 from rbm_core.scale import RatingScale
 
 FIVE = RatingScale.parse("1,2,3,4,5")
@@ -91,7 +91,7 @@ def test_timestamps_are_utc_aware_and_naive_means_utc(
         ("u1", "", 3, InvalidIdError, "invalid item id"),
         ("u1", "i1", 6, InvalidRatingError, "allowed values: 1, 2, 3, 4, 5"),
         ("u1", "i1", 3.5, InvalidRatingError, "allowed values"),
-        ("u1", "missing", 3, UnknownItemError, "unknown item id 'missing'"),
+        ("u1", "missing", 3, ItemsNotInStoreError, "unknown item id 'missing'"),
     ],
 )
 def test_bad_single_upserts_write_nothing(
@@ -195,7 +195,7 @@ def test_large_batch_is_chunked(session_factory: sessionmaker[Session], items: l
     [
         (repo.RatingIn("u 2", "i1", 3), InvalidIdError, r"rating #2: invalid user id"),
         (repo.RatingIn("u2", "i1", 0), InvalidRatingError, r"rating #2: .*allowed values"),
-        (repo.RatingIn("u2", "nope", 3), UnknownItemError, r"unknown item id 'nope'"),
+        (repo.RatingIn("u2", "nope", 3), ItemsNotInStoreError, r"unknown item id 'nope'"),
     ],
 )
 def test_batch_with_one_bad_entry_writes_nothing(
@@ -221,7 +221,7 @@ def test_unknown_items_are_all_listed(
         repo.RatingIn("u1", "i1", 3),
         repo.RatingIn("u1", "x1", 3),
     ]
-    with pytest.raises(UnknownItemError) as info, session_factory.begin() as session:
+    with pytest.raises(ItemsNotInStoreError) as info, session_factory.begin() as session:
         repo.upsert_ratings(session, batch, scale=FIVE)
     assert info.value.item_ids == ["x1", "x2"]
 

@@ -11,7 +11,7 @@ from app.domain import (
     ID_PATTERN,
     InvalidIdError,
     InvalidRatingError,
-    UnknownItemError,
+    ItemsNotInStoreError,
     is_valid_id,
     validate_id,
     validate_rating,
@@ -108,7 +108,7 @@ def test_the_settings_parse_the_rating_scale_once(monkeypatch: pytest.MonkeyPatc
 
 
 def test_unknown_item_error_lists_a_few_ids() -> None:
-    error = UnknownItemError([str(i) for i in range(8)])
+    error = ItemsNotInStoreError([str(i) for i in range(8)])
     assert error.item_ids == [str(i) for i in range(8)]
     assert "'0', '1', '2', '3', '4'" in str(error)
     assert "and 3 more" in str(error)
