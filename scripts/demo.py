@@ -21,7 +21,7 @@ from sqlalchemy.exc import DBAPIError
 
 from app.db import migrate
 from app.db.engine import engine_from_settings, make_sessionmaker
-from app.db.repository import count_ratings
+from app.db.ratings import count_ratings
 from app.logging_config import configure_logging
 from app.services import movielens_download, registry
 from app.services.importer import import_movielens

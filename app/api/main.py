@@ -31,8 +31,8 @@ from app.api.openapi_links import add_openapi_links
 from app.api.security import log_security_posture
 from app.api.security_headers import SecurityHeadersMiddleware
 from app.db.engine import engine_from_settings, is_sqlite, make_sessionmaker
+from app.services.catalog import CatalogCache
 from app.services.model_holder import ModelHolder, poll_forever
-from app.services.recommend import CatalogCache
 from app.services.serving_cache import ServingCache, default_cache_root
 from app.settings import Settings, get_settings
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any, Final
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.orm import Session, sessionmaker
@@ -133,3 +133,9 @@ def _ping_after_idle(engine: Engine, idle_seconds: float) -> None:
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def ping(session_factory: sessionmaker[Session]) -> None:
+    """``SELECT 1`` on a pooled connection; raises ``SQLAlchemyError`` if the database is down."""
+    with session_factory() as session:
+        session.execute(text("SELECT 1"))

@@ -6,7 +6,7 @@ was. Re-running it is idempotent: rows whose values did not change are not touch
 (not even ``updated_at``).
 
 How it writes
-    Items go through :func:`app.db.repository.upsert_items`. Ratings are streamed in
+    Items go through :func:`app.db.items.upsert_items`. Ratings are streamed in
     blocks from the file, validated, and loaded into a temporary staging table
     (PostgreSQL: ``COPY FROM STDIN``; SQLite: ``executemany``); one
     ``INSERT .. SELECT .. ON CONFLICT DO UPDATE .. WHERE <changed>`` then merges the
@@ -37,7 +37,8 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.db import repository
+from app.db import items as item_store
+from app.db.ratings import count_ratings
 from app.db.types import SQLITE_UTCNOW
 from app.domain import ID_PATTERN, InvalidIdError, InvalidRatingError, validate_id, validate_rating
 from rbm_core.movielens import (
@@ -152,10 +153,10 @@ def import_movielens(
             conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
             conn.exec_driver_sql("SET LOCAL work_mem = '256MB'")
 
-        repository.upsert_items(
+        item_store.upsert_items(
             session,
             [
-                repository.ItemIn(id=i, title=t, genres=g, attributes=a)
+                item_store.ItemIn(id=i, title=t, genres=g, attributes=a)
                 for i, t, g, a in zip(
                     items["id"], items["title"], items["genres"], items["attributes"], strict=True
                 )
@@ -291,9 +292,9 @@ def _create_placeholder_items(session: Session, missing: set[str]) -> int:
     """Create rated items that the item file lacks, unless the store has them already."""
     if not missing:
         return 0
-    new = sorted(missing - repository.existing_item_ids(session, missing))
+    new = sorted(missing - item_store.existing_item_ids(session, missing))
     if new:
-        repository.upsert_items(session, [repository.ItemIn(id=item_id) for item_id in new])
+        item_store.upsert_items(session, [item_store.ItemIn(id=item_id) for item_id in new])
         logger.warning(
             "%d rated items are not in the item file; created them with an empty title (e.g. %s)",
             len(new),
@@ -395,7 +396,7 @@ class _Stage:
         self, session: Session, rated_at: str, now: str, distinct: str
     ) -> tuple[int, int]:
         """One upsert of the staged rows that are new or differ from the store."""
-        before = repository.count_ratings(session)
+        before = count_ratings(session)
         changed = self.conn.exec_driver_sql(
             self._upsert_sql(
                 rated_at,
@@ -405,7 +406,7 @@ class _Stage:
                 f"OR r.rated_at {distinct} {rated_at}",
             )
         ).rowcount
-        inserted = repository.count_ratings(session) - before
+        inserted = count_ratings(session) - before
         return inserted, changed - inserted
 
     def _merge_sqlite(self, session: Session) -> tuple[int, int]:

@@ -59,11 +59,12 @@ from typing import Any, Final
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db.repository import RatingsSnapshot, read_ratings_snapshot
-from app.db.tables import RUN_TRIGGERS, ModelVersion, Rating, TrainingRun
+from app.db.ratings import store_fingerprint
+from app.db.snapshot import RatingsSnapshot, read_ratings_snapshot
+from app.db.tables import RUN_TRIGGERS, ModelVersion, TrainingRun
 from app.services import registry
 from app.services.locks import LockBusyError, RetrainLock
 from app.services.registry import ModelVersionInfo
@@ -84,7 +85,6 @@ __all__ = [
     "recover_abandoned",
     "request_retrain",
     "run_retrain",
-    "store_fingerprint",
     "train_and_activate",
 ]
 
@@ -261,21 +261,6 @@ def request_retrain(session: Session, *, trigger: str = "api") -> tuple[Training
     session.flush()
     session.refresh(row)
     return _run_info(row), True
-
-
-def store_fingerprint(session: Session) -> str:
-    """What the ratings store looks like now: count, sum of row versions, newest write.
-
-    Any insert, update or delete changes it (an update bumps a row's version; an
-    insert or delete changes the count, and the newest write time).
-    """
-    n, versions, newest = session.execute(
-        select(
-            func.count(), func.coalesce(func.sum(Rating.version), 0), func.max(Rating.updated_at)
-        )
-    ).one()
-    stamp = newest.isoformat() if newest is not None else "-"
-    return f"n={int(n)};v={int(versions)};t={stamp}"
 
 
 # -- the split -------------------------------------------------------------------------

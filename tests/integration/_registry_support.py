@@ -17,7 +17,8 @@ from click.testing import Result
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
-from app.db.repository import ItemIn, RatingIn, upsert_items, upsert_ratings
+from app.db.items import ItemIn, upsert_items
+from app.db.ratings import RatingIn, upsert_ratings
 from app.services.importer import import_movielens
 from app.settings import Settings
 from rbm_core.movielens import read_items, read_ratings

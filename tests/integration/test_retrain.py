@@ -27,7 +27,8 @@ from _registry_support import (
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db.repository import count_ratings, read_ratings_snapshot
+from app.db.ratings import count_ratings
+from app.db.snapshot import read_ratings_snapshot
 from app.db.tables import ModelVersion, Rating, TrainingRun
 from app.services import registry, retrain
 from app.services.locks import LockBusyError, RetrainLock

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from _reliability_support import SMALL_PARAMS, Store, rbmrec_command, seed_store
 
-from app.db.repository import RatingIn, upsert_ratings
+from app.db.ratings import RatingIn, upsert_ratings
 from app.services import registry, retrain
 from app.services.model_holder import ModelHolder
 from app.settings import Settings

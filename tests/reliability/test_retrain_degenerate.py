@@ -24,7 +24,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.api.main import create_app
 from app.db.engine import make_engine, make_sessionmaker
-from app.db.repository import ItemIn, RatingIn, upsert_items, upsert_ratings
+from app.db.items import ItemIn, upsert_items
+from app.db.ratings import RatingIn, upsert_ratings
 from app.services import retrain
 from app.settings import Settings
 from rbm_core.scale import DEFAULT_SCALE

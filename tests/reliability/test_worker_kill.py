@@ -29,7 +29,7 @@ import pytest
 from _reliability_support import SMALL_PARAMS, Store
 from sqlalchemy import select
 
-from app.db.repository import RatingIn, upsert_ratings
+from app.db.ratings import RatingIn, upsert_ratings
 from app.db.tables import ModelVersion, TrainingRun
 from app.services import registry, retrain
 from app.services.model_holder import ModelHolder

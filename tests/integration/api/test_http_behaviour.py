@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.api.deps import SessionDep
 from app.api.main import create_app
-from app.db.repository import ItemIn, count_ratings, upsert_items, upsert_rating, user_rating_map
+from app.db.items import ItemIn, upsert_items
+from app.db.ratings import count_ratings, upsert_rating, user_rating_map
 from app.settings import Settings
 from rbm_core.scale import DEFAULT_SCALE
 
