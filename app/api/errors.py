@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.domain import ID_PATTERN, ID_RULE, InvalidIdError, InvalidRatingError, ItemsNotInStoreError
-from app.schemas import Problem, ValidationProblem
+from app.schemas.problems import Problem, ValidationProblem
 
 logger = logging.getLogger(__name__)
 

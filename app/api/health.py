@@ -13,7 +13,7 @@ from app.api.deps import MetricsDep, ModelHolderDep
 from app.api.errors import PROBLEM_MEDIA_TYPE
 from app.api.metrics import CONTENT_TYPE
 from app.db.engine import ping
-from app.schemas import DatabaseStatus, Liveness, ModelStatus, NotReady, Readiness
+from app.schemas.health import DatabaseStatus, Liveness, ModelStatus, NotReady, Readiness
 
 logger = logging.getLogger(__name__)
 

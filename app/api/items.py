@@ -17,7 +17,8 @@ from app.api.deps import (
 )
 from app.api.errors import TYPE_NO_MODEL, TYPE_UNKNOWN_ITEM, ProblemError, problem_responses
 from app.api.security import require_write_key
-from app.schemas import MAX_N, ItemOut, ItemPage, ItemUpsert, SimilarItem, SimilarItems
+from app.schemas.fields import MAX_N
+from app.schemas.items import ItemOut, ItemPage, ItemUpsert, SimilarItems
 from app.services import items as items_service
 from app.services import recommend as recommend_service
 from app.services.recommend import ItemNotInModelError, NoModelError
@@ -126,8 +127,6 @@ def get_similar_items(
     body = SimilarItems(
         item_id=item_id,
         model_version=loaded.version.id,
-        items=[
-            SimilarItem(item_id=s.item_id, title=s.title, similarity=s.similarity) for s in similar
-        ],
+        items=similar,
     )
     return model_response(body)

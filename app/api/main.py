@@ -23,6 +23,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from threadpoolctl import threadpool_limits
 
+from app.api import admin, health, items, model, model_versions, ratings, users
 from app.api.deps import Recommender
 from app.api.errors import PROBLEM_MEDIA_TYPE, ServerErrorGuard, install_error_handlers
 from app.api.metrics import ApiMetrics, MetricsMiddleware
@@ -76,14 +77,12 @@ _TAGS: list[dict[str, Any]] = [
 
 
 def _routers() -> list[APIRouter]:
-    from app.api import admin, health, items, model, models, ratings, users
-
     return [
         ratings.router,
         users.router,
         items.router,
         model.router,
-        models.router,
+        model_versions.router,
         admin.router,
         health.router,
     ]

@@ -13,7 +13,7 @@ from app.api.errors import (
     validation_problem,
 )
 from app.api.security import require_write_key
-from app.schemas import RatingBatch, RatingBatchResult, RatingCreate, RatingOut
+from app.schemas.ratings import RatingBatch, RatingBatchResult, RatingCreate, RatingOut
 from app.services import ratings as ratings_service
 from app.services.ratings import RatingEntry, RatingsRejected
 

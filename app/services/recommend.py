@@ -25,6 +25,8 @@ from sqlalchemy.orm import Session
 
 from app.db.items import get_item
 from app.db.ratings import user_rating_map
+from app.schemas.items import SimilarItem
+from app.schemas.recommendations import RecommendedItem
 from app.services.catalog import CatalogCache, Db
 from app.services.model_holder import LoadedModel
 from rbm_core.model import UnknownItemError
@@ -35,9 +37,7 @@ __all__ = [
     "ItemNotInModelError",
     "NoModelError",
     "PredictionResult",
-    "Recommendation",
     "RecommendationResult",
-    "SimilarItem",
     "predict",
     "recommend",
     "similar_items",
@@ -67,22 +67,12 @@ class ItemNotInModelError(LookupError):
 
 
 @dataclass(frozen=True)
-class Recommendation:
-    """One recommended item."""
-
-    item_id: str
-    title: str | None
-    score: float
-    predicted_rating: float | None
-
-
-@dataclass(frozen=True)
 class RecommendationResult:
     """Recommendations for one user and how they were made."""
 
     strategy: Strategy
     model_version: str | None
-    items: list[Recommendation]
+    items: list[RecommendedItem]
 
 
 @dataclass(frozen=True)
@@ -95,15 +85,6 @@ class PredictionResult:
     expected: NDArray[np.floating]
     distribution: NDArray[np.floating]
     unknown_items: list[str]
-
-
-@dataclass(frozen=True)
-class SimilarItem:
-    """An item similar to another one."""
-
-    item_id: str
-    title: str | None
-    similarity: float
 
 
 def _dedupe(ids: Iterable[str]) -> list[str]:
@@ -219,7 +200,12 @@ def recommend(
         ids = [str(i) for i in loaded.item_ids[top].tolist()]
         titles = catalog.titles(session, ids)
         items = [
-            Recommendation(item, titles.get(item), float(score[pos]), float(expected[pos]))
+            RecommendedItem(
+                item_id=item,
+                title=titles.get(item),
+                score=float(score[pos]),
+                predicted_rating=float(expected[pos]),
+            )
             for item, pos in zip(ids, top.tolist(), strict=True)
         ]
         return RecommendationResult(strategy, loaded.version.id, items)
@@ -239,7 +225,7 @@ def _store_popular(
     offset: int,
     genre: str | None,
     exclude: Sequence[str],
-) -> list[Recommendation]:
+) -> list[RecommendedItem]:
     popular = catalog.popular(session)
     blocked = {*rated, *exclude}
     in_genre = catalog.genre_items(session, genre) if genre is not None else None
@@ -257,11 +243,11 @@ def _store_popular(
     ids = [popular.item_ids[pos] for pos in picked]
     titles = catalog.titles(session, ids)
     return [
-        Recommendation(
-            popular.item_ids[pos],
-            titles.get(popular.item_ids[pos]),
-            float(popular.counts[pos]),
-            float(popular.means[pos]),
+        RecommendedItem(
+            item_id=popular.item_ids[pos],
+            title=titles.get(popular.item_ids[pos]),
+            score=float(popular.counts[pos]),
+            predicted_rating=float(popular.means[pos]),
         )
         for pos in picked
     ]
@@ -339,4 +325,7 @@ def similar_items(
         in_store = get_item(session, item_id) is not None
         raise ItemNotInModelError(item_id, in_store) from None
     titles = catalog.titles(session, [item for item, _ in pairs])
-    return [SimilarItem(item, titles.get(item), float(sim)) for item, sim in pairs]
+    return [
+        SimilarItem(item_id=item, title=titles.get(item), similarity=float(sim))
+        for item, sim in pairs
+    ]
