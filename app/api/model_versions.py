@@ -12,6 +12,7 @@ from app.api.errors import ProblemError, problem_responses
 from app.api.security import require_admin_key
 from app.schemas.model_versions import ModelVersionList, ModelVersionOut
 from app.services import registry
+from app.services.artifacts import ArtifactIntegrityError
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def activate_model(
         info = registry.activate_version(session, version_id)
     except registry.VersionNotFoundError as exc:
         raise ProblemError(404, str(exc)) from None
-    except (registry.VersionNotActivatableError, registry.ArtifactIntegrityError) as exc:
+    except (registry.VersionNotActivatableError, ArtifactIntegrityError) as exc:
         raise ProblemError(409, str(exc)) from None
     # Commit before reloading: the holder reads the active version in its own session.
     session.commit()

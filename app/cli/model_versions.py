@@ -8,6 +8,7 @@ import typer
 
 from app.cli.common import fail, load_settings, open_store
 from app.services import registry
+from app.services.artifacts import ArtifactIntegrityError
 
 models_app = typer.Typer(help="Model versions: list them, activate one.", no_args_is_help=True)
 
@@ -56,7 +57,7 @@ def activate_command(
             with session_factory.begin() as session:
                 previous = registry.get_active_version(session)
                 version = registry.activate_version(session, version_id)
-        except registry.RegistryError as exc:
+        except (registry.RegistryError, ArtifactIntegrityError) as exc:
             fail(str(exc))
     before = f" (was {previous.id})" if previous is not None and previous.id != version.id else ""
     typer.echo(f"active model version: {version.id}{before}")

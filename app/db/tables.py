@@ -120,7 +120,7 @@ class ModelVersion(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=utcnow())
     activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     artifact_path: Mapped[str] = mapped_column(Text)
-    # SHA-256 over the artifact's files (see app.services.registry.artifact_digest);
+    # SHA-256 over the artifact's files (see app.services.artifacts.artifact_digest);
     # empty while the version is still training.
     sha256: Mapped[str] = mapped_column(String(64), default="")
     artifact_deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)

@@ -65,7 +65,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.db.ratings import store_fingerprint
 from app.db.snapshot import RatingsSnapshot, read_ratings_snapshot
 from app.db.tables import RUN_TRIGGERS, ModelVersion, TrainingRun
+from app.jsonable import to_jsonable
 from app.services import registry
+from app.services.artifacts import check_artifact
 from app.services.locks import LockBusyError, RetrainLock
 from app.services.registry import ModelVersionInfo
 from app.settings import Settings
@@ -754,11 +756,11 @@ def _execute(ctx: _Context, staging: Path) -> TrainingRunInfo:
             "n_ratings": snapshot.n_ratings,
             "snapshot_max_rated_at": _iso(snapshot.max_rated_at),
             "data_fingerprint": fingerprint,
-            "metrics": registry.to_jsonable(metrics),
-            "training_curves": registry.to_jsonable(curves),
+            "metrics": to_jsonable(metrics),
+            "training_curves": to_jsonable(curves),
         },
     )
-    registry.verify_artifact(staging)
+    check_artifact(staging)
     ctx.lock.check()
     os.replace(staging, final_dir)
 
@@ -789,7 +791,7 @@ def _execute(ctx: _Context, staging: Path) -> TrainingRunInfo:
         assert run is not None
         run.status = status
         run.finished_at = datetime.now(UTC)
-        run.metrics = registry.to_jsonable(metrics)
+        run.metrics = to_jsonable(metrics)
         run.reason = reason
     logger.info("retrain run %s %s version %s: %s", ctx.run_id, status, version.id, reason)
 
@@ -908,7 +910,7 @@ def _evaluate_active(active: ModelVersionInfo, data: _Split) -> tuple[_Scores | 
     from rbm_core.artifact import load_model
 
     try:
-        registry.verify_artifact(active.artifact_path, active.sha256)
+        check_artifact(active.artifact_path, active.sha256)
         model = load_model(active.artifact_path, mmap=True)
     except Exception as exc:
         return None, f"the active version {active.id} cannot be loaded ({exc})"
@@ -991,12 +993,12 @@ def training_curves(history: list[dict[str, Any]]) -> dict[str, Any]:
             (v - t) if v is not None and t is not None else None
             for t, v in zip(train_fe, val_fe, strict=True)
         ]
-    return registry.to_jsonable(curves)  # type: ignore[no-any-return]
+    return to_jsonable(curves)  # type: ignore[no-any-return]
 
 
 def _hyperparameters(model: Any) -> dict[str, Any]:
     params = model.get_params() if hasattr(model, "get_params") else {}
-    return registry.to_jsonable(params)  # type: ignore[no-any-return]
+    return to_jsonable(params)  # type: ignore[no-any-return]
 
 
 def _iso(value: datetime | None) -> str | None:

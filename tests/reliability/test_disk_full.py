@@ -29,6 +29,7 @@ from _reliability_support import SMALL_PARAMS, Store, rbmrec_command, seed_store
 
 from app.db.ratings import RatingIn, upsert_ratings
 from app.services import registry, retrain
+from app.services.artifacts import check_artifact
 from app.services.model_holder import ModelHolder
 from app.settings import Settings
 from rbm_core.scale import DEFAULT_SCALE
@@ -131,7 +132,7 @@ def test_a_full_disk_fails_the_run_cleanly_and_keeps_the_active_version(
         active = registry.get_active_version(session)
     assert active is not None
     assert active.id == again.model_version_id
-    registry.verify_artifact(Path(active.artifact_path), active.sha256)
+    check_artifact(Path(active.artifact_path), active.sha256)
     store.session_factory.kw["bind"].dispose()
 
 

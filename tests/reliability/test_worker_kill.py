@@ -32,6 +32,7 @@ from sqlalchemy import select
 from app.db.ratings import RatingIn, upsert_ratings
 from app.db.tables import ModelVersion, TrainingRun
 from app.services import registry, retrain
+from app.services.artifacts import check_artifact
 from app.services.model_holder import ModelHolder
 from app.settings import Settings
 from rbm_core.scale import DEFAULT_SCALE
@@ -194,7 +195,7 @@ def test_a_retrain_killed_while_publishing_leaves_nothing_half_published(
         new = registry.get_active_version(session)
     assert new is not None
     assert new.id == info.model_version_id
-    registry.verify_artifact(Path(new.artifact_path), new.sha256)
+    check_artifact(Path(new.artifact_path), new.sha256)
     assert _leftovers(store.model_dir, {previous, new.id}) == []
     assert holder.refresh() is not None
     assert holder.current is not None
