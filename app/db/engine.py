@@ -139,3 +139,11 @@ def ping(session_factory: sessionmaker[Session]) -> None:
     """``SELECT 1`` on a pooled connection; raises ``SQLAlchemyError`` if the database is down."""
     with session_factory() as session:
         session.execute(text("SELECT 1"))
+
+
+def engine_of(session_factory: sessionmaker[Session]) -> Engine:
+    """The engine a session factory is bound to (the retrain lock and snapshot need it)."""
+    bind = session_factory.kw.get("bind")
+    if not isinstance(bind, Engine):
+        raise TypeError("the session factory must be bound to an Engine")
+    return bind

@@ -19,7 +19,16 @@ from rbm_core.artifact import ArtifactError, load_model
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ArtifactIntegrityError", "artifact_digest", "check_artifact", "remove_artifact"]
+__all__ = [
+    "STAGING_DIR",
+    "ArtifactIntegrityError",
+    "artifact_digest",
+    "check_artifact",
+    "remove_artifact",
+]
+
+STAGING_DIR: Final = ".staging"
+"""Subdirectory of the model directory where runs write artifacts before publishing."""
 
 _DIGEST_CHUNK: Final = 1 << 20
 
@@ -104,5 +113,7 @@ def remove_artifact(path: Path | str) -> bool:
     abandoned runs, the clean-up after a failed run.
     """
     target = Path(path)
+    if target == Path():  # an empty path names no artifact (and "." is the working directory)
+        return False
     shutil.rmtree(target, ignore_errors=True)
     return not target.exists()

@@ -50,6 +50,7 @@ __all__ = [
     "reserve_version",
     "set_version_status",
     "validate_version_id",
+    "versions_with_status",
 ]
 
 ACTIVATABLE_STATUSES: Final = frozenset({"candidate", "active", "rejected", "retired"})
@@ -182,6 +183,11 @@ def get_version(session: Session, version_id: str) -> ModelVersionInfo | None:
 def list_versions(session: Session, *, limit: int | None = None) -> list[ModelVersionInfo]:
     """Versions, newest first (``limit``: at most that many)."""
     return [_info(row) for row in version_rows.newest(session, limit)]
+
+
+def versions_with_status(session: Session, status: str) -> list[ModelVersionInfo]:
+    """Every version with this status (e.g. ``training``, to find abandoned ones)."""
+    return [_info(row) for row in version_rows.with_status(session, status)]
 
 
 # -- writes ----------------------------------------------------------------------------

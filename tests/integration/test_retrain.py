@@ -28,10 +28,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.ratings import count_ratings
+from app.db.retrain_lock import LockBusyError, RetrainLock
 from app.db.snapshot import read_ratings_snapshot
 from app.db.tables import ModelVersion, Rating, TrainingRun
 from app.services import registry, retrain
-from app.services.locks import LockBusyError, RetrainLock
+from app.services.artifacts import STAGING_DIR
 from app.services.retrain import (
     RetrainError,
     holdout_mask,
@@ -99,7 +100,7 @@ def _wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "
 
 
 def _staging_leftovers(model_dir: Path) -> list[Path]:
-    staging = model_dir / retrain.STAGING_DIR
+    staging = model_dir / STAGING_DIR
     return list(staging.iterdir()) if staging.exists() else []
 
 

@@ -29,7 +29,7 @@ from _reliability_support import SMALL_PARAMS, Store, rbmrec_command, seed_store
 
 from app.db.ratings import RatingIn, upsert_ratings
 from app.services import registry, retrain
-from app.services.artifacts import check_artifact
+from app.services.artifacts import STAGING_DIR, check_artifact
 from app.services.model_holder import ModelHolder
 from app.settings import Settings
 from rbm_core.scale import DEFAULT_SCALE
@@ -98,7 +98,7 @@ def _assert_previous_still_serves(store: Store, previous: str) -> None:
 
 
 def _staging_contents(model_dir: Path) -> list[str]:
-    staging = model_dir / retrain.STAGING_DIR
+    staging = model_dir / STAGING_DIR
     return sorted(p.name for p in staging.iterdir()) if staging.exists() else []
 
 

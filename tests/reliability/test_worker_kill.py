@@ -32,7 +32,7 @@ from sqlalchemy import select
 from app.db.ratings import RatingIn, upsert_ratings
 from app.db.tables import ModelVersion, TrainingRun
 from app.services import registry, retrain
-from app.services.artifacts import check_artifact
+from app.services.artifacts import STAGING_DIR, check_artifact
 from app.services.model_holder import ModelHolder
 from app.settings import Settings
 from rbm_core.scale import DEFAULT_SCALE
@@ -111,7 +111,7 @@ def _leftovers(model_dir: Path, keep: set[str]) -> list[str]:
     lock file), staging contents included."""
     out: list[str] = []
     for entry in model_dir.iterdir():
-        if entry.name == retrain.STAGING_DIR:
+        if entry.name == STAGING_DIR:
             out += [f"{entry.name}/{child.name}" for child in entry.iterdir()]
         elif entry.name not in {*keep, ".retrain-lock"}:
             out.append(entry.name)
@@ -120,7 +120,7 @@ def _leftovers(model_dir: Path, keep: set[str]) -> list[str]:
 
 def _files_at_the_kill(model_dir: Path) -> set[str]:
     """Names of the files the killed run left, wherever they are (proves the point)."""
-    staging = model_dir / retrain.STAGING_DIR
+    staging = model_dir / STAGING_DIR
     found = {p.name for p in staging.rglob("*") if p.is_file()} if staging.exists() else set()
     return found
 
