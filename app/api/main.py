@@ -25,12 +25,11 @@ from threadpoolctl import threadpool_limits
 
 from app.api import admin, health, items, model, model_versions, ratings, users
 from app.api.deps import Recommender
-from app.api.errors import PROBLEM_MEDIA_TYPE, ServerErrorGuard, install_error_handlers
+from app.api.errors import PROBLEM_MEDIA_TYPE, install_error_handlers
 from app.api.metrics import ApiMetrics, MetricsMiddleware
-from app.api.middleware import BodySizeLimitMiddleware
+from app.api.middleware import BodySizeLimitMiddleware, ResponseGuard
 from app.api.openapi_links import add_openapi_links
 from app.api.security import log_security_posture
-from app.api.security_headers import SecurityHeadersMiddleware
 from app.db.engine import engine_from_settings, is_sqlite, make_sessionmaker
 from app.services.catalog import CatalogCache
 from app.services.model_holder import ModelHolder, poll_forever
@@ -130,8 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    app.add_middleware(ServerErrorGuard)
-    app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(ResponseGuard)
     _document_problems(app)
     add_openapi_links(app)
     return app
