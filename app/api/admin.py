@@ -8,20 +8,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Response, status
+from fastapi import Path, Query, Response, status
 
 from app.api.deps import SessionDep
 from app.api.errors import ProblemError, problem_responses
-from app.api.security import require_admin_key
+from app.api.security import admin_router
 from app.schemas.training_runs import TrainingRunOut
 from app.services import retrain
 
-router = APIRouter(
-    prefix="/admin",
-    tags=["admin"],
-    dependencies=[Depends(require_admin_key)],
-    responses=problem_responses(401, 403, 422, 503),
-)
+router = admin_router(prefix="/admin", tag="admin")
 
 RunId = Annotated[
     str,

@@ -5,23 +5,18 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import Path, Query
 
 from app.api.deps import ModelHolderDep, SessionDep
 from app.api.errors import ProblemError, problem_responses
-from app.api.security import require_admin_key
+from app.api.security import admin_router
 from app.schemas.model_versions import ModelVersionList, ModelVersionOut
 from app.services import registry
 from app.services.artifacts import ArtifactIntegrityError
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(
-    prefix="/models",
-    tags=["models"],
-    dependencies=[Depends(require_admin_key)],
-    responses=problem_responses(401, 403, 422, 503),
-)
+router = admin_router(prefix="/models", tag="models")
 
 VersionId = Annotated[
     str,

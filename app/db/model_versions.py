@@ -8,7 +8,7 @@ caller acts on the committed state, not on what its session cached.
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import Any, Final
+from typing import Final
 
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
@@ -18,11 +18,9 @@ from app.db.tables import ModelVersion
 __all__ = [
     "get",
     "get_active",
-    "insert",
     "lock_activations",
     "newest",
     "retire_active",
-    "update_row",
     "with_files",
     "with_status",
 ]
@@ -69,23 +67,6 @@ def with_files(session: Session, statuses: Collection[str]) -> list[ModelVersion
         .order_by(ModelVersion.created_at.desc(), ModelVersion.id.desc())
     )
     return list(session.scalars(stmt))
-
-
-def insert(session: Session, **values: Any) -> ModelVersion:
-    """Insert a row and read it back (with the server's ``created_at``)."""
-    row = ModelVersion(**values)
-    session.add(row)
-    session.flush()
-    session.refresh(row)
-    return row
-
-
-def update_row(session: Session, row: ModelVersion, **values: Any) -> ModelVersion:
-    """Set columns of a row (read with ``for_update``) and write them."""
-    for name, value in values.items():
-        setattr(row, name, value)
-    session.flush()
-    return row
 
 
 def lock_activations(session: Session) -> None:

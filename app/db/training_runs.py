@@ -7,7 +7,6 @@ Functions take a session and never commit. Rows read for a change are locked
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -17,10 +16,8 @@ from app.db.tables import TrainingRun
 __all__ = [
     "claim_queued",
     "get",
-    "insert",
     "newest",
     "oldest_queued_id",
-    "update_row",
     "with_status",
 ]
 
@@ -56,23 +53,6 @@ def oldest_queued_id(session: Session) -> str | None:
 def with_status(session: Session, status: str) -> list[TrainingRun]:
     """Every row with this status."""
     return list(session.scalars(select(TrainingRun).where(TrainingRun.status == status)))
-
-
-def insert(session: Session, **values: Any) -> TrainingRun:
-    """Insert a row and read it back (with the server's ``requested_at``)."""
-    row = TrainingRun(**values)
-    session.add(row)
-    session.flush()
-    session.refresh(row)
-    return row
-
-
-def update_row(session: Session, row: TrainingRun, **values: Any) -> TrainingRun:
-    """Set columns of a row (read with ``for_update``) and write them."""
-    for name, value in values.items():
-        setattr(row, name, value)
-    session.flush()
-    return row
 
 
 def claim_queued(session: Session, run_id: str, *, started_at: datetime, owner: str) -> bool:

@@ -11,19 +11,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Final
 
 from sqlalchemy.orm import Session
 
 from app.db import ratings as rating_store
 from app.db.items import existing_item_ids, insert_missing_items
+from app.db.ratings import RatingIn
 from app.db.tables import Rating
 from app.domain import InvalidRatingError, ItemsNotInStoreError, validate_rating
 from rbm_core.scale import RatingScale
 
 __all__ = [
     "FieldProblem",
+    "RatingIn",
     "RatingsRejected",
     "delete_rating",
     "list_ratings",
@@ -66,16 +67,6 @@ class RatingsRejected(ValueError):
         super().__init__(f"{first}{more}")
 
 
-@dataclass(frozen=True)
-class RatingEntry:
-    """A rating as the API received it."""
-
-    user_id: str
-    item_id: str
-    rating: float
-    rated_at: datetime | None = None
-
-
 def _scale_problem(
     value: float, scale: RatingScale, loc: tuple[str | int, ...]
 ) -> FieldProblem | None:
@@ -88,7 +79,7 @@ def _scale_problem(
 
 def write_rating(
     session: Session,
-    entry: RatingEntry,
+    entry: RatingIn,
     *,
     scale: RatingScale,
     auto_create_items: bool = False,
@@ -99,7 +90,7 @@ def write_rating(
     ----------
     session : Session
         The unit of work; not committed here.
-    entry : RatingEntry
+    entry : RatingIn
         The rating (ids already checked by the API schema).
     scale : RatingScale
         The allowed values.
@@ -135,7 +126,7 @@ def write_rating(
 
 def write_ratings(
     session: Session,
-    entries: Sequence[RatingEntry],
+    entries: Sequence[RatingIn],
     *,
     scale: RatingScale,
     auto_create_items: bool = False,
@@ -150,7 +141,7 @@ def write_ratings(
     ----------
     session : Session
         The unit of work; not committed here.
-    entries : sequence of RatingEntry
+    entries : sequence of RatingIn
         The ratings.
     scale : RatingScale
         The allowed values.
@@ -199,7 +190,7 @@ def write_ratings(
     try:
         return rating_store.upsert_ratings(
             session,
-            [rating_store.RatingIn(e.user_id, e.item_id, e.rating, e.rated_at) for e in ordered],
+            ordered,
             scale=scale,
         )
     except ItemsNotInStoreError as exc:  # deleted between the check and the write

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from sqlalchemy.orm import Session
 
 from app.db import model_versions as version_rows
+from app.db.base import insert_row, update_row
 from app.db.tables import ModelVersion
 from app.jsonable import record_to_dict, to_jsonable
 from app.services.artifacts import check_artifact, remove_artifact
@@ -281,9 +282,9 @@ def register_version(
     }
     values.update({key: value for key, value in optional.items() if value is not None})
     if reserved is None:
-        row = version_rows.insert(session, id=version_id, **values)
+        row = insert_row(session, ModelVersion, id=version_id, **values)
     else:
-        row = version_rows.update_row(session, reserved, **values)
+        row = update_row(session, reserved, **values)
     logger.info("registered model version %s (%s) at %s", version_id, row.status, artifact_dir)
     if status == "active":
         return activate_version(session, version_id, _verified_digest=digest)
@@ -303,8 +304,9 @@ def reserve_version(
     completes it, or :func:`set_version_status` marks it ``failed``.
     """
     validate_version_id(version_id)
-    row = version_rows.insert(
+    row = insert_row(
         session,
+        ModelVersion,
         id=version_id,
         status="training",
         artifact_path=str(Path(artifact_dir).resolve()),
@@ -342,7 +344,7 @@ def set_version_status(
     changes: dict[str, Any] = {"status": status}
     if note is not None:
         changes["note"] = note
-    return _info(version_rows.update_row(session, row, **changes))
+    return _info(update_row(session, row, **changes))
 
 
 def activate_version(
@@ -397,7 +399,7 @@ def activate_version(
         return _info(row)
     # Retire first: the unique index is checked per statement.
     previous = version_rows.retire_active(session)
-    row = version_rows.update_row(session, row, status="active", activated_at=datetime.now(UTC))
+    row = update_row(session, row, status="active", activated_at=datetime.now(UTC))
     logger.info("activated model version %s (previous: %s)", version_id, previous)
     return _info(row)
 
@@ -434,7 +436,7 @@ def prune_artifacts(session: Session, keep: int) -> list[str]:
                 "could not delete the artifact of version %s at %s", row.id, row.artifact_path
             )
             continue
-        version_rows.update_row(session, row, artifact_deleted_at=datetime.now(UTC))
+        update_row(session, row, artifact_deleted_at=datetime.now(UTC))
         deleted.append(row.id)
     if deleted:
         logger.info("retention deleted the artifacts of %d version(s): %s", len(deleted), deleted)

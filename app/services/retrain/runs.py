@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from sqlalchemy.orm import Session
 
 from app.db import training_runs as run_rows
+from app.db.base import insert_row, update_row
 from app.db.tables import RUN_TRIGGERS, TrainingRun
 from app.jsonable import record_to_dict, to_jsonable
 
@@ -113,6 +114,13 @@ def _info(row: TrainingRun) -> TrainingRunInfo:
     return TrainingRunInfo.model_validate(row)
 
 
+def _existing(session: Session, run_id: str, *, for_update: bool = False) -> TrainingRun:
+    row = run_rows.get(session, run_id, for_update=for_update)
+    if row is None:
+        raise LookupError(f"no training run {run_id!r}")
+    return row
+
+
 def validate_trigger(trigger: str) -> str:
     """Check that ``trigger`` is one of :data:`~app.db.tables.RUN_TRIGGERS`; returns it."""
     if trigger not in RUN_TRIGGERS:
@@ -172,7 +180,9 @@ def request_retrain(session: Session, *, trigger: str = "api") -> tuple[Training
         row = run_rows.get(session, existing)
         if row is not None:
             return _info(row), False
-    row = run_rows.insert(session, id=new_run_id(), trigger=trigger, status="queued", metrics={})
+    row = insert_row(
+        session, TrainingRun, id=new_run_id(), trigger=trigger, status="queued", metrics={}
+    )
     return _info(row), True
 
 
@@ -192,20 +202,9 @@ def start_run(session: Session, *, trigger: str, run_id: str | None) -> Training
         The running run; ``None`` when ``run_id`` was not queued any more (another
         worker claimed it, or it does not exist).
     """
-    now = datetime.now(UTC)
     if run_id is None:
-        row = run_rows.insert(
-            session,
-            id=new_run_id(),
-            trigger=trigger,
-            status="running",
-            requested_at=now,
-            started_at=now,
-            owner=run_owner(),
-            metrics={},
-        )
-        return _info(row)
-    if not run_rows.claim_queued(session, run_id, started_at=now, owner=run_owner()):
+        return _info(_insert_started(session, trigger=trigger, status="running"))
+    if not run_rows.claim_queued(session, run_id, started_at=datetime.now(UTC), owner=run_owner()):
         return None
     return get_run(session, run_id)
 
@@ -222,36 +221,47 @@ def record_busy(session: Session, *, trigger: str, run_id: str | None, why: str)
         ``run_id`` names no run.
     """
     if run_id is not None:
-        row = run_rows.get(session, run_id)
-        if row is None:
-            raise LookupError(f"no training run {run_id!r}")
+        queued = _existing(session, run_id)
         logger.info("run %s stays queued: %s", run_id, why)
-        return _info(row)
-    now = datetime.now(UTC)
-    row = run_rows.insert(
+        return _info(queued)
+    row = _insert_started(
         session,
-        id=new_run_id(),
         trigger=trigger,
         status="skipped",
-        requested_at=now,
-        started_at=now,
-        finished_at=now,
-        owner=run_owner(),
-        metrics={},
+        finished=True,
         reason=f"another retrain is in progress: {why}",
     )
     logger.info("retrain skipped: %s", why)
     return _info(row)
 
 
+def _insert_started(
+    session: Session, *, trigger: str, status: str, finished: bool = False, **values: Any
+) -> TrainingRun:
+    """A new run of this process, started now (and finished now, if ``finished``)."""
+    now = datetime.now(UTC)
+    if finished:
+        values["finished_at"] = now
+    return insert_row(
+        session,
+        TrainingRun,
+        id=new_run_id(),
+        trigger=trigger,
+        status=status,
+        requested_at=now,
+        started_at=now,
+        owner=run_owner(),
+        metrics={},
+        **values,
+    )
+
+
 def update_run(session: Session, run_id: str, **values: Any) -> TrainingRunInfo:
     """Record progress of a run: snapshot and split sizes, its version, metrics."""
-    row = run_rows.get(session, run_id, for_update=True)
-    if row is None:
-        raise LookupError(f"no training run {run_id!r}")
+    row = _existing(session, run_id, for_update=True)
     if "metrics" in values:
         values["metrics"] = to_jsonable(values["metrics"])
-    return _info(run_rows.update_row(session, row, **values))
+    return _info(update_row(session, row, **values))
 
 
 def finish_run(session: Session, run_id: str, status: str, **values: Any) -> TrainingRunInfo:
@@ -281,9 +291,7 @@ def fail_run(session: Session, run_id: str, error: str) -> TrainingRunInfo | Non
     if row is None or row.status != "running":
         return None
     return _info(
-        run_rows.update_row(
-            session, row, status="failed", finished_at=datetime.now(UTC), error=error
-        )
+        update_row(session, row, status="failed", finished_at=datetime.now(UTC), error=error)
     )
 
 
@@ -301,6 +309,6 @@ def abandon_running_runs(session: Session) -> list[TrainingRunInfo]:
             "before the run finished; nothing it produced was published"
         )
         abandoned.append(
-            _info(run_rows.update_row(session, row, status="failed", finished_at=now, error=error))
+            _info(update_row(session, row, status="failed", finished_at=now, error=error))
         )
     return abandoned
