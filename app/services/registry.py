@@ -1,4 +1,4 @@
-"""The model registry: which model versions exist, which one is active, and their files.
+"""The model registry: which model versions exist, which one is active, how they change.
 
 A version is a directory under ``RBMREC_MODEL_DIR`` named by the version id (written
 once by :func:`rbm_core.artifact.save_model`, never modified) plus a row in
