@@ -436,7 +436,7 @@ def predict_test_ratings(
     train: RatingMatrix,
     test: pd.DataFrame,
     *,
-    fallback: float = math.nan,
+    fallback: float = np.nan,
 ) -> NDArray[np.float64]:
     """Predict every test rating, each user folded in from that user's training ratings.
 
