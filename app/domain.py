@@ -48,8 +48,13 @@ class InvalidRatingError(RatingScaleError):
     """A rating value is not a number on the configured rating scale."""
 
 
-class UnknownItemError(LookupError):
-    """A rating refers to an item that is not in the store."""
+class ItemsNotInStoreError(LookupError):
+    """Ratings refer to items that are not in the store (``item_ids`` lists them).
+
+    Not :class:`rbm_core.model.UnknownItemError`, which says that a *model* does not
+    know an item (the service reports that as
+    :class:`app.services.recommend.ItemNotInModelError`).
+    """
 
     def __init__(self, item_ids: list[str]) -> None:
         self.item_ids = item_ids
@@ -93,15 +98,15 @@ def validate_id(value: str, what: str = "id") -> str:
     return value
 
 
-def validate_rating(value: float, scale: RatingScale | None = None) -> float:
+def validate_rating(value: float, scale: RatingScale) -> float:
     """Check a rating value against a rating scale and return the level it denotes.
 
     Parameters
     ----------
     value : float
         The rating sent by a user or read from a file.
-    scale : RatingScale, optional
-        The allowed levels; by default the configured ``RBMREC_RATING_SCALE``.
+    scale : RatingScale
+        The allowed levels (``Settings.rating_scale``, passed down by the caller).
 
     Returns
     -------
@@ -114,7 +119,6 @@ def validate_rating(value: float, scale: RatingScale | None = None) -> float:
         If ``value`` is not a finite number equal to one of the levels; the message
         lists the allowed values.
     """
-    scale = scale if scale is not None else configured_scale()
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidRatingError(
             f"rating must be a number, got {type(value).__name__}; "
@@ -128,10 +132,3 @@ def validate_rating(value: float, scale: RatingScale | None = None) -> float:
         return scale.value_of(scale.index_of(float(value)))
     except RatingScaleError as exc:
         raise InvalidRatingError(str(exc)) from None
-
-
-def configured_scale() -> RatingScale:
-    """The rating scale of the running configuration (``RBMREC_RATING_SCALE``)."""
-    from app.settings import get_settings
-
-    return get_settings().scale

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import BeforeValidator, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from rbm_core.scale import RatingScale
@@ -16,6 +16,19 @@ def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+def _parse_scale(value: object) -> object:
+    return RatingScale.parse(value) if isinstance(value, str) else value
+
+
+ScaleSetting = Annotated[
+    RatingScale,
+    NoDecode,
+    BeforeValidator(_parse_scale),
+]
+"""A rating scale given as text (``"1,2,3,4,5"`` or ``"lo..hi:step"``), parsed once when
+the settings are read; everything downstream receives the :class:`RatingScale`."""
 
 
 class Settings(BaseSettings):
@@ -36,8 +49,8 @@ class Settings(BaseSettings):
     model_dir: Path = Field(
         default=Path("./models"), description="Directory holding the model artifacts."
     )
-    rating_scale: str = Field(
-        default="1,2,3,4,5",
+    rating_scale: ScaleSetting = Field(
+        default=RatingScale.parse("1,2,3,4,5"),
         description="Allowed rating values, comma separated, or a range 'lo..hi:step'.",
     )
     movielens_dir: Path | None = Field(
@@ -104,16 +117,6 @@ class Settings(BaseSettings):
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
-
-    @field_validator("rating_scale")
-    @classmethod
-    def _valid_scale(cls, value: str) -> str:
-        RatingScale.parse(value)
-        return value
-
-    @property
-    def scale(self) -> RatingScale:
-        return RatingScale.parse(self.rating_scale)
 
 
 @lru_cache(maxsize=1)

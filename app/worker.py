@@ -31,7 +31,8 @@ from typing import Any, Final
 from croniter import croniter
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.services.locks import LockBusyError, RetrainLock
+from app.db.engine import engine_of
+from app.db.retrain_lock import LockBusyError, RetrainLock
 from app.services.retrain import (
     TrainingRunInfo,
     next_queued_run,
@@ -181,8 +182,7 @@ class Worker:
 
     def recover(self) -> list[str]:
         """Mark runs abandoned by dead processes failed (if no retrain is running now)."""
-        engine = self.session_factory.kw["bind"]
-        lock = RetrainLock(engine, self.settings.model_dir)
+        lock = RetrainLock(engine_of(self.session_factory), self.settings.model_dir)
         try:
             lock.acquire()
         except LockBusyError:

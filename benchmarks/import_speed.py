@@ -39,7 +39,7 @@ sys.path.insert(0, str(PROJECT_ROOT))
 
 from app.db import migrate  # noqa: E402
 from app.db.engine import make_engine  # noqa: E402
-from app.db.repository import read_ratings_snapshot  # noqa: E402
+from app.db.snapshot import read_ratings_snapshot  # noqa: E402
 from app.services.importer import import_movielens  # noqa: E402
 from rbm_core.scale import RatingScale  # noqa: E402
 

@@ -153,7 +153,7 @@ def prepare(settings: Settings, movielens_dir: str | None, epochs: int, seed: in
         )
     engine = make_engine(settings.database_url)
     try:
-        report = import_movielens(engine, directory, scale=settings.scale)
+        report = import_movielens(engine, directory, scale=settings.rating_scale)
         print(f"imported {report.ratings_read} ratings in {report.seconds:.1f} s", flush=True)
         started = time.perf_counter()
         version = train_and_activate(

@@ -30,7 +30,7 @@ from sqlalchemy.engine import make_url
 
 from app.db import migrate
 from app.db.engine import make_engine
-from app.db.repository import read_ratings_snapshot
+from app.db.snapshot import read_ratings_snapshot
 from app.services.retrain import holdout_mask
 from rbm_core.data import RatingMatrix
 from rbm_core.scale import DEFAULT_SCALE

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from app.db import models, models_registry  # noqa: F401  (register the tables on the metadata)
+from app.db import tables  # noqa: F401  (register the tables on the metadata)
 from app.db.base import Base
 from app.db.engine import make_engine, normalize_url
 from app.settings import get_settings

@@ -57,6 +57,7 @@ __all__ = [
     "evaluate",
     "evaluate_split",
     "metric_names",
+    "predict_test_ratings",
 ]
 
 logger = logging.getLogger(__name__)
@@ -184,6 +185,7 @@ class _TestSet:
     train_ratings: list[dict[str, float]]  # (n_test_users,)
     new_user: NDArray[np.bool_]  # (n_test,)
     new_item: NDArray[np.bool_]  # (n_test,)
+    row: NDArray[np.intp]  # (n_test,) the row of the test frame each rating came from
 
 
 def _test_set(train: RatingMatrix, test: pd.DataFrame) -> _TestSet:
@@ -208,6 +210,7 @@ def _test_set(train: RatingMatrix, test: pd.DataFrame) -> _TestSet:
         train_ratings=train_ratings,
         new_user=~in_train[user_of],
         new_item=~np.isin(items, train.item_ids),
+        row=order,
     )
 
 
@@ -235,6 +238,40 @@ def _rating_predictions(
             )
         pred[rows] = expected
     return pred
+
+
+def predict_test_ratings(
+    model: RatingPredictor,
+    train: RatingMatrix,
+    test: pd.DataFrame,
+    *,
+    fallback: float = np.nan,
+) -> NDArray[np.float64]:
+    """Predict every test rating, each user folded in from that user's training ratings.
+
+    The rating half of the protocol of :func:`evaluate_split`, for a caller that
+    scores fitted models of its own on one test set (the service's retrain gate).
+
+    Parameters
+    ----------
+    model : RatingPredictor
+        A fitted model (``predict`` and ``item_ids_``).
+    train : RatingMatrix
+        The ratings users are folded in from (no ratings: a new user).
+    test : pandas.DataFrame
+        Columns ``user_id``, ``item_id`` and ``rating``.
+    fallback : float, default NaN
+        The prediction for items the model does not know.
+
+    Returns
+    -------
+    ndarray of shape (len(test),)
+        One prediction per row of ``test``, in its order.
+    """
+    data = _test_set(train, test)
+    predictions = np.empty(len(data.items), dtype=np.float64)
+    predictions[data.row] = _rating_predictions(model, data, fallback)
+    return predictions
 
 
 def _ranking_figures(

@@ -20,8 +20,8 @@ from typing import NoReturn
 from sqlalchemy.exc import DBAPIError
 
 from app.db import migrate
-from app.db.engine import make_engine, make_sessionmaker
-from app.db.repository import count_ratings
+from app.db.engine import engine_from_settings, make_sessionmaker
+from app.db.ratings import count_ratings
 from app.logging_config import configure_logging
 from app.services import movielens_download, registry
 from app.services.importer import import_movielens
@@ -58,7 +58,7 @@ def prepare(settings: Settings) -> None:
         migrate.upgrade(settings.database_url)
     except DBAPIError as exc:
         fail(f"cannot reach the database: {exc.orig}")
-    engine = make_engine(settings.database_url, timeout_seconds=settings.db_timeout_seconds)
+    engine = engine_from_settings(settings)
     session_factory = make_sessionmaker(engine)
     try:
         with session_factory() as session:
@@ -69,7 +69,7 @@ def prepare(settings: Settings) -> None:
             directory = movielens_dir(settings)
             step(f"importing MovieLens 100K from {directory}")
             try:
-                report = import_movielens(engine, directory, scale=settings.scale)
+                report = import_movielens(engine, directory, scale=settings.rating_scale)
             except (DataFormatError, FileNotFoundError) as exc:
                 fail(f"{exc} (nothing was imported)")
             step(

@@ -6,23 +6,17 @@ The API process never trains: ``POST /admin/retrain`` only records a ``queued`` 
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Response, status
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import Path, Query, Response, status
 
 from app.api.deps import SessionDep
 from app.api.errors import ProblemError, problem_responses
-from app.api.security import require_admin_key
+from app.api.security import admin_router
+from app.schemas.training_runs import TrainingRunOut
 from app.services import retrain
 
-router = APIRouter(
-    prefix="/admin",
-    tags=["admin"],
-    dependencies=[Depends(require_admin_key)],
-    responses=problem_responses(401, 403, 422, 503),
-)
+router = admin_router(prefix="/admin", tag="admin")
 
 RunId = Annotated[
     str,
@@ -34,82 +28,6 @@ RunId = Annotated[
         examples=["run-20261129T030000123Z-1a2b3c4d"],
     ),
 ]
-
-_EXAMPLE_RUN: dict[str, Any] = {
-    "id": "run-20261129T030000123Z-1a2b3c4d",
-    "trigger": "api",
-    "status": "activated",
-    "requested_at": "2026-11-29T03:00:00.123000Z",
-    "started_at": "2026-11-29T03:00:01.002000Z",
-    "finished_at": "2026-11-29T03:00:41.530000Z",
-    "duration_seconds": 40.528,
-    "owner": "worker-1:4242",
-    "n_users": 943,
-    "n_items": 1682,
-    "n_ratings": 100000,
-    "n_train": 90012,
-    "n_validation": 9988,
-    "metrics": {
-        "validation_rmse": 0.932,
-        "candidate_rmse": 0.932,
-        "active_rmse": 0.934,
-        "promotion_tolerance": 0.005,
-        "decision": "activate",
-    },
-    "model_version_id": "20261129T030000123Z-9f2c1a",
-    "reason": "candidate RMSE 0.9320 vs active 0.9340 on 9950 held-out ratings",
-    "error": None,
-}
-
-
-class TrainingRunOut(BaseModel):
-    """A retrain run: status, timings, data counts, metrics, and error if any."""
-
-    model_config = ConfigDict(json_schema_extra={"examples": [_EXAMPLE_RUN]})
-
-    id: str
-    trigger: str = Field(description="schedule, api or cli.", examples=["api"])
-    status: str = Field(
-        description="queued, running, activated, rejected, skipped or failed.",
-        examples=["queued"],
-    )
-    requested_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    duration_seconds: float | None
-    owner: str | None = Field(description="host:pid of the worker that ran it.")
-    n_users: int | None
-    n_items: int | None
-    n_ratings: int | None
-    n_train: int | None
-    n_validation: int | None
-    metrics: dict[str, Any]
-    model_version_id: str | None = Field(description="The version it produced, if any.")
-    reason: str | None = Field(description="Why it was skipped or rejected.")
-    error: str | None = Field(description="Why it failed.")
-
-    @classmethod
-    def of(cls, info: retrain.TrainingRunInfo) -> TrainingRunOut:
-        """The response body of a registry record."""
-        return cls(
-            id=info.id,
-            trigger=info.trigger,
-            status=info.status,
-            requested_at=info.requested_at,
-            started_at=info.started_at,
-            finished_at=info.finished_at,
-            duration_seconds=info.duration_seconds,
-            owner=info.owner,
-            n_users=info.n_users,
-            n_items=info.n_items,
-            n_ratings=info.n_ratings,
-            n_train=info.n_train,
-            n_validation=info.n_validation,
-            metrics=info.metrics,
-            model_version_id=info.model_version_id,
-            reason=info.reason,
-            error=info.error,
-        )
 
 
 @router.post(
@@ -126,7 +44,7 @@ def request_retrain(session: SessionDep, response: Response) -> TrainingRunOut:
     info, _created = retrain.request_retrain(session, trigger="api")
     session.commit()
     response.headers["Location"] = f"/admin/retrain/{info.id}"
-    return TrainingRunOut.of(info)
+    return TrainingRunOut.model_validate(info)
 
 
 @router.get(
@@ -139,7 +57,7 @@ def list_retrains(
     limit: Annotated[int, Query(ge=1, le=200, description="At most this many.")] = 20,
 ) -> list[TrainingRunOut]:
     """The newest runs first, whatever started them."""
-    return [TrainingRunOut.of(run) for run in retrain.list_runs(session, limit=limit)]
+    return [TrainingRunOut.model_validate(run) for run in retrain.list_runs(session, limit=limit)]
 
 
 @router.get(
@@ -153,4 +71,4 @@ def get_retrain(run_id: RunId, session: SessionDep) -> TrainingRunOut:
     info = retrain.get_run(session, run_id)
     if info is None:
         raise ProblemError(404, f"no training run {run_id!r}")
-    return TrainingRunOut.of(info)
+    return TrainingRunOut.model_validate(info)

@@ -32,8 +32,8 @@ from starlette.concurrency import run_in_threadpool
 from app.api.errors import ProblemError
 from app.api.metrics import ApiMetrics
 from app.domain import ID_MAX_LENGTH, ID_PATTERN
+from app.services.catalog import CatalogCache
 from app.services.model_holder import ModelHolder
-from app.services.recommend import CatalogCache
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -4,9 +4,9 @@ Every error response is ``application/problem+json`` with ``type``, ``title``,
 ``status``, ``detail`` and ``instance`` (the request path); validation errors add
 ``errors``, a list of ``{loc, msg, type}`` naming each wrong field. Handlers here turn
 framework errors (unknown route, wrong method, validation), domain errors and
-database trouble into that shape; :class:`ServerErrorGuard` catches whatever else
-escapes, logs its traceback, and answers a generic 500 so no stack trace ever
-reaches a client.
+database trouble into that shape; :class:`app.api.middleware.ResponseGuard`
+catches whatever else escapes, logs its traceback, and answers a generic 500 so no
+stack trace ever reaches a client.
 """
 
 from __future__ import annotations
@@ -29,18 +29,17 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.domain import ID_PATTERN, ID_RULE, InvalidIdError, InvalidRatingError, UnknownItemError
-from app.schemas import Problem, ValidationProblem
+from app.domain import ID_PATTERN, ID_RULE, InvalidIdError, InvalidRatingError, ItemsNotInStoreError
+from app.schemas.problems import Problem, ValidationProblem
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "PROBLEM_MEDIA_TYPE",
     "ProblemError",
-    "ServerErrorGuard",
     "install_error_handlers",
+    "internal_error",
     "problem_response",
     "problem_responses",
 ]
@@ -53,12 +52,6 @@ TYPE_DATABASE_UNAVAILABLE: Final = "urn:rbmrec:problem:database-unavailable"
 TYPE_SCHEMA_OUTDATED: Final = "urn:rbmrec:problem:database-schema-outdated"
 TYPE_NO_MODEL: Final = "urn:rbmrec:problem:no-model"
 TYPE_CONFLICT: Final = "urn:rbmrec:problem:conflict"
-
-_SECURITY_HEADERS: Final = (
-    (b"x-content-type-options", b"nosniff"),
-    (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"no-referrer"),
-)
 
 
 class ProblemError(Exception):
@@ -246,7 +239,7 @@ async def _handle_validation(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _handle_domain(request: Request, exc: Exception) -> JSONResponse:
-    if isinstance(exc, UnknownItemError):
+    if isinstance(exc, ItemsNotInStoreError):
         return problem_response(
             404, str(exc), title="Unknown item", type=TYPE_UNKNOWN_ITEM, instance=_instance(request)
         )
@@ -316,7 +309,7 @@ async def _handle_database(request: Request, exc: Exception) -> JSONResponse:
             errors=[],
         )
     logger.error("database error during %s", where, exc_info=exc)
-    return _internal_error(request.url.path)
+    return internal_error(request.url.path)
 
 
 async def _handle_response_validation(request: Request, exc: Exception) -> JSONResponse:
@@ -326,10 +319,11 @@ async def _handle_response_validation(request: Request, exc: Exception) -> JSONR
         request.url.path,
         exc_info=exc,
     )
-    return _internal_error(request.url.path)
+    return internal_error(request.url.path)
 
 
-def _internal_error(path: str) -> JSONResponse:
+def internal_error(path: str) -> JSONResponse:
+    """The generic 500 problem (the details go to the log, never to the client)."""
     return problem_response(
         500,
         "an unexpected error occurred; it has been logged",
@@ -343,47 +337,10 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _handle_http)
     app.add_exception_handler(RequestValidationError, _handle_validation)
     app.add_exception_handler(ResponseValidationError, _handle_response_validation)
-    for domain_error in (InvalidIdError, InvalidRatingError, UnknownItemError):
+    for domain_error in (InvalidIdError, InvalidRatingError, ItemsNotInStoreError):
         app.add_exception_handler(domain_error, _handle_domain)
     for db_error in (DBAPIError, PoolTimeoutError):
         app.add_exception_handler(db_error, _handle_database)
-
-
-# -- middleware ------------------------------------------------------------------------
-class ServerErrorGuard:
-    """Pure ASGI middleware: a generic 500 problem for any unhandled exception.
-
-    The traceback goes to the log only. Unlike an ``Exception`` handler (which
-    Starlette runs in its outermost middleware and then re-raises), this answers
-    the request and stops there, so the server does not log the error twice. It
-    also adds a few security headers to every response.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def send_with_headers(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                message["headers"] = [*message.get("headers", ()), *_SECURITY_HEADERS]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_headers)
-        except Exception:
-            logger.exception(
-                "unhandled error on %s %s", scope.get("method", "?"), scope.get("path", "?")
-            )
-            if started:
-                raise
-            await _internal_error(str(scope.get("path", "")))(scope, receive, send_with_headers)
 
 
 # -- OpenAPI -------------------------------------------------------------------------

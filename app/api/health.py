@@ -6,14 +6,14 @@ import logging
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.api.deps import MetricsDep, ModelHolderDep
 from app.api.errors import PROBLEM_MEDIA_TYPE
 from app.api.metrics import CONTENT_TYPE
-from app.schemas import DatabaseStatus, Liveness, ModelStatus, NotReady, Readiness
+from app.db.engine import ping
+from app.schemas.health import DatabaseStatus, Liveness, ModelStatus, NotReady, Readiness
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +44,7 @@ def ready(request: Request, holder: ModelHolderDep) -> Response:
     factory: sessionmaker[Session] = request.app.state.session_factory
     database = DatabaseStatus(ok=True)
     try:
-        with factory() as session:
-            session.execute(text("SELECT 1"))
+        ping(factory)
     except SQLAlchemyError as exc:
         logger.warning("readiness: the database does not answer: %s", type(exc).__name__)
         database = DatabaseStatus(ok=False, error="the database does not answer")

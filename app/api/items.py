@@ -17,9 +17,9 @@ from app.api.deps import (
 )
 from app.api.errors import TYPE_NO_MODEL, TYPE_UNKNOWN_ITEM, ProblemError, problem_responses
 from app.api.security import require_write_key
-from app.db import repository
-from app.db.repository import ItemIn
-from app.schemas import MAX_N, ItemOut, ItemPage, ItemUpsert, SimilarItem, SimilarItems
+from app.schemas.fields import MAX_N
+from app.schemas.items import ItemOut, ItemPage, ItemUpsert, SimilarItems
+from app.services import items as items_service
 from app.services import recommend as recommend_service
 from app.services.recommend import ItemNotInModelError, NoModelError
 
@@ -51,17 +51,11 @@ def put_item(
     catalog: CatalogDep,
 ) -> Response:
     """Store an item's title, genres and attributes: 201 when created, 200 when replaced."""
-    existed = repository.get_item(session, item_id) is not None
-    repository.upsert_items(
-        session,
-        [ItemIn(id=item_id, title=body.title, genres=body.genres, attributes=body.attributes)],
+    item, created = items_service.save_item(
+        session, item_id, title=body.title, genres=body.genres, attributes=body.attributes
     )
-    session.flush()
     catalog.items_changed()
-    item = repository.get_item(session, item_id)
-    assert item is not None
-    session.refresh(item)
-    status_code = status.HTTP_200_OK if existed else status.HTTP_201_CREATED
+    status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     return model_response(ItemOut.model_validate(item), status_code)
 
 
@@ -73,7 +67,7 @@ def put_item(
 )
 def get_item(item_id: ItemIdPath, session: ReadSessionDep) -> Response:
     """The item, or 404."""
-    item = repository.get_item(session, item_id)
+    item = items_service.find_item(session, item_id)
     if item is None:
         raise _unknown_item(item_id)
     return model_response(ItemOut.model_validate(item))
@@ -91,9 +85,9 @@ def list_items(
     limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 100,
 ) -> Response:
     """A page of items ordered by id, with the catalog's size."""
-    items = repository.list_items(session, offset=offset, limit=limit)
+    items, total = items_service.item_page(session, offset=offset, limit=limit)
     page = ItemPage(
-        total=repository.count_items(session),
+        total=total,
         offset=offset,
         limit=limit,
         items=[ItemOut.model_validate(i) for i in items],
@@ -133,8 +127,6 @@ def get_similar_items(
     body = SimilarItems(
         item_id=item_id,
         model_version=loaded.version.id,
-        items=[
-            SimilarItem(item_id=s.item_id, title=s.title, similarity=s.similarity) for s in similar
-        ],
+        items=similar,
     )
     return model_response(body)

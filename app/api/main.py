@@ -23,16 +23,16 @@ from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from threadpoolctl import threadpool_limits
 
+from app.api import admin, health, items, model, model_versions, ratings, users
 from app.api.deps import Recommender
-from app.api.errors import PROBLEM_MEDIA_TYPE, ServerErrorGuard, install_error_handlers
+from app.api.errors import PROBLEM_MEDIA_TYPE, install_error_handlers
 from app.api.metrics import ApiMetrics, MetricsMiddleware
-from app.api.middleware import BodySizeLimitMiddleware
+from app.api.middleware import BodySizeLimitMiddleware, ResponseGuard
 from app.api.openapi_links import add_openapi_links
 from app.api.security import log_security_posture
-from app.api.security_headers import SecurityHeadersMiddleware
-from app.db.engine import is_sqlite, make_engine, make_sessionmaker
+from app.db.engine import engine_from_settings, is_sqlite, make_sessionmaker
+from app.services.catalog import CatalogCache
 from app.services.model_holder import ModelHolder, poll_forever
-from app.services.recommend import CatalogCache
 from app.services.serving_cache import ServingCache, default_cache_root
 from app.settings import Settings, get_settings
 
@@ -76,14 +76,12 @@ _TAGS: list[dict[str, Any]] = [
 
 
 def _routers() -> list[APIRouter]:
-    from app.api import admin, health, items, model, models, ratings, users
-
     return [
         ratings.router,
         users.router,
         items.router,
         model.router,
-        models.router,
+        model_versions.router,
         admin.router,
         health.router,
     ]
@@ -131,8 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    app.add_middleware(ServerErrorGuard)
-    app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(ResponseGuard)
     _document_problems(app)
     add_openapi_links(app)
     return app
@@ -147,7 +144,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     # server's pool: BLAS threads on top of those oversubscribe the cores (measured:
     # 7x fewer recommendations per second with OpenBLAS's default threads).
     blas = threadpool_limits(limits=1, user_api="blas")
-    engine = make_engine(settings.database_url, timeout_seconds=settings.db_timeout_seconds)
+    engine = engine_from_settings(settings)
     session_factory = make_sessionmaker(engine)
     # Read-only handlers skip BEGIN/COMMIT on PostgreSQL (same pool); SQLite keeps
     # its own transaction handling.

@@ -1,21 +1,100 @@
-"""Request body size limit (``RBMREC_MAX_BODY_BYTES``), as pure ASGI middleware.
+"""The app's own ASGI middleware: the response guard and the request body size limit.
 
-A declared ``Content-Length`` over the limit is refused before anything is read.
-Bodies without one (chunked transfer encoding) are counted as they arrive, and
-reading stops with 413 as soon as the count passes the limit, so an endless body
-never fills memory.
+:class:`ResponseGuard` wraps everything (added last): it puts the security headers
+on every response and answers a generic 500 problem for any unhandled exception.
+
+:class:`BodySizeLimitMiddleware` enforces ``RBMREC_MAX_BODY_BYTES``: a declared
+``Content-Length`` over the limit is refused before anything is read. Bodies
+without one (chunked transfer encoding) are counted as they arrive, and reading
+stops with 413 as soon as the count passes the limit, so an endless body never
+fills memory.
+
+(Request metrics are counted by :class:`app.api.metrics.MetricsMiddleware`.)
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Final
 
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.errors import problem_response
+from app.api.errors import internal_error, problem_response
 
-__all__ = ["BodySizeLimitMiddleware", "BodyTooLargeError"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["DOCS_PATHS", "BodySizeLimitMiddleware", "BodyTooLargeError", "ResponseGuard"]
+
+CONTENT_SECURITY_POLICY: Final = "default-src 'none'; frame-ancestors 'none'"
+HSTS: Final = "max-age=63072000; includeSubDomains"
+DOCS_PATHS: Final = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
+
+_ALWAYS: Final = (
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    ("referrer-policy", "no-referrer"),
+    ("cache-control", "no-store"),
+)
+
+
+class ResponseGuard:
+    """Security headers on every HTTP response, and a generic 500 for what escapes.
+
+    Adds, unless the response already has them:
+
+    * ``X-Content-Type-Options: nosniff``, ``X-Frame-Options: DENY`` and
+      ``Referrer-Policy: no-referrer``;
+    * ``Cache-Control: no-store``: answers hold users' ratings and recommendations;
+      neither browsers nor shared proxies keep them;
+    * ``Content-Security-Policy: default-src 'none'; frame-ancestors 'none'``: a
+      JSON API loads nothing and is framed by nobody; should a browser ever render
+      one of its responses, no script runs. The documentation pages (``/docs``,
+      ``/redoc``) are left without it, since they load Swagger UI and ReDoc from a CDN;
+    * ``Strict-Transport-Security`` when the request came over HTTPS (directly, or
+      through a proxy that uvicorn trusts with ``--proxy-headers``).
+
+    An unhandled exception is logged with its traceback and answered with a 500
+    problem document (with these headers). Unlike an ``Exception`` handler (which
+    Starlette runs in its outermost middleware and then re-raises), this answers the
+    request and stops there, so the server does not log the error twice.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        docs = scope.get("path") in DOCS_PATHS
+        https = scope.get("scheme") == "https"
+        started = False
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = MutableHeaders(scope=message)
+                for name, value in _ALWAYS:
+                    headers.setdefault(name, value)
+                if not docs:
+                    headers.setdefault("content-security-policy", CONTENT_SECURITY_POLICY)
+                if https:
+                    headers.setdefault("strict-transport-security", HSTS)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception:
+            logger.exception(
+                "unhandled error on %s %s", scope.get("method", "?"), scope.get("path", "?")
+            )
+            if started:
+                raise
+            await internal_error(str(scope.get("path", "")))(scope, receive, send_with_headers)
+
 
 _METHODS_WITH_BODY: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 

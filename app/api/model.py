@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from app.api.deps import ModelHolderDep
 from app.api.errors import TYPE_NO_MODEL, ProblemError, problem_responses
-from app.schemas import ModelInfo
+from app.schemas.model_versions import ModelInfo
 
 router = APIRouter(tags=["model"])
 

@@ -13,9 +13,9 @@ from app.api.errors import (
     validation_problem,
 )
 from app.api.security import require_write_key
-from app.schemas import RatingBatch, RatingBatchResult, RatingCreate, RatingOut
+from app.schemas.ratings import RatingBatch, RatingBatchResult, RatingCreate, RatingOut
 from app.services import ratings as ratings_service
-from app.services.ratings import RatingEntry, RatingsRejected
+from app.services.ratings import RatingIn, RatingsRejected
 
 router = APIRouter(tags=["ratings"], dependencies=[Depends(require_write_key)])
 
@@ -56,10 +56,13 @@ def post_rating(
     catalog: CatalogDep,
 ) -> Response:
     """Upsert one rating: 201 when created, 200 when it replaced an earlier one."""
-    entry = RatingEntry(body.user_id, body.item_id, body.rating, body.rated_at)
+    entry = RatingIn(body.user_id, body.item_id, body.rating, body.rated_at)
     try:
         rating, created = ratings_service.write_rating(
-            session, entry, scale=settings.scale, auto_create_items=settings.auto_create_items
+            session,
+            entry,
+            scale=settings.rating_scale,
+            auto_create_items=settings.auto_create_items,
         )
     except RatingsRejected as exc:
         raise rejection(exc, single=True) from None
@@ -88,10 +91,13 @@ def post_ratings_batch(
     catalog: CatalogDep,
 ) -> Response:
     """Upsert many ratings atomically."""
-    entries = [RatingEntry(r.user_id, r.item_id, r.rating, r.rated_at) for r in body.ratings]
+    entries = [RatingIn(r.user_id, r.item_id, r.rating, r.rated_at) for r in body.ratings]
     try:
         written = ratings_service.write_ratings(
-            session, entries, scale=settings.scale, auto_create_items=settings.auto_create_items
+            session,
+            entries,
+            scale=settings.rating_scale,
+            auto_create_items=settings.auto_create_items,
         )
     except RatingsRejected as exc:
         raise rejection(exc, single=False) from None

@@ -20,15 +20,15 @@ import logging
 from collections.abc import Sequence
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from app.api.errors import ProblemError
+from app.api.errors import ProblemError, problem_responses
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["log_security_posture", "require_admin_key", "require_write_key"]
+__all__ = ["admin_router", "log_security_posture", "require_admin_key", "require_write_key"]
 
 _bearer = HTTPBearer(
     auto_error=False,
@@ -113,6 +113,16 @@ async def require_admin_key(request: Request, credentials: BearerCredentials) ->
         401 without a key, 403 with a wrong one (a write-only key included).
     """
     _check(credentials, admin_keys(_settings(request)), "admin routes")
+
+
+def admin_router(*, prefix: str, tag: str) -> APIRouter:
+    """A router all of whose routes need an admin key (:func:`require_admin_key`)."""
+    return APIRouter(
+        prefix=prefix,
+        tags=[tag],
+        dependencies=[Depends(require_admin_key)],
+        responses=problem_responses(401, 403, 422, 503),
+    )
 
 
 def log_security_posture(settings: Settings) -> None:

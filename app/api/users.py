@@ -21,15 +21,9 @@ from app.api.deps import (
 from app.api.errors import ProblemError, problem_responses
 from app.api.security import require_write_key
 from app.domain import ID_MAX_LENGTH, ID_PATTERN
-from app.schemas import (
-    MAX_N,
-    ItemPrediction,
-    Predictions,
-    RatingOut,
-    RatingPage,
-    Recommendations,
-    RecommendedItem,
-)
+from app.schemas.fields import MAX_N
+from app.schemas.ratings import RatingOut, RatingPage
+from app.schemas.recommendations import ItemPrediction, Predictions, Recommendations
 from app.services import ratings as ratings_service
 from app.services import recommend as recommend_service
 
@@ -139,15 +133,7 @@ async def get_recommendations(
             model_version=result.model_version,
             offset=offset,
             n=n,
-            items=[
-                RecommendedItem(
-                    item_id=r.item_id,
-                    title=r.title,
-                    score=r.score,
-                    predicted_rating=r.predicted_rating,
-                )
-                for r in result.items
-            ],
+            items=result.items,
         )
         return model_response(body)
 
@@ -183,7 +169,7 @@ def get_predictions(
         holder.current,
         user_id,
         item_id,
-        levels=[float(v) for v in settings.scale.values],
+        levels=[float(v) for v in settings.rating_scale.values],
     )
     expected = result.expected.tolist()
     distribution = result.distribution.tolist()

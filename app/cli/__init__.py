@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from app.cli import db, evaluate, importer, models, serve, train, worker
+from app.cli import db, evaluate, importer, model_versions, serve, train, worker
 
 cli = typer.Typer(
     name="rbmrec",
@@ -14,7 +14,7 @@ cli = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for module in (db, importer, train, evaluate, serve, models, worker):
+for module in (db, importer, train, evaluate, serve, model_versions, worker):
     module.register(cli)
 
 

@@ -1,20 +1,25 @@
-"""Helpers shared by the CLI commands: settings, logging, clean error exits."""
+"""Helpers shared by the CLI commands: settings, clean error exits, the store, hyperparameters."""
 
 from __future__ import annotations
 
-import sys
-from typing import NoReturn
+import contextlib
+import json
+from collections.abc import Iterator
+from typing import Any, NoReturn
 
 import typer
+from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
+from sqlalchemy.orm import Session, sessionmaker
 
+from app.db.engine import engine_from_settings, make_sessionmaker
 from app.logging_config import configure_logging
 from app.settings import Settings, get_settings
+from rbm_core.model import SoftmaxRBM
 
 
 def load_settings() -> Settings:
     """Read settings (and set up logging); a bad setting is a clear error, not a traceback."""
-    from pydantic import ValidationError
-
     try:
         settings = get_settings()
     except ValidationError as exc:
@@ -29,5 +34,51 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def info(message: str) -> None:
-    typer.echo(message, err=not sys.stdout.isatty() and False)
+@contextlib.contextmanager
+def open_store(settings: Settings) -> Iterator[sessionmaker[Session]]:
+    """A session factory on the configured store; database trouble becomes ``error: ...``."""
+    engine = engine_from_settings(settings)
+    try:
+        yield make_sessionmaker(engine)
+    except (ProgrammingError, OperationalError) as exc:
+        message = str(exc.orig)
+        if "no such table" in message or "does not exist" in message:
+            fail(
+                "the database schema is not up to date "
+                f"({message.splitlines()[0]}); run `rbmrec db upgrade`"
+            )
+        fail(f"cannot reach the database: {message.splitlines()[0] if message else exc}")
+    except DBAPIError as exc:
+        fail(f"database error: {str(exc.orig).splitlines()[0]}")
+    finally:
+        engine.dispose()
+
+
+def model_params(
+    epochs: int | None, hidden: int | None, seed: int | None, params: list[str] | None
+) -> dict[str, Any]:
+    """Hyperparameter overrides from the command line (``--param name=value``, JSON values).
+
+    Unknown names are refused here, before anything runs.
+    """
+    out: dict[str, Any] = {}
+    for item in params or []:
+        name, sep, raw = item.partition("=")
+        if not sep or not name.strip():
+            fail(f"--param expects NAME=VALUE, got {item!r}")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out[name.strip()] = value
+    if epochs is not None:
+        out["n_epochs"] = epochs
+    if hidden is not None:
+        out["n_hidden"] = hidden
+    if seed is not None:
+        out["random_state"] = seed
+    try:
+        SoftmaxRBM().set_params(**out)
+    except ValueError as exc:
+        fail(str(exc))
+    return out

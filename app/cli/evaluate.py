@@ -13,8 +13,7 @@ from typing import Any
 
 import typer
 
-from app.cli.common import fail
-from app.cli.models import model_params
+from app.cli.common import fail, model_params
 from app.logging_config import configure_logging
 
 _DATA = typer.Option(

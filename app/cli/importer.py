@@ -13,7 +13,7 @@ from sqlalchemy.exc import DBAPIError
 from tqdm import tqdm
 
 from app.cli.common import fail, load_settings
-from app.db.engine import make_engine
+from app.db.engine import engine_from_settings
 from app.services import movielens_download
 from app.services.importer import import_movielens
 from rbm_core.movielens import DataFormatError, count_data_lines, locate
@@ -81,7 +81,7 @@ def movielens(
     if (path is None) == (download is None):
         fail("give either PATH or --download NAME")
     try:
-        scale = RatingScale.parse(rating_scale) if rating_scale else settings.scale
+        scale = RatingScale.parse(rating_scale) if rating_scale else settings.rating_scale
     except RatingScaleError as exc:
         fail(f"invalid --rating-scale: {exc}")
 
@@ -95,7 +95,7 @@ def movielens(
     except (FileNotFoundError, DataFormatError) as exc:
         fail(str(exc))
 
-    engine = make_engine(settings.database_url, timeout_seconds=settings.db_timeout_seconds)
+    engine = engine_from_settings(settings)
     try:
         migrated = inspect(engine).has_table("ratings")
     except DBAPIError as exc:

@@ -6,9 +6,8 @@ import json
 
 import typer
 
-from app.cli.common import fail, load_settings
-from app.cli.models import model_params, open_store
-from app.services.locks import LockBusyError
+from app.cli.common import fail, load_settings, model_params, open_store
+from app.db.retrain_lock import LockBusyError
 from app.services.retrain import RetrainError, TrainingRunInfo, run_retrain, train_and_activate
 
 EPOCHS_OPTION = typer.Option(

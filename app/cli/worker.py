@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from app.cli.common import fail, load_settings
-from app.cli.models import model_params, open_store
+from app.cli.common import fail, load_settings, model_params, open_store
 from app.cli.train import EPOCHS_OPTION, HIDDEN_OPTION, PARAM_OPTION, SEED_OPTION
 
 

@@ -1,1 +1,1 @@
-"""The ratings store: engine, ORM models and repository functions."""
+"""The store: engine, tables, and the query functions (the only place SQL is written)."""

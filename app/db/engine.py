@@ -5,10 +5,12 @@ from __future__ import annotations
 import time
 from typing import Any, Final
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.orm import Session, sessionmaker
+
+from app.settings import Settings
 
 PING_AFTER_IDLE_SECONDS: Final = 1.0
 """A pooled PostgreSQL connection idle for longer is pinged before it is used."""
@@ -90,6 +92,15 @@ def make_engine(url: str, *, timeout_seconds: float = 5.0, **kwargs: Any) -> Eng
     return engine
 
 
+def engine_from_settings(settings: Settings, **kwargs: Any) -> Engine:
+    """The engine of the configured store.
+
+    ``RBMREC_DATABASE_URL`` with the ``RBMREC_DB_TIMEOUT_SECONDS`` timeouts; what the
+    API, the CLI and the demo open (tests and benchmarks call :func:`make_engine`).
+    """
+    return make_engine(settings.database_url, timeout_seconds=settings.db_timeout_seconds, **kwargs)
+
+
 def _ping_after_idle(engine: Engine, idle_seconds: float) -> None:
     """Ping a pooled connection at checkout, but only when it sat idle for a while.
 
@@ -122,3 +133,17 @@ def _ping_after_idle(engine: Engine, idle_seconds: float) -> None:
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def ping(session_factory: sessionmaker[Session]) -> None:
+    """``SELECT 1`` on a pooled connection; raises ``SQLAlchemyError`` if the database is down."""
+    with session_factory() as session:
+        session.execute(text("SELECT 1"))
+
+
+def engine_of(session_factory: sessionmaker[Session]) -> Engine:
+    """The engine a session factory is bound to (the retrain lock and snapshot need it)."""
+    bind = session_factory.kw.get("bind")
+    if not isinstance(bind, Engine):
+        raise TypeError("the session factory must be bound to an Engine")
+    return bind

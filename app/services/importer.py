@@ -6,9 +6,10 @@ was. Re-running it is idempotent: rows whose values did not change are not touch
 (not even ``updated_at``).
 
 How it writes
-    Items go through :func:`app.db.repository.upsert_items`. Ratings are streamed in
+    Items go through :func:`app.db.items.upsert_items`. Ratings are streamed in
     blocks from the file, validated, and loaded into a temporary staging table
-    (PostgreSQL: ``COPY FROM STDIN``; SQLite: ``executemany``); one
+    (:mod:`app.db.import_stage`;
+    PostgreSQL: ``COPY FROM STDIN``; SQLite: ``executemany``); one
     ``INSERT .. SELECT .. ON CONFLICT DO UPDATE .. WHERE <changed>`` then merges the
     staging table into ``ratings``.
 
@@ -33,12 +34,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Connection, Engine, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from app.db import repository
-from app.db.models import SQLITE_UTCNOW
+from app.db import items as item_store
+from app.db.import_stage import RatingStage, analyze_store, prepare_bulk_transaction
 from app.domain import ID_PATTERN, InvalidIdError, InvalidRatingError, validate_id, validate_rating
 from rbm_core.movielens import (
     DataFormatError,
@@ -56,7 +56,6 @@ __all__ = ["ImportReport", "ProgressCallback", "import_movielens"]
 ProgressCallback = Callable[[int], object]
 """Called with the number of rating lines read since the previous call."""
 
-_STAGE = "rbmrec_import_ratings"
 _SCALE_HINT = (
     "set RBMREC_RATING_SCALE or pass --rating-scale (MovieLens 20M/25M/32M/latest: 0.5..5:0.5)"
 )
@@ -146,23 +145,19 @@ def import_movielens(
 
     with Session(engine) as session, session.begin():
         conn = session.connection()
-        backend = conn.dialect.name
-        if backend == "postgresql":
-            # a large import outlives the service's statement timeout
-            conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
-            conn.exec_driver_sql("SET LOCAL work_mem = '256MB'")
+        prepare_bulk_transaction(conn)
 
-        repository.upsert_items(
+        item_store.upsert_items(
             session,
             [
-                repository.ItemIn(id=i, title=t, genres=g, attributes=a)
+                item_store.ItemIn(id=i, title=t, genres=g, attributes=a)
                 for i, t, g, a in zip(
                     items["id"], items["title"], items["genres"], items["attributes"], strict=True
                 )
             ],
         )
 
-        stage = _Stage.create(conn)
+        stage = RatingStage.create(conn)
         users: set[str] = set()
         rated_items: set[str] = set()
         pair_hashes: list[np.ndarray[Any, np.dtype[np.uint64]]] = []
@@ -187,7 +182,15 @@ def import_movielens(
 
         logger.debug("read and staged %d ratings: %.1f s", n_read, time.perf_counter() - started)
         if _may_have_duplicates(pair_hashes):
-            stage.check_duplicates(files.ratings)
+            repeated = stage.first_repeated_pair()
+            if repeated is not None:
+                user_id, item_id, first, line = repeated
+                raise DataFormatError(
+                    f"second rating of user {user_id!r} for item {item_id!r} "
+                    f"(first on line {first})",
+                    path=files.ratings,
+                    line=line,
+                )
         del pair_hashes
         stage.analyze()
         logger.debug("duplicate check: %.1f s", time.perf_counter() - started)
@@ -200,9 +203,7 @@ def import_movielens(
             time.perf_counter() - started,
         )
         stage.drop()
-        if backend == "postgresql":
-            conn.exec_driver_sql("ANALYZE items")
-            conn.exec_driver_sql("ANALYZE ratings")
+        analyze_store(conn)
         logger.debug("committing: %.1f s", time.perf_counter() - started)
 
     report = ImportReport(
@@ -291,149 +292,12 @@ def _create_placeholder_items(session: Session, missing: set[str]) -> int:
     """Create rated items that the item file lacks, unless the store has them already."""
     if not missing:
         return 0
-    new = sorted(missing - repository.existing_item_ids(session, missing))
+    new = sorted(missing - item_store.existing_item_ids(session, missing))
     if new:
-        repository.upsert_items(session, [repository.ItemIn(id=item_id) for item_id in new])
+        item_store.upsert_items(session, [item_store.ItemIn(id=item_id) for item_id in new])
         logger.warning(
             "%d rated items are not in the item file; created them with an empty title (e.g. %s)",
             len(new),
             ", ".join(new[:5]),
         )
     return len(new)
-
-
-# -- staging table -----------------------------------------------------------------------
-class _Stage:
-    """A temporary table holding the validated ratings of the file, then merged."""
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-        self.backend = conn.dialect.name
-
-    @classmethod
-    def create(cls, conn: Connection) -> _Stage:
-        stage = cls(conn)
-        on_commit = " ON COMMIT DROP" if stage.backend == "postgresql" else ""
-        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {_STAGE}")
-        conn.exec_driver_sql(
-            f"CREATE TEMPORARY TABLE {_STAGE} (user_id TEXT NOT NULL, item_id TEXT NOT NULL, "
-            f"rating DOUBLE PRECISION NOT NULL, ts BIGINT NOT NULL, line BIGINT NOT NULL)"
-            f"{on_commit}"
-        )
-        return stage
-
-    def write(self, block: pd.DataFrame) -> None:
-        columns = block[["user_id", "item_id", "rating", "timestamp", "line"]]
-        raw = self.conn.connection.driver_connection
-        assert raw is not None
-        rows = zip(
-            columns["user_id"].tolist(),
-            columns["item_id"].tolist(),
-            columns["rating"].tolist(),
-            columns["timestamp"].tolist(),
-            columns["line"].tolist(),
-            strict=True,
-        )
-        if self.backend == "postgresql":
-            with (
-                raw.cursor() as cur,
-                cur.copy(f"COPY {_STAGE} FROM STDIN (FORMAT BINARY)") as copy,
-            ):
-                copy.set_types(["text", "text", "float8", "int8", "int8"])
-                for row in rows:
-                    copy.write_row(row)
-        else:
-            raw.executemany(f"INSERT INTO {_STAGE} VALUES (?, ?, ?, ?, ?)", rows)  # noqa: S608
-
-    def check_duplicates(self, path: Path) -> None:
-        """Raise at the earliest line that rates a (user, item) pair a second time."""
-        row = self.conn.execute(
-            text(
-                "SELECT user_id, item_id, first_line, line FROM ("  # noqa: S608
-                "SELECT user_id, item_id, line, min(line) OVER pair AS first_line, "
-                f"row_number() OVER pair AS n FROM {_STAGE} "
-                "WINDOW pair AS (PARTITION BY user_id, item_id ORDER BY line)"
-                ") repeated WHERE n = 2 ORDER BY line LIMIT 1"
-            )
-        ).first()
-        if row is not None:
-            user_id, item_id, first, second = row
-            raise DataFormatError(
-                f"second rating of user {user_id!r} for item {item_id!r} (first on line {first})",
-                path=path,
-                line=int(second),
-            )
-
-    def analyze(self) -> None:
-        # row counts for the planner, so the merge joins by hash, not by loops
-        if self.backend == "postgresql":
-            self.conn.exec_driver_sql(f"ANALYZE {_STAGE}")
-
-    def merge(self, session: Session) -> tuple[int, int]:
-        """Write the staged ratings into ``ratings``: (rows inserted, rows changed).
-
-        Rows the store already holds with the same value and time are not touched, so
-        a re-import neither locks nor rewrites them.
-        """
-        if self.backend == "postgresql":
-            return self._merge_postgres(session)
-        return self._merge_sqlite(session)
-
-    def _upsert_sql(self, rated_at: str, now: str, distinct: str, where: str) -> str:
-        return (
-            "INSERT INTO ratings (user_id, item_id, rating, rated_at, version, updated_at) "  # noqa: S608
-            f"SELECT s.user_id, s.item_id, s.rating, {rated_at}, 1, {now} FROM {_STAGE} s "
-            "LEFT JOIN ratings r ON r.user_id = s.user_id AND r.item_id = s.item_id "
-            f"WHERE {where} ORDER BY s.user_id, s.item_id "
-            "ON CONFLICT (user_id, item_id) DO UPDATE SET rating = excluded.rating, "
-            f"rated_at = excluded.rated_at, version = ratings.version + 1, updated_at = {now} "
-            f"WHERE ratings.rating {distinct} excluded.rating "
-            f"OR ratings.rated_at {distinct} excluded.rated_at"
-        )
-
-    def _upsert_changes(
-        self, session: Session, rated_at: str, now: str, distinct: str
-    ) -> tuple[int, int]:
-        """One upsert of the staged rows that are new or differ from the store."""
-        before = repository.count_ratings(session)
-        changed = self.conn.exec_driver_sql(
-            self._upsert_sql(
-                rated_at,
-                now,
-                distinct,
-                f"r.user_id IS NULL OR r.rating {distinct} s.rating "
-                f"OR r.rated_at {distinct} {rated_at}",
-            )
-        ).rowcount
-        inserted = repository.count_ratings(session) - before
-        return inserted, changed - inserted
-
-    def _merge_sqlite(self, session: Session) -> tuple[int, int]:
-        # The import holds SQLite's write lock, so no other writer can interleave.
-        rated_at = "strftime('%Y-%m-%d %H:%M:%S', s.ts, 'unixepoch') || '.000000'"
-        return self._upsert_changes(session, rated_at, SQLITE_UTCNOW, "IS NOT")
-
-    def _merge_postgres(self, session: Session) -> tuple[int, int]:
-        rated_at = "to_timestamp(s.ts)"
-        if self.conn.exec_driver_sql("SELECT EXISTS (SELECT 1 FROM ratings)").scalar():
-            return self._upsert_changes(session, rated_at, "now()", "IS DISTINCT FROM")
-        # An empty store (the first import): a plain INSERT costs much less than
-        # INSERT .. ON CONFLICT. Should another writer add one of these rows
-        # meanwhile, the INSERT fails on the primary key and is redone, from a
-        # savepoint, as the upsert.
-        try:
-            with session.begin_nested():
-                # session.connection() inside the block is what emits the SAVEPOINT
-                insert = (
-                    "INSERT INTO ratings (user_id, item_id, rating, rated_at, version, "  # noqa: S608
-                    f"updated_at) SELECT s.user_id, s.item_id, s.rating, {rated_at}, 1, "
-                    f"now() FROM {_STAGE} s ORDER BY s.user_id, s.item_id"
-                )
-                inserted = session.connection().exec_driver_sql(insert).rowcount
-        except IntegrityError:
-            logger.info("ratings were written during the import; merging with an upsert")
-            return self._upsert_changes(session, rated_at, "now()", "IS DISTINCT FROM")
-        return inserted, 0
-
-    def drop(self) -> None:
-        self.conn.exec_driver_sql(f"DROP TABLE IF EXISTS {_STAGE}")

@@ -45,7 +45,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.services import registry
-from app.services.registry import ArtifactIntegrityError, ModelVersionInfo
+from app.services.artifacts import ArtifactIntegrityError, artifact_digest
+from app.services.registry import ModelVersionInfo
 from app.services.serving_cache import ServingCache, ServingCacheError
 from rbm_core.artifact import ArtifactError, load_model
 from rbm_core.model import SoftmaxRBM
@@ -146,7 +147,7 @@ def load_version(version: ModelVersionInfo, *, cache: ServingCache | None = None
     """
     path = Path(version.artifact_path)
     stamp = _stamp(path)
-    digest = registry.artifact_digest(path)
+    digest = artifact_digest(path)
     if digest != version.sha256:
         raise ArtifactIntegrityError(
             f"artifact {path} fails its checksum (SHA-256 {digest[:12]}..., the registry "
@@ -334,7 +335,7 @@ class ModelHolder:
             self._error = message
             return
         try:
-            digest = registry.artifact_digest(path)
+            digest = artifact_digest(path)
         except (ArtifactIntegrityError, OSError) as exc:
             digest = f"unreadable: {exc}"
         if digest == current.version.sha256:

@@ -1,7 +1,7 @@
 """Writing and reading ratings for the API: scale checks, unknown items, batches.
 
 Plain functions over a session that never commit (the caller owns the
-transaction), on top of :mod:`app.db.repository`. Validation problems are
+transaction), on top of :mod:`app.db.ratings` and :mod:`app.db.items`. Validation problems are
 reported as :class:`RatingsRejected`, which lists every wrong entry with where it
 is (``("ratings", 3, "rating")``) and why, so a rejected batch says which entries
 are wrong; nothing is written then.
@@ -11,22 +11,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Final, cast
+from typing import Final
 
-from sqlalchemy import Table
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from app.db import repository
-from app.db.models import Item, Rating
-from app.domain import InvalidRatingError, UnknownItemError, validate_rating
+from app.db import ratings as rating_store
+from app.db.items import existing_item_ids, insert_missing_items
+from app.db.ratings import RatingIn
+from app.db.tables import Rating
+from app.domain import InvalidRatingError, ItemsNotInStoreError, validate_rating
 from rbm_core.scale import RatingScale
 
 __all__ = [
     "FieldProblem",
+    "RatingIn",
     "RatingsRejected",
-    "create_missing_items",
     "delete_rating",
     "list_ratings",
     "write_rating",
@@ -68,16 +67,6 @@ class RatingsRejected(ValueError):
         super().__init__(f"{first}{more}")
 
 
-@dataclass(frozen=True)
-class RatingEntry:
-    """A rating as the API received it."""
-
-    user_id: str
-    item_id: str
-    rating: float
-    rated_at: datetime | None = None
-
-
 def _scale_problem(
     value: float, scale: RatingScale, loc: tuple[str | int, ...]
 ) -> FieldProblem | None:
@@ -88,33 +77,9 @@ def _scale_problem(
     return None
 
 
-def create_missing_items(session: Session, item_ids: Sequence[str]) -> int:
-    """Create the items of ``item_ids`` that do not exist (empty title, no genres).
-
-    Uses ``INSERT .. ON CONFLICT DO NOTHING``, so an item created concurrently by
-    someone else keeps its metadata.
-
-    Returns
-    -------
-    int
-        The number of items that were missing before the call.
-    """
-    missing = sorted(set(item_ids) - repository.existing_item_ids(session, item_ids))
-    if not missing:
-        return 0
-    table = cast(Table, Item.__table__)
-    dialect = session.get_bind().dialect.name
-    ins = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
-    session.execute(
-        ins.on_conflict_do_nothing(index_elements=[table.c.id]),
-        [{"id": item, "title": "", "genres": [], "attributes": {}} for item in missing],
-    )
-    return len(missing)
-
-
 def write_rating(
     session: Session,
-    entry: RatingEntry,
+    entry: RatingIn,
     *,
     scale: RatingScale,
     auto_create_items: bool = False,
@@ -125,7 +90,7 @@ def write_rating(
     ----------
     session : Session
         The unit of work; not committed here.
-    entry : RatingEntry
+    entry : RatingIn
         The rating (ids already checked by the API schema).
     scale : RatingScale
         The allowed values.
@@ -146,14 +111,14 @@ def write_rating(
     if problem is not None:
         raise RatingsRejected([problem], 1)
     if auto_create_items:
-        create_missing_items(session, [entry.item_id])
+        insert_missing_items(session, [entry.item_id])
     try:
         # No existence check first: the foreign key refuses an unknown item in the
         # same round trip (the caller rolls the failed transaction back).
-        return repository.upsert_rating(
+        return rating_store.upsert_rating(
             session, entry.user_id, entry.item_id, entry.rating, entry.rated_at, scale=scale
         )
-    except UnknownItemError:
+    except ItemsNotInStoreError:
         raise RatingsRejected(
             [FieldProblem(("item_id",), f"unknown item id {entry.item_id!r}", "unknown_item")], 1
         ) from None
@@ -161,7 +126,7 @@ def write_rating(
 
 def write_ratings(
     session: Session,
-    entries: Sequence[RatingEntry],
+    entries: Sequence[RatingIn],
     *,
     scale: RatingScale,
     auto_create_items: bool = False,
@@ -176,7 +141,7 @@ def write_ratings(
     ----------
     session : Session
         The unit of work; not committed here.
-    entries : sequence of RatingEntry
+    entries : sequence of RatingIn
         The ratings.
     scale : RatingScale
         The allowed values.
@@ -203,9 +168,9 @@ def write_ratings(
                 problems.append(problem)
     item_ids = [entry.item_id for entry in entries]
     if auto_create_items and not total:
-        create_missing_items(session, item_ids)
+        insert_missing_items(session, item_ids)
     elif not auto_create_items:
-        known = repository.existing_item_ids(session, item_ids)
+        known = existing_item_ids(session, item_ids)
         for position, entry in enumerate(entries):
             if entry.item_id not in known:
                 total += 1
@@ -223,12 +188,12 @@ def write_ratings(
     # Stable sort: a repeated pair keeps its entries' order, so the last one wins.
     ordered = sorted(entries, key=lambda e: (e.user_id, e.item_id))
     try:
-        return repository.upsert_ratings(
+        return rating_store.upsert_ratings(
             session,
-            [repository.RatingIn(e.user_id, e.item_id, e.rating, e.rated_at) for e in ordered],
+            ordered,
             scale=scale,
         )
-    except UnknownItemError as exc:  # deleted between the check and the write
+    except ItemsNotInStoreError as exc:  # deleted between the check and the write
         raise RatingsRejected(
             [FieldProblem(("ratings",), str(exc), "unknown_item")], len(exc.item_ids)
         ) from None
@@ -238,12 +203,12 @@ def list_ratings(
     session: Session, user_id: str, *, offset: int, limit: int
 ) -> tuple[list[Rating], int]:
     """One page of a user's ratings (newest first) and the user's total."""
-    page = repository.get_user_ratings(session, user_id, offset=offset, limit=limit)
+    page = rating_store.get_user_ratings(session, user_id, offset=offset, limit=limit)
     if not page and offset == 0:
         return [], 0
-    return page, repository.count_user_ratings(session, user_id)
+    return page, rating_store.count_user_ratings(session, user_id)
 
 
 def delete_rating(session: Session, user_id: str, item_id: str) -> bool:
     """Delete one rating; ``True`` if it existed."""
-    return repository.delete_rating(session, user_id, item_id)
+    return rating_store.delete_rating(session, user_id, item_id)

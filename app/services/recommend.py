@@ -15,49 +15,35 @@ model is loaded, else from the store (cached in :class:`CatalogCache`).
 from __future__ import annotations
 
 import logging
-import threading
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final, Generic, Literal, TypeVar
+from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
-from app.db import repository
-from app.db.models import Item
+from app.db.items import get_item
+from app.db.ratings import user_rating_map
+from app.schemas.items import SimilarItem
+from app.schemas.recommendations import RecommendedItem
+from app.services.catalog import CatalogCache, Db
 from app.services.model_holder import LoadedModel
-from rbm_core import UnknownItemError as ModelUnknownItemError
+from rbm_core import UnknownItemError
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "CatalogCache",
     "ItemNotInModelError",
     "NoModelError",
-    "PopularList",
     "PredictionResult",
-    "Recommendation",
     "RecommendationResult",
-    "SimilarItem",
     "predict",
     "recommend",
     "similar_items",
-    "titles_of",
 ]
 
 Strategy = Literal["rbm", "popular"]
-
-CATALOG_TTL_SECONDS: Final = 30.0
-"""How long cached catalog facts are reused when this process changed nothing."""
-
-T = TypeVar("T")
-
-Db = Session | Connection
-"""Where the functions here read: a request's session, or (cheaper, for the hot
-recommendation path) a plain connection."""
 
 
 class NoModelError(LookupError):
@@ -81,22 +67,12 @@ class ItemNotInModelError(LookupError):
 
 
 @dataclass(frozen=True)
-class Recommendation:
-    """One recommended item."""
-
-    item_id: str
-    title: str | None
-    score: float
-    predicted_rating: float | None
-
-
-@dataclass(frozen=True)
 class RecommendationResult:
     """Recommendations for one user and how they were made."""
 
     strategy: Strategy
     model_version: str | None
-    items: list[Recommendation]
+    items: list[RecommendedItem]
 
 
 @dataclass(frozen=True)
@@ -109,148 +85,6 @@ class PredictionResult:
     expected: NDArray[np.floating]
     distribution: NDArray[np.floating]
     unknown_items: list[str]
-
-
-@dataclass(frozen=True)
-class SimilarItem:
-    """An item similar to another one."""
-
-    item_id: str
-    title: str | None
-    similarity: float
-
-
-# -- cached catalog facts ----------------------------------------------------------------
-@dataclass(frozen=True)
-class PopularList:
-    """Items of the store by number of ratings, most rated first."""
-
-    item_ids: list[str]
-    counts: list[int]
-    means: list[float]
-
-
-class _Cached(Generic[T]):
-    """A value computed from the store, reused for ``ttl`` seconds or until marked stale.
-
-    Only one thread recomputes at a time; the others keep using the previous value
-    meanwhile (or wait for the first one).
-    """
-
-    def __init__(self, compute: Callable[[Db], T], ttl: float) -> None:
-        self._compute = compute
-        self._ttl = ttl
-        self._value: tuple[T, float] | None = None
-        self._stale = True
-        self._lock = threading.Lock()
-
-    def mark_stale(self) -> None:
-        self._stale = True
-
-    def get(self, session: Db) -> T:
-        current = self._value
-        if current is not None and not self._stale and time.monotonic() - current[1] < self._ttl:
-            return current[0]
-        if current is not None:
-            if not self._lock.acquire(blocking=False):
-                return current[0]  # another thread is recomputing: use the previous value
-        else:
-            self._lock.acquire()
-            if self._value is not None:  # computed while this thread waited
-                self._lock.release()
-                return self._value[0]
-        try:
-            self._stale = False
-            try:
-                value = self._compute(session)
-            except BaseException:
-                self._stale = True
-                raise
-            self._value = (value, time.monotonic())
-            return value
-        finally:
-            self._lock.release()
-
-
-def _read_popular(session: Db) -> PopularList:
-    rows = repository.item_rating_counts(session)
-    return PopularList([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
-
-
-@dataclass(frozen=True)
-class CatalogIndex:
-    """Every item's title, and the items of each genre (keys case-folded)."""
-
-    titles: dict[str, str]
-    genres: dict[str, frozenset[str]]
-
-
-def _read_catalog(session: Db) -> CatalogIndex:
-    titles: dict[str, str] = {}
-    genres: dict[str, set[str]] = {}
-    for item_id, title, item_genres in session.execute(select(Item.id, Item.title, Item.genres)):
-        titles[item_id] = title
-        for genre in item_genres or ():
-            genres.setdefault(str(genre).casefold(), set()).add(item_id)
-    return CatalogIndex(titles, {genre: frozenset(ids) for genre, ids in genres.items()})
-
-
-def titles_of(session: Db, item_ids: Sequence[str]) -> dict[str, str]:
-    """Titles of some items (one query); items not in the store are absent."""
-    if not item_ids:
-        return {}
-    stmt = select(Item.id, Item.title).where(Item.id.in_(list(item_ids)))
-    return {item_id: title for item_id, title in session.execute(stmt)}
-
-
-class CatalogCache:
-    """Facts about the whole catalog that requests need but must not recompute each time.
-
-    * the store's most-rated items (the ``popular`` strategy without a model): one
-      ``GROUP BY`` over all ratings;
-    * every item's title and the items of each genre (the ``genre`` filter): one
-      scan of the items. A title asked for but missing from the cache (an item
-      created since) is read from the store, so results never lack a title.
-
-    Each is recomputed when older than ``ttl_seconds``, or at the next use after this
-    process changed ratings (:meth:`ratings_changed`) or items (:meth:`items_changed`);
-    other processes' changes show within ``ttl_seconds``. They are read through the
-    caller's session: on SQLite a second connection would wait for the write lock
-    that the request's own transaction holds.
-
-    Parameters
-    ----------
-    ttl_seconds : float
-        Longest reuse of a computed value.
-    """
-
-    def __init__(self, ttl_seconds: float = CATALOG_TTL_SECONDS) -> None:
-        self._popular = _Cached(_read_popular, ttl_seconds)
-        self._catalog = _Cached(_read_catalog, ttl_seconds)
-
-    def ratings_changed(self) -> None:
-        """This process wrote ratings: recompute the popular items at their next use."""
-        self._popular.mark_stale()
-
-    def items_changed(self) -> None:
-        """This process wrote items: re-read titles and genres at their next use."""
-        self._catalog.mark_stale()
-
-    def popular(self, session: Db) -> PopularList:
-        """The store's items by number of ratings, most rated first."""
-        return self._popular.get(session)
-
-    def genre_items(self, session: Db, genre: str) -> frozenset[str]:
-        """Ids of the items listing ``genre`` (case-insensitive)."""
-        return self._catalog.get(session).genres.get(genre.casefold(), frozenset())
-
-    def titles(self, session: Db, item_ids: Sequence[str]) -> dict[str, str]:
-        """Titles of ``item_ids``; ids not in the store are absent."""
-        known = self._catalog.get(session).titles
-        found = {item: known[item] for item in item_ids if item in known}
-        if len(found) < len(item_ids):
-            found.update(titles_of(session, [item for item in item_ids if item not in known]))
-        return found
 
 
 def _dedupe(ids: Iterable[str]) -> list[str]:
@@ -346,7 +180,7 @@ def recommend(
     RecommendationResult
         Never an item the user rated or excluded.
     """
-    ratings = repository.user_rating_map(session, user_id)
+    ratings = user_rating_map(session, user_id)
     if loaded is not None:
         known = _usable_ratings(loaded, ratings)
         allowed = _allowed_mask(session, loaded, catalog, ratings, exclude, genre)
@@ -366,7 +200,12 @@ def recommend(
         ids = [str(i) for i in loaded.item_ids[top].tolist()]
         titles = catalog.titles(session, ids)
         items = [
-            Recommendation(item, titles.get(item), float(score[pos]), float(expected[pos]))
+            RecommendedItem(
+                item_id=item,
+                title=titles.get(item),
+                score=float(score[pos]),
+                predicted_rating=float(expected[pos]),
+            )
             for item, pos in zip(ids, top.tolist(), strict=True)
         ]
         return RecommendationResult(strategy, loaded.version.id, items)
@@ -386,7 +225,7 @@ def _store_popular(
     offset: int,
     genre: str | None,
     exclude: Sequence[str],
-) -> list[Recommendation]:
+) -> list[RecommendedItem]:
     popular = catalog.popular(session)
     blocked = {*rated, *exclude}
     in_genre = catalog.genre_items(session, genre) if genre is not None else None
@@ -404,11 +243,11 @@ def _store_popular(
     ids = [popular.item_ids[pos] for pos in picked]
     titles = catalog.titles(session, ids)
     return [
-        Recommendation(
-            popular.item_ids[pos],
-            titles.get(popular.item_ids[pos]),
-            float(popular.counts[pos]),
-            float(popular.means[pos]),
+        RecommendedItem(
+            item_id=popular.item_ids[pos],
+            title=titles.get(popular.item_ids[pos]),
+            score=float(popular.counts[pos]),
+            predicted_rating=float(popular.means[pos]),
         )
         for pos in picked
     ]
@@ -448,7 +287,7 @@ def predict(
         return PredictionResult(
             None, tuple(levels), [], np.empty(0), np.empty((0, k)), unknown_items=wanted
         )
-    ratings = repository.user_rating_map(session, user_id)
+    ratings = user_rating_map(session, user_id)
     allowed = set(loaded.levels)
     known = {
         item: value
@@ -482,8 +321,11 @@ def similar_items(
         raise NoModelError("no model is loaded yet: train one with `rbmrec train`")
     try:
         pairs = loaded.model.similar_items(item_id, n)
-    except ModelUnknownItemError:
-        in_store = repository.get_item(session, item_id) is not None
+    except UnknownItemError:
+        in_store = get_item(session, item_id) is not None
         raise ItemNotInModelError(item_id, in_store) from None
     titles = catalog.titles(session, [item for item, _ in pairs])
-    return [SimilarItem(item, titles.get(item), float(sim)) for item, sim in pairs]
+    return [
+        SimilarItem(item_id=item, title=titles.get(item), similarity=float(sim))
+        for item, sim in pairs
+    ]

@@ -1,4 +1,4 @@
-"""The model registry: which model versions exist, which one is active, and their files.
+"""The model registry: which model versions exist, which one is active, how they change.
 
 A version is a directory under ``RBMREC_MODEL_DIR`` named by the version id (written
 once by :func:`rbm_core.artifact.save_model`, never modified) plus a row in
@@ -7,48 +7,51 @@ partial unique index on ``status = 'active'`` lets the database hold at most one
 and :func:`activate_version` swaps the active row in one transaction, after checking
 the artifact's SHA-256, so an artifact that fails its checksum is never activated.
 
-Like the repository functions, these functions take a session and never commit:
-the caller owns the transaction (the API's request dependency, a CLI command, or
-the retrain job).
+Like the query functions of :mod:`app.db`, these functions take a session and never
+commit: the caller owns the transaction (the API's request dependency, a CLI
+command, or the retrain job). The artifact files themselves (digest, integrity
+check, deletion) are :mod:`app.services.artifacts`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import secrets
-import shutil
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from sqlalchemy import select, text, update
+from pydantic import BaseModel, ConfigDict, field_validator
 from sqlalchemy.orm import Session
 
-from app.db.models_registry import ModelVersion
+from app.db import model_versions as version_rows
+from app.db.base import insert_row, update_row
+from app.db.tables import ModelVersion
+from app.jsonable import record_to_dict, to_jsonable
+from app.services.artifacts import check_artifact, remove_artifact
+from rbm_core.artifact import read_artifact_metadata
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "ACTIVATABLE_STATUSES",
-    "ArtifactIntegrityError",
+    "VERSION_ID_PATTERN",
     "ModelVersionInfo",
     "RegistryError",
     "VersionNotActivatableError",
     "VersionNotFoundError",
     "activate_version",
-    "artifact_digest",
     "get_active_version",
     "get_version",
     "list_versions",
     "new_version_id",
     "prune_artifacts",
     "register_version",
+    "reserve_version",
     "set_version_status",
-    "to_jsonable",
-    "verify_artifact",
+    "validate_version_id",
+    "versions_with_status",
 ]
 
 ACTIVATABLE_STATUSES: Final = frozenset({"candidate", "active", "rejected", "retired"})
@@ -56,11 +59,6 @@ ACTIVATABLE_STATUSES: Final = frozenset({"candidate", "active", "rejected", "ret
 
 VERSION_ID_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 """Version ids are directory names: letters, digits, ``_.-``, not starting with a dot."""
-
-_ACTIVATION_LOCK_KEY: Final = 0x7262_6D72_6163_7476
-"""PostgreSQL advisory lock (transaction scoped) that serialises activations."""
-
-_DIGEST_CHUNK: Final = 1 << 20
 
 
 class RegistryError(Exception):
@@ -79,13 +77,10 @@ class VersionNotActivatableError(RegistryError):
     """The version cannot be activated (still training, failed, or its files deleted)."""
 
 
-class ArtifactIntegrityError(RegistryError):
-    """An artifact is missing, incomplete, or fails its SHA-256 check."""
+class ModelVersionInfo(BaseModel):
+    """A model version as the rest of the service sees it (a detached, immutable record).
 
-
-@dataclass(frozen=True)
-class ModelVersionInfo:
-    """A model version as the rest of the service sees it (a detached, immutable copy).
+    Built from its ``model_versions`` row with ``model_validate`` (``from_attributes``).
 
     Attributes
     ----------
@@ -114,6 +109,8 @@ class ModelVersionInfo:
         Why it was rejected or failed, if it was.
     """
 
+    model_config = ConfigDict(from_attributes=True, frozen=True)
+
     id: str
     status: str
     artifact_path: Path
@@ -129,7 +126,12 @@ class ModelVersionInfo:
     training_curves: dict[str, Any]
     artifact_deleted_at: datetime | None = None
     data_fingerprint: str | None = None
-    note: str | None = field(default=None)
+    note: str | None = None
+
+    @field_validator("hyperparameters", "metrics", "training_curves", mode="before")
+    @classmethod
+    def _null_as_empty(cls, value: object) -> object:
+        return {} if value is None else value
 
     @property
     def artifact_available(self) -> bool:
@@ -137,35 +139,12 @@ class ModelVersionInfo:
         return self.status in ACTIVATABLE_STATUSES and self.artifact_deleted_at is None
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (paths and times as strings)."""
-        out = asdict(self)
-        out["artifact_path"] = str(self.artifact_path)
-        for key in ("created_at", "activated_at", "snapshot_max_rated_at", "artifact_deleted_at"):
-            value = out[key]
-            out[key] = value.isoformat() if value is not None else None
-        out["artifact_available"] = self.artifact_available
-        return out
+        """A JSON-ready dict (paths and times as strings), for ``--json`` output."""
+        return record_to_dict(self, artifact_available=self.artifact_available)
 
 
 def _info(row: ModelVersion) -> ModelVersionInfo:
-    return ModelVersionInfo(
-        id=row.id,
-        status=row.status,
-        artifact_path=Path(row.artifact_path),
-        sha256=row.sha256,
-        created_at=row.created_at,
-        activated_at=row.activated_at,
-        n_users=row.n_users,
-        n_items=row.n_items,
-        n_ratings=row.n_ratings,
-        snapshot_max_rated_at=row.snapshot_max_rated_at,
-        hyperparameters=dict(row.hyperparameters or {}),
-        metrics=dict(row.metrics or {}),
-        training_curves=dict(row.training_curves or {}),
-        artifact_deleted_at=row.artifact_deleted_at,
-        data_fingerprint=row.data_fingerprint,
-        note=row.note,
-    )
+    return ModelVersionInfo.model_validate(row)
 
 
 # -- ids and files ---------------------------------------------------------------------
@@ -189,98 +168,27 @@ def validate_version_id(version_id: str) -> str:
     return version_id
 
 
-def artifact_digest(artifact_dir: Path) -> str:
-    """SHA-256 of an artifact directory: every file's relative path and content.
-
-    Parameters
-    ----------
-    artifact_dir : Path
-        The directory written by ``save_model``.
-
-    Returns
-    -------
-    str
-        Hex digest; any changed, added, removed or renamed file changes it.
-
-    Raises
-    ------
-    ArtifactIntegrityError
-        If the directory does not exist or holds no file.
-    """
-    root = Path(artifact_dir)
-    if not root.is_dir():
-        raise ArtifactIntegrityError(f"artifact directory {root} does not exist")
-    files = sorted(p for p in root.rglob("*") if p.is_file())
-    if not files:
-        raise ArtifactIntegrityError(f"artifact directory {root} is empty")
-    digest = hashlib.sha256(b"rbmrec-artifact-v1\0")
-    for path in files:
-        file_hash = hashlib.sha256()
-        with path.open("rb") as handle:
-            while chunk := handle.read(_DIGEST_CHUNK):
-                file_hash.update(chunk)
-        digest.update(path.relative_to(root).as_posix().encode())
-        digest.update(b"\0" + file_hash.hexdigest().encode() + b"\n")
-    return digest.hexdigest()
-
-
-def verify_artifact(artifact_dir: Path, sha256: str | None = None) -> str:
-    """Check that an artifact is complete, loads, and (if given) matches ``sha256``.
-
-    Parameters
-    ----------
-    artifact_dir : Path
-        The artifact directory.
-    sha256 : str, optional
-        The digest recorded when the version was registered.
-
-    Returns
-    -------
-    str
-        The artifact's digest.
-
-    Raises
-    ------
-    ArtifactIntegrityError
-        Missing files, a digest different from ``sha256``, or an artifact that
-        ``rbm_core`` refuses to load (its own per-file checksums).
-    """
-    from rbm_core.artifact import ArtifactError, load_model
-
-    digest = artifact_digest(artifact_dir)
-    if sha256 is not None and digest != sha256:
-        raise ArtifactIntegrityError(
-            f"artifact {artifact_dir} fails its checksum: SHA-256 is {digest}, "
-            f"the registry recorded {sha256}"
-        )
-    try:
-        load_model(artifact_dir, mmap=True)
-    except (ArtifactError, OSError, ValueError) as exc:
-        raise ArtifactIntegrityError(f"artifact {artifact_dir} cannot be loaded: {exc}") from exc
-    return digest
-
-
 # -- queries ---------------------------------------------------------------------------
 def get_active_version(session: Session) -> ModelVersionInfo | None:
     """The active version, or ``None`` when no model has been activated yet."""
-    row = session.scalars(select(ModelVersion).where(ModelVersion.status == "active")).first()
+    row = version_rows.get_active(session)
     return _info(row) if row is not None else None
 
 
 def get_version(session: Session, version_id: str) -> ModelVersionInfo | None:
     """One version by id, or ``None``."""
-    row = session.get(ModelVersion, version_id, populate_existing=True)
+    row = version_rows.get(session, version_id)
     return _info(row) if row is not None else None
 
 
 def list_versions(session: Session, *, limit: int | None = None) -> list[ModelVersionInfo]:
     """Versions, newest first (``limit``: at most that many)."""
-    stmt = (
-        select(ModelVersion)
-        .order_by(ModelVersion.created_at.desc(), ModelVersion.id.desc())
-        .limit(limit)
-    )
-    return [_info(row) for row in session.scalars(stmt)]
+    return [_info(row) for row in version_rows.newest(session, limit)]
+
+
+def versions_with_status(session: Session, status: str) -> list[ModelVersionInfo]:
+    """Every version with this status (e.g. ``training``, to find abandoned ones)."""
+    return [_info(row) for row in version_rows.with_status(session, status)]
 
 
 # -- writes ----------------------------------------------------------------------------
@@ -346,36 +254,40 @@ def register_version(
         raise ValueError(f"cannot register a version as {status!r}")
     artifact_dir = Path(artifact_dir).resolve()
     version_id = validate_version_id(version_id or artifact_dir.name)
-    digest = verify_artifact(artifact_dir)
+    digest = check_artifact(artifact_dir)
     meta = _artifact_metadata(artifact_dir)
 
-    row = session.get(ModelVersion, version_id, with_for_update=True, populate_existing=True)
-    if row is None:
-        row = ModelVersion(id=version_id, status="candidate", artifact_path=str(artifact_dir))
-        session.add(row)
-    elif row.status != "training":
-        raise ValueError(f"model version {version_id!r} is already registered ({row.status})")
-    row.status = "candidate" if status == "active" else status
-    row.artifact_path = str(artifact_dir)
-    row.sha256 = digest
-    row.n_users = _first_int(n_users, meta.get("n_users"), row.n_users)
-    row.n_items = _first_int(n_items, meta.get("n_items"), row.n_items)
-    row.n_ratings = _first_int(n_ratings, meta.get("n_ratings"), row.n_ratings)
-    if snapshot_max_rated_at is not None:
-        row.snapshot_max_rated_at = snapshot_max_rated_at
-    if data_fingerprint is not None:
-        row.data_fingerprint = data_fingerprint
+    # A version reserved while training is completed in place; any other is final.
+    reserved = version_rows.get(session, version_id, for_update=True)
+    if reserved is not None and reserved.status != "training":
+        raise ValueError(f"model version {version_id!r} is already registered ({reserved.status})")
     params = hyperparameters if hyperparameters is not None else meta.get("hyperparameters")
-    row.hyperparameters = to_jsonable(params) if isinstance(params, dict) else {}
-    row.metrics = to_jsonable(metrics or row.metrics or {})
-    row.training_curves = to_jsonable(training_curves or row.training_curves or {})
-    if note is not None:
-        row.note = note
-    session.flush()
+    values: dict[str, Any] = {
+        "status": "candidate" if status == "active" else status,
+        "artifact_path": str(artifact_dir),
+        "sha256": digest,
+        "n_users": _first_int(n_users, meta.get("n_users"), reserved and reserved.n_users),
+        "n_items": _first_int(n_items, meta.get("n_items"), reserved and reserved.n_items),
+        "n_ratings": _first_int(n_ratings, meta.get("n_ratings"), reserved and reserved.n_ratings),
+        "hyperparameters": to_jsonable(params) if isinstance(params, dict) else {},
+        "metrics": to_jsonable(metrics or (reserved and reserved.metrics) or {}),
+        "training_curves": to_jsonable(
+            training_curves or (reserved and reserved.training_curves) or {}
+        ),
+    }
+    optional = {
+        "snapshot_max_rated_at": snapshot_max_rated_at,
+        "data_fingerprint": data_fingerprint,
+        "note": note,
+    }
+    values.update({key: value for key, value in optional.items() if value is not None})
+    if reserved is None:
+        row = insert_row(session, ModelVersion, id=version_id, **values)
+    else:
+        row = update_row(session, reserved, **values)
     logger.info("registered model version %s (%s) at %s", version_id, row.status, artifact_dir)
     if status == "active":
         return activate_version(session, version_id, _verified_digest=digest)
-    session.refresh(row)
     return _info(row)
 
 
@@ -392,7 +304,9 @@ def reserve_version(
     completes it, or :func:`set_version_status` marks it ``failed``.
     """
     validate_version_id(version_id)
-    row = ModelVersion(
+    row = insert_row(
+        session,
+        ModelVersion,
         id=version_id,
         status="training",
         artifact_path=str(Path(artifact_dir).resolve()),
@@ -404,9 +318,6 @@ def reserve_version(
         metrics={},
         training_curves={},
     )
-    session.add(row)
-    session.flush()
-    session.refresh(row)
     return _info(row)
 
 
@@ -425,16 +336,15 @@ def set_version_status(
     """
     if status not in {"rejected", "failed"}:
         raise ValueError(f"cannot set a version's status to {status!r} directly")
-    row = session.get(ModelVersion, version_id, with_for_update=True, populate_existing=True)
+    row = version_rows.get(session, version_id, for_update=True)
     if row is None:
         raise VersionNotFoundError(version_id)
     if row.status == "active":
         raise ValueError(f"model version {version_id!r} is active; activate another first")
-    row.status = status
+    changes: dict[str, Any] = {"status": status}
     if note is not None:
-        row.note = note
-    session.flush()
-    return _info(row)
+        changes["note"] = note
+    return _info(update_row(session, row, **changes))
 
 
 def activate_version(
@@ -469,9 +379,8 @@ def activate_version(
     ArtifactIntegrityError
         Its files are missing or fail the checksum.
     """
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _signed_key()})
-    row = session.get(ModelVersion, version_id, with_for_update=True, populate_existing=True)
+    version_rows.lock_activations(session)
+    row = version_rows.get(session, version_id, for_update=True)
     if row is None:
         raise VersionNotFoundError(version_id)
     if row.status not in ACTIVATABLE_STATUSES:
@@ -485,23 +394,12 @@ def activate_version(
             f"(RBMREC_KEEP_VERSIONS) on {row.artifact_deleted_at.isoformat()}"
         )
     if _verified_digest is None or _verified_digest != row.sha256:
-        verify_artifact(Path(row.artifact_path), row.sha256)
+        check_artifact(Path(row.artifact_path), row.sha256)
     if row.status == "active":
         return _info(row)
-    previous = session.scalars(
-        select(ModelVersion.id).where(ModelVersion.status == "active")
-    ).first()
     # Retire first: the unique index is checked per statement.
-    session.execute(
-        update(ModelVersion)
-        .where(ModelVersion.status == "active")
-        .values(status="retired")
-        .execution_options(synchronize_session=False)
-    )
-    row.status = "active"
-    row.activated_at = datetime.now(UTC)
-    session.flush()
-    session.refresh(row)
+    previous = version_rows.retire_active(session)
+    row = update_row(session, row, status="active", activated_at=datetime.now(UTC))
     logger.info("activated model version %s (previous: %s)", version_id, previous)
     return _info(row)
 
@@ -529,46 +427,27 @@ def prune_artifacts(session: Session, keep: int) -> list[str]:
     """
     if keep < 1:
         raise ValueError("keep must be at least 1")
-    rows = list(
-        session.scalars(
-            select(ModelVersion)
-            .where(
-                ModelVersion.status.in_(sorted(ACTIVATABLE_STATUSES)),
-                ModelVersion.artifact_deleted_at.is_(None),
-            )
-            .order_by(ModelVersion.created_at.desc(), ModelVersion.id.desc())
-        )
-    )
     deleted: list[str] = []
-    for row in rows[keep:]:
+    for row in version_rows.with_files(session, ACTIVATABLE_STATUSES)[keep:]:
         if row.status == "active":
             continue
-        path = Path(row.artifact_path)
-        shutil.rmtree(path, ignore_errors=True)
-        if path.exists():
-            logger.warning("could not delete the artifact of version %s at %s", row.id, path)
+        if not remove_artifact(row.artifact_path):
+            logger.warning(
+                "could not delete the artifact of version %s at %s", row.id, row.artifact_path
+            )
             continue
-        row.artifact_deleted_at = datetime.now(UTC)
+        update_row(session, row, artifact_deleted_at=datetime.now(UTC))
         deleted.append(row.id)
     if deleted:
-        session.flush()
         logger.info("retention deleted the artifacts of %d version(s): %s", len(deleted), deleted)
     return deleted
 
 
 # -- helpers ---------------------------------------------------------------------------
-def _signed_key() -> int:
-    # PostgreSQL advisory lock keys are signed 64-bit integers.
-    key = _ACTIVATION_LOCK_KEY
-    return key - (1 << 64) if key >= 1 << 63 else key
-
-
 def _artifact_metadata(artifact_dir: Path) -> dict[str, Any]:
-    from rbm_core.artifact import read_artifact_metadata
-
     try:
         meta = read_artifact_metadata(artifact_dir)
-    except Exception:  # metadata only supplies defaults; verify_artifact already passed
+    except Exception:  # metadata only supplies defaults; check_artifact already passed
         logger.warning("cannot read the metadata of artifact %s", artifact_dir, exc_info=True)
         return {}
     return dict(meta) if isinstance(meta, dict) else {}
@@ -579,22 +458,3 @@ def _first_int(*values: object) -> int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     return 0
-
-
-def to_jsonable(value: Any) -> Any:
-    """Plain JSON types (numpy scalars and arrays, paths and tuples converted)."""
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, bool | str) or value is None:
-        return value
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return value if value == value and abs(value) != float("inf") else None
-    if hasattr(value, "tolist"):
-        return to_jsonable(value.tolist())
-    if isinstance(value, Path | datetime):
-        return str(value)
-    return repr(value)

@@ -28,8 +28,7 @@ import time
 from pathlib import Path
 from typing import Final
 
-from app.services import registry
-from app.services.registry import ArtifactIntegrityError
+from app.services.artifacts import ArtifactIntegrityError, artifact_digest
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +74,7 @@ class ServingCache:
         source : Path
             A published artifact directory.
         sha256 : str
-            Its digest as recorded by the registry (:func:`registry.artifact_digest`).
+            Its digest as recorded by the registry (:func:`.artifacts.artifact_digest`).
 
         Returns
         -------
@@ -169,7 +168,7 @@ class ServingCache:
 
 def _digest_or_none(directory: Path) -> str | None:
     try:
-        return registry.artifact_digest(directory)
+        return artifact_digest(directory)
     except (ArtifactIntegrityError, OSError):
         return None
 

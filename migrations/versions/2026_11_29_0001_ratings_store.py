@@ -26,7 +26,7 @@ def _json() -> sa.types.TypeEngine[object]:
 
 def _now() -> sa.TextClause:
     # SQLite's CURRENT_TIMESTAMP has whole seconds; this matches the microsecond text
-    # the application writes (app.db.models.SQLITE_UTCNOW), so values sort as times.
+    # the application writes (app.db.types.SQLITE_UTCNOW), so values sort as times.
     if op.get_context().dialect.name == "sqlite":
         return sa.text("(strftime('%Y-%m-%d %H:%M:%f000', 'now'))")
     return sa.text("now()")

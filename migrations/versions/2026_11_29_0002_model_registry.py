@@ -28,7 +28,7 @@ def _json() -> sa.types.TypeEngine[object]:
 
 
 def _now() -> sa.TextClause:
-    # Same text format as app.db.models.SQLITE_UTCNOW, so SQLite values sort as times.
+    # Same text format as app.db.types.SQLITE_UTCNOW, so SQLite values sort as times.
     if op.get_context().dialect.name == "sqlite":
         return sa.text("(strftime('%Y-%m-%d %H:%M:%f000', 'now'))")
     return sa.text("now()")

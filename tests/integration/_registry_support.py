@@ -17,10 +17,12 @@ from click.testing import Result
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
-from app.db.repository import ItemIn, RatingIn, upsert_items, upsert_ratings
+from app.db.items import ItemIn, upsert_items
+from app.db.ratings import RatingIn, upsert_ratings
 from app.services.importer import import_movielens
 from app.settings import Settings
 from rbm_core.movielens import read_items, read_ratings
+from rbm_core.scale import DEFAULT_SCALE
 
 SMALL_PARAMS: dict[str, Any] = {"n_hidden": 16, "n_epochs": 2, "batch_size": 50}
 """Tiny, fast hyperparameters: the tests check the machinery, not the model."""
@@ -56,7 +58,7 @@ def write_subset(directory: Path, movielens_dir: Path, n_users: int) -> Path:
 def import_subset(session_factory: sessionmaker[Session], subset_dir: Path) -> int:
     """Import a directory written by :func:`write_subset`; returns the number of ratings."""
     engine = session_factory.kw["bind"]
-    report = import_movielens(engine, subset_dir, scale=Settings().scale)
+    report = import_movielens(engine, subset_dir, scale=Settings().rating_scale)
     return int(report.ratings_read)
 
 
@@ -65,7 +67,11 @@ def add_ratings(
 ) -> None:
     """Upsert one user's ratings."""
     with session_factory.begin() as session:
-        upsert_ratings(session, [RatingIn(user_id, item, value) for item, value in ratings.items()])
+        upsert_ratings(
+            session,
+            [RatingIn(user_id, item, value) for item, value in ratings.items()],
+            scale=DEFAULT_SCALE,
+        )
 
 
 def add_items(session_factory: sessionmaker[Session], item_ids: list[str]) -> None:

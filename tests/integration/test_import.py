@@ -25,8 +25,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
 from app.cli import cli
-from app.db import repository as repo
-from app.db.models import Item, Rating
+from app.db.items import ItemIn, count_items, get_item, upsert_items
+from app.db.ratings import count_ratings, upsert_rating, user_rating_map
+from app.db.tables import Item, Rating
 from app.services import movielens_download as dl
 from app.services.importer import import_movielens
 from app.settings import get_settings
@@ -135,10 +136,10 @@ def test_ml100k_import_is_exact_and_idempotent(
     assert result.exit_code == 0, result.output
     assert "100000 ratings of 943 users; 100000 new, 0 changed, 0 unchanged" in result.stdout
     with session_factory() as session:
-        assert repo.count_ratings(session) == 100_000
-        assert repo.count_items(session) == 1_682
+        assert count_ratings(session) == 100_000
+        assert count_items(session) == 1_682
         assert session.scalar(select(func.count(func.distinct(Rating.user_id)))) == 943
-        toy = repo.get_item(session, "1")
+        toy = get_item(session, "1")
         assert toy is not None
         assert (toy.title, toy.genres) == (
             "Toy Story (1995)",
@@ -149,7 +150,7 @@ def test_ml100k_import_is_exact_and_idempotent(
         assert first.rating == 3.0
         assert first.rated_at == datetime.fromtimestamp(881250949, UTC)
         assert first.version == 1
-        assert repo.user_rating_map(session, "1")["1"] == 5.0
+        assert user_rating_map(session, "1")["1"] == 5.0
     before = _state(session_factory)
 
     again = run_cli("import", "movielens", str(movielens_dir), "--no-progress")
@@ -180,20 +181,20 @@ def test_reimport_applies_only_the_changes(
         untouched = session.get(Rating, ("2", "2"))
         assert untouched is not None
         assert (untouched.version, untouched.updated_at) == (1, untouched_at)
-        item = repo.get_item(session, "3")
+        item = get_item(session, "3")
         assert item is not None
         assert item.title == "Three, renamed (1992)"
-        assert repo.count_ratings(session) == len(BASE_RATINGS) + 1
+        assert count_ratings(session) == len(BASE_RATINGS) + 1
 
 
 def test_import_keeps_ratings_absent_from_the_files(
     tmp_path: Path, engine: Engine, session_factory: sessionmaker[Session], base_store: Any
 ) -> None:
     with session_factory.begin() as session:
-        repo.upsert_rating(session, "api-user", "1", 4, scale=FIVE)
+        upsert_rating(session, "api-user", "1", 4, scale=FIVE)
     import_movielens(engine, _ml100k_dir(tmp_path, BASE_RATINGS, BASE_ITEMS, "again"), scale=FIVE)
     with session_factory() as session:
-        assert repo.user_rating_map(session, "api-user") == {"1": 4.0}
+        assert user_rating_map(session, "api-user") == {"1": 4.0}
 
 
 def test_rated_items_missing_from_the_item_file_are_created_untitled(
@@ -203,7 +204,7 @@ def test_rated_items_missing_from_the_item_file_are_created_untitled(
     report = import_movielens(engine, directory, scale=FIVE)
     assert report.placeholder_items == 1
     with session_factory() as session:
-        placeholder = repo.get_item(session, "99")
+        placeholder = get_item(session, "99")
         assert placeholder is not None
         assert (placeholder.title, placeholder.genres) == ("", [])
     fuller = _csv_dir(
@@ -211,7 +212,7 @@ def test_rated_items_missing_from_the_item_file_are_created_untitled(
     )
     assert import_movielens(engine, fuller, scale=FIVE).placeholder_items == 0
     with session_factory() as session:
-        found = repo.get_item(session, "99")
+        found = get_item(session, "99")
         assert found is not None
         assert found.title == "Found (2001)"
 
@@ -229,15 +230,15 @@ def test_half_star_csv_with_the_rating_scale_option(
     assert "ratings.csv:2: rating 4.5 is not on the rating scale" in refused.stderr
     assert "allowed values: 1, 2, 3, 4, 5" in refused.stderr
     with session_factory() as session:
-        assert repo.count_items(session) == 0
+        assert count_items(session) == 0
 
     result = run_cli(
         "import", "movielens", str(directory), "--rating-scale", "0.5..5:0.5", "--no-progress"
     )
     assert result.exit_code == 0, result.output
     with session_factory() as session:
-        assert repo.user_rating_map(session, "1") == {"1": 4.5, "2": 0.5}
-        jumanji = repo.get_item(session, "2")
+        assert user_rating_map(session, "1") == {"1": 4.5, "2": 0.5}
+        jumanji = get_item(session, "2")
         assert jumanji is not None
         assert jumanji.genres == []
 
@@ -382,7 +383,7 @@ def test_the_earliest_repeated_rating_is_reported(
         import_movielens(engine, directory, scale=FIVE, chunksize=2)
     assert info.value.line == 3
     with session_factory() as session:
-        assert repo.count_items(session) == 0
+        assert count_items(session) == 0
 
 
 def test_progress_is_reported(tmp_path: Path, engine: Engine) -> None:
@@ -527,7 +528,7 @@ def test_cli_download_imports_the_verified_archive(
     assert result.exit_code == 0, result.output
     assert (cache / "ml-100k" / "u.data").is_file()
     with session_factory() as session:
-        assert repo.count_ratings(session) == len(BASE_RATINGS)
+        assert count_ratings(session) == len(BASE_RATINGS)
 
     monkeypatch.setitem(dl.DATASETS, "ml-100k", replace(archive, sha256="1" * 64))
     bad = run_cli(
@@ -553,13 +554,13 @@ def test_a_concurrent_writer_during_a_first_import_is_merged(
     if engine.dialect.name != "postgresql":
         pytest.skip("SQLite has one writer at a time; the import holds the write lock")
     with session_factory.begin() as session:
-        repo.upsert_items(session, [repo.ItemIn("1", "One (1990)")])
+        upsert_items(session, [ItemIn("1", "One (1990)")])
     directory = _ml100k_dir(tmp_path, BASE_RATINGS, BASE_ITEMS)
     outcome: list[Any] = []
 
     writer = session_factory()
     writer.begin()
-    repo.upsert_rating(writer, "1", "1", 1, scale=FIVE)  # the file says 3 for (1, 1)
+    upsert_rating(writer, "1", "1", 1, scale=FIVE)  # the file says 3 for (1, 1)
     writer.flush()
 
     def run_import() -> None:
@@ -593,7 +594,7 @@ def test_a_concurrent_writer_during_a_first_import_is_merged(
     assert report.ratings_inserted == len(BASE_RATINGS) - 1
     assert report.ratings_updated == 1
     with session_factory() as session:
-        assert repo.count_ratings(session) == len(BASE_RATINGS)
+        assert count_ratings(session) == len(BASE_RATINGS)
         merged = session.get(Rating, ("1", "1"))
         assert merged is not None
         assert (merged.rating, merged.version) == (3.0, 2)

@@ -16,13 +16,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.api.main import create_app
 from app.db import migrate
 from app.db.engine import make_engine
-from app.db.models_registry import ModelVersion
+from app.db.tables import ModelVersion
 from app.services import registry, retrain
-from app.services.registry import (
-    ArtifactIntegrityError,
-    VersionNotActivatableError,
-    VersionNotFoundError,
-)
+from app.services.artifacts import ArtifactIntegrityError, artifact_digest
+from app.services.registry import VersionNotActivatableError, VersionNotFoundError
 from app.settings import Settings
 from rbm_core.artifact import save_model
 from rbm_core.data import RatingMatrix
@@ -153,7 +150,7 @@ def test_register_activate_and_roll_back(
     assert first.hyperparameters["n_hidden"] == 4
     assert first.training_curves == {"validation_rmse": [1.2, 1.1, 1.0]}
     assert len(first.sha256) == 64
-    assert first.sha256 == registry.artifact_digest(tmp_path / first.id)
+    assert first.sha256 == artifact_digest(tmp_path / first.id)
 
     second = _register(session_factory, tiny_model, tmp_path)
     assert second.status == "candidate"

@@ -27,14 +27,14 @@ from _registry_support import (
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db.models import Rating
-from app.db.models_registry import ModelVersion, TrainingRun
-from app.db.repository import count_ratings, read_ratings_snapshot
+from app.db.ratings import count_ratings
+from app.db.retrain_lock import LockBusyError, RetrainLock
+from app.db.snapshot import read_ratings_snapshot
+from app.db.tables import ModelVersion, Rating, TrainingRun
 from app.services import registry, retrain
-from app.services.locks import LockBusyError, RetrainLock
+from app.services.artifacts import STAGING_DIR
 from app.services.retrain import (
     RetrainError,
-    holdout_mask,
     request_retrain,
     run_retrain,
     train_and_activate,
@@ -99,7 +99,7 @@ def _wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "
 
 
 def _staging_leftovers(model_dir: Path) -> list[Path]:
-    staging = model_dir / retrain.STAGING_DIR
+    staging = model_dir / STAGING_DIR
     return list(staging.iterdir()) if staging.exists() else []
 
 
@@ -199,7 +199,7 @@ def test_a_worse_candidate_is_rejected(
         snapshot.user_ids.astype(str),
         snapshot.item_ids.astype(str),
         snapshot.ratings,
-        settings.scale,
+        settings.rating_scale,
     )
     leaked = SoftmaxRBM(n_hidden=100, n_epochs=20, random_state=0).fit(everything)
     path = save_model(leaked, settings.model_dir / registry.new_version_id())
@@ -494,18 +494,3 @@ def test_invalid_cron_is_a_clear_error(database_url: str, model_dir: Path) -> No
     result = invoke_cli(["worker"], _env(database_url, model_dir, RBMREC_RETRAIN_CRON="every day"))
     assert result.exit_code == 1
     assert "invalid cron expression 'every day'" in result.output
-
-
-def test_holdout_is_stable_and_keeps_every_user() -> None:
-    rng = np.random.default_rng(0)
-    users = np.array([f"u{u}" for u in rng.integers(0, 300, 20_000)], dtype=object)
-    items = np.array([f"i{i}" for i in rng.integers(0, 2_000, 20_000)], dtype=object)
-    held = holdout_mask(users, items)
-    assert 0.08 < held.mean() < 0.12
-    # the same rating is held out whatever else is in the data
-    subset = slice(5_000, 15_000)
-    assert np.array_equal(holdout_mask(users[subset], items[subset]), held[subset])
-    # a user never loses all ratings to the hold-out
-    single = holdout_mask(np.array(["solo"], dtype=object), np.array(["i"], dtype=object))
-    assert not single.any()
-    assert set(users[~held]) == set(users)

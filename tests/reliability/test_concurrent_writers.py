@@ -23,8 +23,8 @@ from _reliability_support import api_server, percentile_ms
 from sqlalchemy import create_engine, func, select
 
 from app.db.engine import make_engine, make_sessionmaker
-from app.db.models import Rating
-from app.db.repository import ItemIn, upsert_items
+from app.db.items import ItemIn, upsert_items
+from app.db.tables import Rating
 
 # real server processes for seconds each: `make test` runs them, `make test-fast` not
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e, pytest.mark.slow]

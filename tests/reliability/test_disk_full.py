@@ -27,10 +27,12 @@ from pathlib import Path
 import pytest
 from _reliability_support import SMALL_PARAMS, Store, rbmrec_command, seed_store
 
-from app.db.repository import RatingIn, upsert_ratings
+from app.db.ratings import RatingIn, upsert_ratings
 from app.services import registry, retrain
+from app.services.artifacts import STAGING_DIR, check_artifact
 from app.services.model_holder import ModelHolder
 from app.settings import Settings
+from rbm_core.scale import DEFAULT_SCALE
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
 
@@ -78,7 +80,11 @@ def _fill(disk: Path, leave: int) -> Path:
 
 def _changed(store: Store) -> None:
     with store.session_factory.begin() as session:
-        upsert_ratings(session, [RatingIn(f"disk-{uuid.uuid4().hex[:8]}", "50", 3.0)])
+        upsert_ratings(
+            session,
+            [RatingIn(f"disk-{uuid.uuid4().hex[:8]}", "50", 3.0)],
+            scale=DEFAULT_SCALE,
+        )
 
 
 def _assert_previous_still_serves(store: Store, previous: str) -> None:
@@ -92,7 +98,7 @@ def _assert_previous_still_serves(store: Store, previous: str) -> None:
 
 
 def _staging_contents(model_dir: Path) -> list[str]:
-    staging = model_dir / retrain.STAGING_DIR
+    staging = model_dir / STAGING_DIR
     return sorted(p.name for p in staging.iterdir()) if staging.exists() else []
 
 
@@ -126,7 +132,7 @@ def test_a_full_disk_fails_the_run_cleanly_and_keeps_the_active_version(
         active = registry.get_active_version(session)
     assert active is not None
     assert active.id == again.model_version_id
-    registry.verify_artifact(Path(active.artifact_path), active.sha256)
+    check_artifact(Path(active.artifact_path), active.sha256)
     store.session_factory.kw["bind"].dispose()
 
 

@@ -23,7 +23,7 @@ from sqlalchemy import event
 
 from app.api.main import create_app
 from app.db.engine import make_engine, make_sessionmaker
-from app.db.repository import ItemIn, upsert_items
+from app.db.items import ItemIn, upsert_items
 from app.settings import Settings
 
 WRITE_KEY = "wk-7Hq2mZpX9vLr4TnB"

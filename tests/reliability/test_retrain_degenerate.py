@@ -24,9 +24,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.api.main import create_app
 from app.db.engine import make_engine, make_sessionmaker
-from app.db.repository import ItemIn, RatingIn, upsert_items, upsert_ratings
+from app.db.items import ItemIn, upsert_items
+from app.db.ratings import RatingIn, upsert_ratings
 from app.services import retrain
 from app.settings import Settings
+from rbm_core.scale import DEFAULT_SCALE
 
 # real server processes for seconds each: `make test` runs them, `make test-fast` not
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e, pytest.mark.slow]
@@ -95,7 +97,11 @@ def test_the_worker_records_empty_and_tiny_stores_once_and_survives_an_outage(
             # a tiny one
             with store.begin() as session:
                 upsert_items(session, [ItemIn(id=i) for i in ("1", "2", "3")])
-                upsert_ratings(session, [RatingIn("u1", i, 4.0) for i in ("1", "2", "3")])
+                upsert_ratings(
+                    session,
+                    [RatingIn("u1", i, 4.0) for i in ("1", "2", "3")],
+                    scale=DEFAULT_SCALE,
+                )
             queued = api.post("/admin/retrain").json()
             tiny = wait_for(lambda: _finished(store, queued["id"]), 60, "the second run")
             assert tiny.status == "skipped"

@@ -35,7 +35,7 @@ from _reliability_support import (
 )
 from sqlalchemy import select
 
-from app.db.models import Rating
+from app.db.tables import Rating
 from app.services import registry
 
 # real server processes for seconds each: `make test` runs them, `make test-fast` not

@@ -29,11 +29,13 @@ import pytest
 from _reliability_support import SMALL_PARAMS, Store
 from sqlalchemy import select
 
-from app.db.models_registry import ModelVersion, TrainingRun
-from app.db.repository import RatingIn, upsert_ratings
+from app.db.ratings import RatingIn, upsert_ratings
+from app.db.tables import ModelVersion, TrainingRun
 from app.services import registry, retrain
+from app.services.artifacts import STAGING_DIR, check_artifact
 from app.services.model_holder import ModelHolder
 from app.settings import Settings
+from rbm_core.scale import DEFAULT_SCALE
 
 HOOK = textwrap.dedent(
     """
@@ -82,7 +84,7 @@ POINTS = ["array", "checksums", "staged", "publish", "register"]
 def _add_rating(store: Store, user: str) -> None:
     # a changed store, so that no retrain is skipped as "nothing changed"
     with store.session_factory.begin() as session:
-        upsert_ratings(session, [RatingIn(user, "50", 4.0)])
+        upsert_ratings(session, [RatingIn(user, "50", 4.0)], scale=DEFAULT_SCALE)
 
 
 def _killed_retrain(store: Store, point: str, workdir: Path) -> subprocess.CompletedProcess[str]:
@@ -109,7 +111,7 @@ def _leftovers(model_dir: Path, keep: set[str]) -> list[str]:
     lock file), staging contents included."""
     out: list[str] = []
     for entry in model_dir.iterdir():
-        if entry.name == retrain.STAGING_DIR:
+        if entry.name == STAGING_DIR:
             out += [f"{entry.name}/{child.name}" for child in entry.iterdir()]
         elif entry.name not in {*keep, ".retrain-lock"}:
             out.append(entry.name)
@@ -118,7 +120,7 @@ def _leftovers(model_dir: Path, keep: set[str]) -> list[str]:
 
 def _files_at_the_kill(model_dir: Path) -> set[str]:
     """Names of the files the killed run left, wherever they are (proves the point)."""
-    staging = model_dir / retrain.STAGING_DIR
+    staging = model_dir / STAGING_DIR
     found = {p.name for p in staging.rglob("*") if p.is_file()} if staging.exists() else set()
     return found
 
@@ -193,7 +195,7 @@ def test_a_retrain_killed_while_publishing_leaves_nothing_half_published(
         new = registry.get_active_version(session)
     assert new is not None
     assert new.id == info.model_version_id
-    registry.verify_artifact(Path(new.artifact_path), new.sha256)
+    check_artifact(Path(new.artifact_path), new.sha256)
     assert _leftovers(store.model_dir, {previous, new.id}) == []
     assert holder.refresh() is not None
     assert holder.current is not None

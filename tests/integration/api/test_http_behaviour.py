@@ -12,8 +12,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.api.deps import SessionDep
 from app.api.main import create_app
-from app.db.repository import ItemIn, count_ratings, upsert_items, upsert_rating, user_rating_map
+from app.db.items import ItemIn, upsert_items
+from app.db.ratings import count_ratings, upsert_rating, user_rating_map
 from app.settings import Settings
+from rbm_core.scale import DEFAULT_SCALE
 
 PROBLEM = "application/problem+json"
 RATING = {"user_id": "u1", "item_id": "m1", "rating": 4}
@@ -82,7 +84,7 @@ def test_a_failing_handler_rolls_its_writes_back(
     app = create_app(make_settings())
 
     def write_then_fail(session: SessionDep) -> None:
-        upsert_rating(session, "ghost", item, 2.0)
+        upsert_rating(session, "ghost", item, 2.0, scale=DEFAULT_SCALE)
         session.flush()
         raise RuntimeError("after the write")
 

@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db.repository import get_item
+from app.db.items import get_item
 
 TOY_STORY = {
     "title": "Toy Story (1995)",

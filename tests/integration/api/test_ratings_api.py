@@ -9,7 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db.repository import ItemIn, count_ratings, get_item, upsert_items, user_rating_map
+from app.db.items import ItemIn, get_item, upsert_items
+from app.db.ratings import count_ratings, user_rating_map
 
 PROBLEM = "application/problem+json"
 

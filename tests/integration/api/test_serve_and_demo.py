@@ -16,7 +16,7 @@ import pytest
 from _api_support import Subset, free_port, rbmrec_command
 
 from app.db.engine import make_engine, make_sessionmaker
-from app.db.repository import count_ratings
+from app.db.ratings import count_ratings
 from app.services import registry
 from app.settings import Settings
 

@@ -5,16 +5,18 @@ from __future__ import annotations
 import re
 
 import pytest
+from pydantic import ValidationError
 
 from app.domain import (
     ID_PATTERN,
     InvalidIdError,
     InvalidRatingError,
-    UnknownItemError,
+    ItemsNotInStoreError,
     is_valid_id,
     validate_id,
     validate_rating,
 )
+from app.settings import Settings
 from rbm_core.scale import RatingScale, RatingScaleError
 
 HALF_STARS = RatingScale.parse("0.5..5:0.5")
@@ -93,23 +95,20 @@ def test_invalid_rating_error_is_a_rating_scale_error() -> None:
     assert issubclass(InvalidRatingError, ValueError)
 
 
-def test_default_scale_comes_from_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    from app.settings import get_settings
-
+def test_the_settings_parse_the_rating_scale_once(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RBMREC_RATING_SCALE", "0.5..5:0.5")
-    get_settings.cache_clear()
-    try:
-        assert validate_rating(2.5) == 2.5
-    finally:
-        get_settings.cache_clear()
+    settings = Settings()
+    assert settings.rating_scale == HALF_STARS
+    assert validate_rating(2.5, settings.rating_scale) == 2.5
     monkeypatch.delenv("RBMREC_RATING_SCALE")
-    with pytest.raises(InvalidRatingError):
-        validate_rating(2.5)
-    get_settings.cache_clear()
+    assert Settings().rating_scale == RatingScale.parse("1,2,3,4,5")
+    assert Settings(rating_scale="1..3:1").rating_scale.levels == (1.0, 2.0, 3.0)
+    with pytest.raises(ValidationError, match="rating_scale"):
+        Settings(rating_scale="1..x")
 
 
 def test_unknown_item_error_lists_a_few_ids() -> None:
-    error = UnknownItemError([str(i) for i in range(8)])
+    error = ItemsNotInStoreError([str(i) for i in range(8)])
     assert error.item_ids == [str(i) for i in range(8)]
     assert "'0', '1', '2', '3', '4'" in str(error)
     assert "and 3 more" in str(error)

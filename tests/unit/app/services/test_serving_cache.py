@@ -6,14 +6,15 @@ import os
 import shutil
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from app.services import registry
+from app.services.artifacts import ArtifactIntegrityError, artifact_digest
 from app.services.model_holder import load_version
-from app.services.registry import ArtifactIntegrityError, ModelVersionInfo
+from app.services.registry import ModelVersionInfo
 from app.services.serving_cache import ServingCache, ServingCacheError
 from rbm_core import DEFAULT_SCALE, RatingMatrix, SoftmaxRBM, save_model
 
@@ -29,13 +30,25 @@ def artifact(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     matrix = RatingMatrix.from_arrays(users, items, ratings, DEFAULT_SCALE)
     model = SoftmaxRBM(n_hidden=6, n_epochs=2, random_state=0).fit(matrix)
     path = save_model(model, tmp_path_factory.mktemp("artifact") / "v1")
-    return path, registry.artifact_digest(path)
+    return path, artifact_digest(path)
 
 
 def _version(path: Path, sha256: str) -> ModelVersionInfo:
-    fields = {name: None for name in ModelVersionInfo.__dataclass_fields__}
-    fields.update(id="v1", artifact_path=path, sha256=sha256)
-    return ModelVersionInfo(**fields)  # type: ignore[arg-type]
+    return ModelVersionInfo(
+        id="v1",
+        status="active",
+        artifact_path=path,
+        sha256=sha256,
+        created_at=datetime.now(UTC),
+        activated_at=None,
+        n_users=0,
+        n_items=0,
+        n_ratings=0,
+        snapshot_max_rated_at=None,
+        hyperparameters={},
+        metrics={},
+        training_curves={},
+    )
 
 
 def test_a_copy_is_verified_read_only_and_shared(
@@ -45,7 +58,7 @@ def test_a_copy_is_verified_read_only_and_shared(
     cache = ServingCache(tmp_path / "cache")
     first = cache.materialize(source, sha)
     assert first == tmp_path / "cache" / sha
-    assert registry.artifact_digest(first) == sha
+    assert artifact_digest(first) == sha
     files = [p for p in first.rglob("*") if p.is_file()]
     assert files
     assert all(p.stat().st_mode & 0o222 == 0 for p in files)
@@ -89,7 +102,7 @@ def test_a_damaged_copy_is_replaced_not_used(artifact: tuple[Path, str], tmp_pat
     weights.chmod(0o644)
     os.truncate(weights, 10)
     again = cache.materialize(source, sha)
-    assert registry.artifact_digest(again) == sha
+    assert artifact_digest(again) == sha
 
 
 def test_a_source_that_does_not_match_the_registry_is_refused(

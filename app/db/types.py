@@ -1,44 +1,17 @@
-"""ORM models of the ratings store (SQLAlchemy 2 typed mappings)."""
+"""Column types and SQL functions that behave the same on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import (
-    JSON,
-    DateTime,
-    Dialect,
-    Float,
-    ForeignKey,
-    Index,
-    Integer,
-    String,
-    Text,
-)
+from sqlalchemy import JSON, DateTime, Dialect, Float
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import TypeDecorator
 
-from app.db.base import Base
-from app.domain import ID_MAX_LENGTH, ID_PATTERN
-
-ID_LENGTH = ID_MAX_LENGTH
-"""User and item ids are opaque strings of 1-64 characters: letters, digits, ``_.:-``."""
-
-__all__ = [
-    "ID_LENGTH",
-    "ID_PATTERN",
-    "SQLITE_UTCNOW",
-    "FloatValue",
-    "Item",
-    "JSONDocument",
-    "Rating",
-    "UTCDateTime",
-    "utcnow",
-]
+__all__ = ["SQLITE_UTCNOW", "FloatValue", "JSONDocument", "UTCDateTime", "utcnow"]
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -111,46 +84,3 @@ SQLITE_UTCNOW = "strftime('%Y-%m-%d %H:%M:%f000', 'now')"
 JSONDocument = JSON().with_variant(JSONB(), "postgresql")
 """JSON on SQLite, JSONB on PostgreSQL (JSONB has equality, so upserts can skip no-op
 updates)."""
-
-
-class Item(Base):
-    """A recommendable item (a movie, for MovieLens) with its display metadata."""
-
-    __tablename__ = "items"
-
-    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
-    title: Mapped[str] = mapped_column(Text, default="")
-    genres: Mapped[list[str]] = mapped_column(JSONDocument, default=list)
-    attributes: Mapped[dict[str, Any]] = mapped_column(JSONDocument, default=dict)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=utcnow())
-    updated_at: Mapped[datetime] = mapped_column(
-        UTCDateTime, server_default=utcnow(), onupdate=utcnow()
-    )
-
-    def __repr__(self) -> str:
-        return f"Item(id={self.id!r}, title={self.title!r})"
-
-
-class Rating(Base):
-    """One user's rating of one item; exactly one row per (user, item)."""
-
-    __tablename__ = "ratings"
-    __table_args__ = (Index("ix_ratings_item_id", "item_id"),)
-
-    # The composite primary key is the "one row per (user, item)" rule and the
-    # index for "all ratings of a user"; ix_ratings_item_id serves "all of an item".
-    user_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
-    item_id: Mapped[str] = mapped_column(
-        String(ID_LENGTH), ForeignKey("items.id", ondelete="CASCADE"), primary_key=True
-    )
-    rating: Mapped[float] = mapped_column(FloatValue)
-    rated_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    # 1 when the row is inserted, +1 on every update that changes it: lets one
-    # INSERT .. ON CONFLICT .. RETURNING say "created or replaced" on both backends.
-    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
-    updated_at: Mapped[datetime] = mapped_column(
-        UTCDateTime, server_default=utcnow(), onupdate=utcnow()
-    )
-
-    def __repr__(self) -> str:
-        return f"Rating(user_id={self.user_id!r}, item_id={self.item_id!r}, rating={self.rating!r})"

@@ -1,9 +1,10 @@
-"""ORM models of the model registry: trained model versions and retrain runs.
+"""The tables, as SQLAlchemy 2 typed mappings: the ratings store and the model registry.
 
-``model_versions`` is the source of truth for which model is active. The partial
-unique index ``uq_model_versions_one_active`` (``WHERE status = 'active'``, on both
-PostgreSQL and SQLite) lets at most one row be active: the database, not the code,
-enforces it.
+``items`` and ``ratings`` hold the catalog and users' ratings. ``model_versions`` is
+the source of truth for which model is active: the partial unique index
+``uq_model_versions_one_active`` (``WHERE status = 'active'``, on both PostgreSQL and
+SQLite) lets at most one row be active, so the database, not the code, enforces it.
+``training_runs`` records every retrain.
 """
 
 from __future__ import annotations
@@ -15,16 +16,69 @@ from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base
-from app.db.models import JSONDocument, UTCDateTime, utcnow
+from app.db.types import FloatValue, JSONDocument, UTCDateTime, utcnow
+from app.domain import ID_MAX_LENGTH
 
 __all__ = [
+    "ID_LENGTH",
     "RUN_STATUSES",
     "RUN_TRIGGERS",
     "VERSION_STATUSES",
+    "Item",
     "ModelVersion",
+    "Rating",
     "TrainingRun",
 ]
 
+ID_LENGTH: Final = ID_MAX_LENGTH
+"""Width of the user and item id columns (see :data:`app.domain.ID_PATTERN`)."""
+
+
+# -- the ratings store -------------------------------------------------------------------
+class Item(Base):
+    """A recommendable item (a movie, for MovieLens) with its display metadata."""
+
+    __tablename__ = "items"
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    title: Mapped[str] = mapped_column(Text, default="")
+    genres: Mapped[list[str]] = mapped_column(JSONDocument, default=list)
+    attributes: Mapped[dict[str, Any]] = mapped_column(JSONDocument, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=utcnow())
+    updated_at: Mapped[datetime] = mapped_column(
+        UTCDateTime, server_default=utcnow(), onupdate=utcnow()
+    )
+
+    def __repr__(self) -> str:
+        return f"Item(id={self.id!r}, title={self.title!r})"
+
+
+class Rating(Base):
+    """One user's rating of one item; exactly one row per (user, item)."""
+
+    __tablename__ = "ratings"
+    __table_args__ = (Index("ix_ratings_item_id", "item_id"),)
+
+    # The composite primary key is the "one row per (user, item)" rule and the
+    # index for "all ratings of a user"; ix_ratings_item_id serves "all of an item".
+    user_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    item_id: Mapped[str] = mapped_column(
+        String(ID_LENGTH), ForeignKey("items.id", ondelete="CASCADE"), primary_key=True
+    )
+    rating: Mapped[float] = mapped_column(FloatValue)
+    rated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # 1 when the row is inserted, +1 on every update that changes it: lets one
+    # INSERT .. ON CONFLICT .. RETURNING say "created or replaced" on both backends.
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    updated_at: Mapped[datetime] = mapped_column(
+        UTCDateTime, server_default=utcnow(), onupdate=utcnow()
+    )
+
+    def __repr__(self) -> str:
+        return f"Rating(user_id={self.user_id!r}, item_id={self.item_id!r}, rating={self.rating!r})"
+
+
+# -- the model registry ----------------------------------------------------------------
 VERSION_STATUSES: Final = ("training", "candidate", "active", "rejected", "retired", "failed")
 """Life cycle of a version: ``training`` -> ``candidate`` -> ``active`` or ``rejected``;
 an active version becomes ``retired`` when another is activated; ``failed`` when its
@@ -66,7 +120,7 @@ class ModelVersion(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=utcnow())
     activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     artifact_path: Mapped[str] = mapped_column(Text)
-    # SHA-256 over the artifact's files (see app.services.registry.artifact_digest);
+    # SHA-256 over the artifact's files (see app.services.artifacts.artifact_digest);
     # empty while the version is still training.
     sha256: Mapped[str] = mapped_column(String(64), default="")
     artifact_deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)

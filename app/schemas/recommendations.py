@@ -1,0 +1,108 @@
+"""Bodies of ``GET /users/{id}/recommendations`` and ``GET /users/{id}/predictions``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["ItemPrediction", "Predictions", "Recommendations", "RecommendedItem"]
+
+
+class RecommendedItem(BaseModel):
+    """One recommended item."""
+
+    item_id: str
+    title: str | None = Field(description="The item's title (null if the item is gone).")
+    score: float = Field(
+        description="Ranking score: the model's (strategy rbm) or the number of "
+        "ratings (strategy popular)."
+    )
+    predicted_rating: float | None = Field(
+        description="Expected rating (rbm), or the item's mean rating (popular)."
+    )
+
+
+class Recommendations(BaseModel):
+    """Top items for a user, never one the user has rated."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "user_id": "196",
+                    "strategy": "rbm",
+                    "model_version": "20261129T030000123Z-9f2c1a",
+                    "offset": 0,
+                    "n": 2,
+                    "items": [
+                        {
+                            "item_id": "50",
+                            "title": "Star Wars (1977)",
+                            "score": 512.3,
+                            "predicted_rating": 4.41,
+                        },
+                        {
+                            "item_id": "100",
+                            "title": "Fargo (1996)",
+                            "score": 431.9,
+                            "predicted_rating": 4.2,
+                        },
+                    ],
+                }
+            ]
+        }
+    )
+
+    user_id: str
+    strategy: Literal["rbm", "popular"] = Field(
+        description="rbm: the model folded in the user's current ratings; popular: "
+        "the most rated items (the user has no ratings the model knows, or no model "
+        "has been trained yet)."
+    )
+    model_version: str | None = Field(description="The model version used (null: none).")
+    offset: int
+    n: int = Field(description="The page size asked for; fewer items when the catalog runs out.")
+    items: list[RecommendedItem]
+
+
+class ItemPrediction(BaseModel):
+    """The predicted rating of one item and the distribution over the rating levels."""
+
+    item_id: str
+    predicted_rating: float = Field(description="Expected rating under the distribution.")
+    distribution: list[float] = Field(
+        description="Probability of each rating level (in the order of ``levels``)."
+    )
+
+
+class Predictions(BaseModel):
+    """A user's predicted ratings for some items."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "user_id": "196",
+                    "model_version": "20261129T030000123Z-9f2c1a",
+                    "levels": [1, 2, 3, 4, 5],
+                    "items": [
+                        {
+                            "item_id": "50",
+                            "predicted_rating": 4.38,
+                            "distribution": [0.01, 0.03, 0.09, 0.3, 0.57],
+                        }
+                    ],
+                    "unknown_items": ["99999"],
+                }
+            ]
+        }
+    )
+
+    user_id: str
+    model_version: str | None = Field(description="The model used (null: no model yet).")
+    levels: list[float] = Field(description="The rating levels of the distributions.")
+    items: list[ItemPrediction]
+    unknown_items: list[str] = Field(
+        description="Items asked for that the model does not know (no prediction)."
+    )
