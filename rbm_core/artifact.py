@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -64,6 +65,9 @@ _ENVELOPE: Final = frozenset(
 """metadata.json keys of the format itself; an estimator's metadata uses others."""
 
 E = TypeVar("E", bound=BaseEstimator)
+
+_ARRAY_NAME: Final = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
+"""An array's name: a file name inside ``arrays/``, never a path (dots separate parts)."""
 
 
 class ArtifactError(Exception):
@@ -332,8 +336,9 @@ def load_model(
     try:
         model = cls().set_params(**dict(meta["hyperparameters"]))
         arrays = {}
-        for key in (attribute.rstrip("_") for attribute in cls._array_attributes):
-            spec = meta["arrays"][key]
+        for key, spec in dict(meta["arrays"]).items():
+            if not isinstance(key, str) or not _ARRAY_NAME.fullmatch(key):
+                raise ArtifactError(f"artifact {path} lists an invalid array name {key!r}")
             file = path / ARRAY_DIR / f"{key}.npy"
             try:
                 arr = np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)

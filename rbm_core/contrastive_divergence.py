@@ -47,6 +47,9 @@ class CDStatistics:
     d_user_bias : ndarray of shape (n_users, K)
         Per user, ``sum_items (v_data - v_recon)`` at each level: the gradient with
         respect to that user's conditional visible bias (not averaged).
+    d_implicit_weights : ndarray of shape (A, F) or None
+        ``<r h>_data - <r h>_recon`` for the rows ``D[items]`` of the implicit-input
+        weights (None when the step had none).
     squared_error : float
         Sum of squared differences between the input ratings and the expected
         ratings of the first mean-field reconstruction (value units).
@@ -60,6 +63,7 @@ class CDStatistics:
     d_user_bias: FloatArray
     squared_error: float
     n_ratings: int
+    d_implicit_weights: FloatArray | None = None
 
     def dense_weights(self, n_items: int) -> FloatArray:
         """``d_weights`` scattered into an (n_items, K, F) array (for inspection)."""
@@ -89,6 +93,7 @@ def cd_statistics(
     rng: np.random.Generator,
     dropout: float = 0.0,
     user_bias: FloatArray | None = None,
+    implicit_weights: FloatArray | None = None,
 ) -> CDStatistics:
     """One contrastive-divergence (CD-``n_steps``) gradient estimate on a batch of users.
 
@@ -113,6 +118,10 @@ def cd_statistics(
         (Srivastava et al., 2014): dropped units are clamped to zero in both phases.
     user_bias : ndarray of shape (n_users, K), optional
         Conditional visible bias of each user of the batch.
+    implicit_weights : ndarray of shape (M, F), optional
+        ``D`` of the conditional RBM (Salakhutdinov, Mnih and Hinton, section 4): the
+        binary "rated" vector ``r`` of each user adds ``sum_i r_i D_i`` to the input of
+        the hidden units in both phases (it is conditioned on, never reconstructed).
 
     Returns
     -------
@@ -133,6 +142,13 @@ def cd_statistics(
     local_codes = sp.csr_matrix((codes.data, local, indptr), shape=(n_users, len(active)))
 
     v_data = one_hot_visible(local_codes, k, dtype)
+    rated: sp.csr_matrix | None = None
+    if implicit_weights is not None:
+        # c_j + sum_i r_i D_ij: a per-user hidden bias, the same in both phases
+        rated = sp.csr_matrix(
+            (np.ones(len(items), dtype=dtype), local, indptr), shape=(n_users, len(active))
+        )
+        hidden_bias = hidden_bias + np.asarray(rated @ implicit_weights[active])
     # positive phase: p(h | V_data)
     h_data = hidden_probabilities(v_data, w, hidden_bias)
     keep: FloatArray | None = None
@@ -180,6 +196,9 @@ def cd_statistics(
     d_vb = np.asarray(by_item @ diff) * scale
     d_hb = (h_data.sum(axis=0) - h_model.sum(axis=0)) * scale
     d_ub = _user_sums(indptr, diff)
+    d_d = None
+    if rated is not None:
+        d_d = np.asarray(rated.T @ (h_data - h_model)) * scale
     return CDStatistics(
         items=active.astype(np.int64),
         d_weights=d_w.reshape(len(active), k, f),
@@ -188,6 +207,7 @@ def cd_statistics(
         d_user_bias=d_ub,
         squared_error=squared_error,
         n_ratings=len(items),
+        d_implicit_weights=d_d,
     )
 
 

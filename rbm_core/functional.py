@@ -126,7 +126,8 @@ def hidden_input(
     visible : scipy.sparse.csr_matrix, shape (n_users, M * K)
         One-hot (or probability) visible rows.
     weights : ndarray of shape (M, K, F)
-    hidden_bias : ndarray of shape (F,)
+    hidden_bias : ndarray of shape (F,) or (n_users, F)
+        ``c``, or a per-user hidden bias (``c`` plus a conditional RBM's implicit input).
 
     Returns
     -------
@@ -328,7 +329,7 @@ def free_energy(
     visible : scipy.sparse.csr_matrix, shape (n_users, M * K)
     weights : ndarray of shape (M, K, F)
     visible_bias : ndarray of shape (M, K)
-    hidden_bias : ndarray of shape (F,)
+    hidden_bias : ndarray of shape (F,) or (n_users, F)
     user_bias : ndarray of shape (n_users, K), optional
         Conditional visible bias ``u`` of each user.
 

@@ -10,6 +10,7 @@ in :mod:`rbm_core.training`, and the item index, encoding and top-N in
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -175,6 +176,7 @@ class SoftmaxRBM(SoftmaxRBMInference):
         "visible_bias_",
         "hidden_bias_",
         "offset_weights_",
+        "implicit_weights_",
     )
     """The arrays contrastive divergence updates (in this order)."""
     _array_attributes = (*_trained_arrays, "item_means_", "item_popularity_")
@@ -204,6 +206,7 @@ class SoftmaxRBM(SoftmaxRBMInference):
         hidden_dropout: float = 0.0,
         user_offset: bool = True,
         offset_shrinkage: float = 5.0,
+        implicit_input: bool = False,
         early_stopping: bool = False,
         validation_fraction: float = 0.1,
         n_iter_no_change: int = 5,
@@ -226,6 +229,7 @@ class SoftmaxRBM(SoftmaxRBMInference):
         self.hidden_dropout = hidden_dropout
         self.user_offset = user_offset
         self.offset_shrinkage = offset_shrinkage
+        self.implicit_input = implicit_input
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
@@ -249,6 +253,7 @@ class SoftmaxRBM(SoftmaxRBMInference):
         check_number("momentum", self.momentum, low=0.0, high=1.0)
         check_number("hidden_dropout", self.hidden_dropout, low=0.0, high=1.0)
         check_bool("user_offset", self.user_offset)
+        check_bool("implicit_input", self.implicit_input)
         check_number("high_rating", self.high_rating)
         check_number(
             "validation_fraction", self.validation_fraction, low=0.0, low_open=True, high=1.0
@@ -337,6 +342,8 @@ class SoftmaxRBM(SoftmaxRBMInference):
         self.visible_bias_ = np.log(freq).astype(DTYPE)
         self.hidden_bias_ = np.zeros(f, dtype=DTYPE)
         self.offset_weights_ = np.zeros(k, dtype=DTYPE)
+        # without implicit input D has no rows: nothing is stored or computed for it
+        self.implicit_weights_ = np.zeros((m if self.implicit_input else 0, f), dtype=DTYPE)
         self.item_means_ = (
             (counts @ values + _ITEM_MEAN_PRIOR * global_mean) / (item_n + _ITEM_MEAN_PRIOR)
         ).astype(DTYPE)
@@ -406,6 +413,7 @@ class SoftmaxRBM(SoftmaxRBMInference):
             data.rng,
             dropout=float(self.hidden_dropout),
             user_bias=self._user_bias(offsets),
+            implicit_weights=self.implicit_weights_ if self.implicit_input else None,
         )
         # overflow is caught by the finiteness check after the epoch
         with np.errstate(over="ignore", invalid="ignore"):
@@ -418,7 +426,7 @@ class SoftmaxRBM(SoftmaxRBMInference):
         # momentum SGD on every array; weight decay on W only. Decay and momentum touch
         # all of W (in place, no temporaries of its size); the gradient only the rows of
         # the items rated in the batch.
-        vw, vb, vh, vo = self._velocity
+        vw, vb, vh, vo, vd = self._velocity
         momentum = float(self.momentum)
         training.momentum_step(
             self.weights_,
@@ -438,6 +446,16 @@ class SoftmaxRBM(SoftmaxRBMInference):
         if offsets is not None:
             d_offset = offset_weights_gradient(offsets, stats.d_user_bias).astype(DTYPE)
         training.momentum_step(self.offset_weights_, vo, d_offset, lr, momentum)
+        if stats.d_implicit_weights is not None:
+            training.momentum_step(
+                self.implicit_weights_,
+                vd,
+                stats.d_implicit_weights,
+                lr,
+                momentum,
+                rows=stats.items,
+                weight_decay=float(self.weight_decay),
+            )
 
     def _epoch_figures(self, data: _TrainingData) -> dict[str, Any]:
         figures: dict[str, Any] = {
@@ -473,9 +491,21 @@ class SoftmaxRBM(SoftmaxRBMInference):
         metadata["n_hidden"] = int(self.weights_.shape[2])
         return arrays, metadata
 
+    def _restore_artifact_state(
+        self, arrays: Mapping[str, NDArray[Any]], metadata: Mapping[str, Any]
+    ) -> None:
+        if "implicit_weights" not in arrays:
+            # written before implicit input existed: a model without it
+            n_hidden = arrays["weights"].shape[2]
+            arrays = {**arrays, "implicit_weights": np.zeros((0, n_hidden), dtype=DTYPE)}
+        super()._restore_artifact_state(arrays, metadata)
+
     def _check_restored(self) -> None:
         super()._check_restored()
         m, k, f = self.weights_.shape
+        expected = (m if self.implicit_input else 0, f)
+        if self.implicit_weights_.shape != expected:
+            raise ValueError("implicit_weights does not match implicit_input")
         if (m, k) != (len(self.item_ids_), self.scale_.n_levels) or self.visible_bias_.shape != (
             m,
             k,

@@ -55,6 +55,7 @@ class SoftmaxRBMInference(Recommender):
     visible_bias_: NDArray[np.floating]
     hidden_bias_: NDArray[np.floating]
     offset_weights_: NDArray[np.floating]
+    implicit_weights_: NDArray[np.floating]
     item_means_: NDArray[np.floating]
     item_popularity_: NDArray[np.floating]
 
@@ -71,7 +72,19 @@ class SoftmaxRBMInference(Recommender):
         """``F(V)`` of each user of a code matrix, shape (n_users,)."""
         visible = fn.one_hot_visible(codes, self.scale_.n_levels, DTYPE)
         ub = self._user_bias(self._user_offsets(codes))
-        return fn.free_energy(visible, self.weights_, self.visible_bias_, self.hidden_bias_, ub)
+        hb = self._hidden_bias_of(codes)
+        return fn.free_energy(visible, self.weights_, self.visible_bias_, hb, ub)
+
+    def _hidden_bias_of(self, codes: sp.csr_matrix) -> NDArray[np.floating]:
+        """``c``, plus ``sum_{i rated} D_i`` per user with implicit input, (F,) or (n, F)."""
+        if not len(self.implicit_weights_):
+            return self.hidden_bias_
+        rated = sp.csr_matrix(
+            (np.ones(codes.nnz, dtype=DTYPE), codes.indices, codes.indptr), shape=codes.shape
+        )
+        hb: NDArray[np.floating] = np.asarray(rated @ self.implicit_weights_)
+        hb += self.hidden_bias_
+        return hb
 
     def _user_offsets(self, codes: sp.csr_matrix) -> NDArray[np.floating] | None:
         """Each user's rating offset ``z_u`` (see :func:`functional.user_offsets`), or None."""
@@ -88,13 +101,15 @@ class SoftmaxRBMInference(Recommender):
 
     def _fold_in(self, codes: sp.csr_matrix) -> _FoldIn:
         visible = fn.one_hot_visible(codes, self.scale_.n_levels, DTYPE)
-        x = fn.hidden_input(visible, self.weights_, self.hidden_bias_)
+        x = fn.hidden_input(visible, self.weights_, self._hidden_bias_of(codes))
         return _FoldIn(x, self._user_bias(self._user_offsets(codes)))
 
     def _fold_in_one(self, items: NDArray[np.int64], levels: NDArray[np.int64]) -> _FoldIn:
         # sparse gather: only the rated items' rows of W take part
         x = self.weights_[items, levels].sum(axis=0, dtype=DTYPE)
         x += self.hidden_bias_
+        if len(self.implicit_weights_):
+            x += self.implicit_weights_[items].sum(axis=0, dtype=DTYPE)
         ub = None
         if self.user_offset:
             dev = self.scale_.values[levels] - self.item_means_[items]
@@ -113,6 +128,20 @@ class SoftmaxRBMInference(Recommender):
     def _keep(self) -> float:
         """Probability that a hidden unit is present (``1 - hidden_dropout``)."""
         return 1.0 - float(self.hidden_dropout)
+
+    def distribution_at(
+        self, codes: sp.csr_matrix, rows: NDArray[np.int64], items: NDArray[np.int64]
+    ) -> NDArray[np.floating]:
+        """``p(v_q | V)`` for (user row of ``codes``, item column) pairs, shape (n_pairs, K).
+
+        Parameters
+        ----------
+        codes : scipy.sparse.csr_matrix of shape (n_users, n_items_)
+            The users' ratings as level codes (see :class:`~rbm_core.data.RatingMatrix`).
+        rows, items : ndarray of int, shape (n_pairs,)
+        """
+        self._check_fitted()
+        return self._distribution_at(self._fold_in(codes), rows, items)
 
     def _distribution_at(
         self, fold: _FoldIn, rows: NDArray[np.int64], items: NDArray[np.int64]
@@ -297,8 +326,12 @@ class SoftmaxRBMInference(Recommender):
             if ub is not None:
                 bias = bias + ub
         weights = self.weights_[query]
+        hidden_bias = self.hidden_bias_
+        if len(self.implicit_weights_):
+            # the conditioning "rated" vector: the items whose ratings are sampled
+            hidden_bias = hidden_bias + self.implicit_weights_[query].sum(axis=0)
         for _ in range(n_steps):
-            hidden = fn.sample_hiddens(levels, weights, self.hidden_bias_, rng)
+            hidden = fn.sample_hiddens(levels, weights, hidden_bias, rng)
             levels = fn.sample_visibles(hidden, weights, bias, rng)
         return self.scale_.values[levels]
 
