@@ -331,6 +331,17 @@ class RatingMatrix:
         sub.sort_indices()
         return RatingMatrix(self.user_ids[idx], self.item_ids, self.scale, sub)
 
+    def transposed(self) -> RatingMatrix:
+        """The same ratings with the roles swapped: items are the rows, users the columns.
+
+        Rows come sorted by item id (so the result stays searchable), columns in the
+        order of ``user_ids``. An item-based model trains on it (each item a case).
+        """
+        order = np.argsort(self.item_ids, kind="stable")
+        codes = self.codes.T.tocsr()[order]
+        codes.sort_indices()
+        return RatingMatrix(self.item_ids[order], self.user_ids, self.scale, codes)
+
     def split(
         self,
         fraction: float,
