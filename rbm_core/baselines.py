@@ -206,6 +206,14 @@ class BiasBaseline(_Baseline, Recommender):
         )
         return result
 
+    def expected_at(
+        self, codes: sp.csr_matrix, rows: NDArray[np.int64], items: NDArray[np.int64]
+    ) -> NDArray[np.float64]:
+        """``mu + b_u + b_i`` (clipped) for (user row of ``codes``, item column) pairs."""
+        self._check_fitted()
+        raw = self.global_mean_ + self._user_bias(codes)[rows] + self.item_bias_[items]
+        return np.clip(raw, self.scale_.min, self.scale_.max)
+
     def _score_codes(self, codes: sp.csr_matrix) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         raw = self.global_mean_ + self._user_bias(codes)[:, None] + self.item_bias_[None, :]
         return raw, np.clip(raw, self.scale_.min, self.scale_.max)

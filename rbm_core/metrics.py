@@ -38,6 +38,7 @@ __all__ = [
     "mae",
     "map_at_k",
     "ndcg_at_k",
+    "ndcg_of_scores",
     "precision_at_k",
     "recall_at_k",
     "rmse",
@@ -380,3 +381,41 @@ def top_k(
     out = np.full((n_users, int(k)), -1, dtype=np.int64)
     out[:, :depth] = np.where(np.isfinite(top_scores), top, -1)
     return out
+
+
+def ndcg_of_scores(
+    scores: ArrayLike,
+    rated: sp.spmatrix | sp.sparray,
+    relevant: sp.spmatrix | sp.sparray,
+    k: int = 10,
+) -> float:
+    """NDCG@k of ranking by ``scores``, every item a user did not rate being a candidate.
+
+    The top-N protocol in one call: each user's unrated items are ranked by score, and
+    the hits are the user's relevant (held-out) items. Users without a relevant item
+    are left out.
+
+    Parameters
+    ----------
+    scores : array-like of float, shape (n_users, n_items)
+    rated : scipy sparse matrix of shape (n_users, n_items)
+        Non-zero where the user rated the item in the data the scores come from.
+    relevant : scipy sparse matrix of shape (n_users, n_items)
+        Non-zero where the item is relevant to the user.
+    k : int
+        Cut-off.
+
+    Returns
+    -------
+    float
+        NaN when no user has a relevant item.
+    """
+    rel = sp.csr_matrix(relevant)
+    rel.eliminate_zeros()
+    counts = np.diff(rel.indptr)
+    users = np.flatnonzero(counts)
+    if users.size == 0:
+        return float("nan")
+    s = np.asarray(scores)[users]
+    top = top_k(s, k, exclude=sp.csr_matrix(rated)[users])
+    return ndcg_at_k(hit_matrix(top, rel[users]), counts[users], k)
