@@ -39,7 +39,11 @@ import numpy as np
 from rbm_core.base import BaseEstimator
 from rbm_core.baselines import BiasBaseline, GlobalMean, Popularity
 from rbm_core.bernoulli import BernoulliRBM
+from rbm_core.item_rbm import ItemSoftmaxRBM
 from rbm_core.model import SoftmaxRBM
+from rbm_core.ranker import RBMRanker
+from rbm_core.recommender import RBMRecommender
+from rbm_core.references import EASE, ItemQualityPopularity
 from rbm_core.scale import RatingScaleError
 
 logger = logging.getLogger(__name__)
@@ -53,7 +57,19 @@ CHECKSUM_FILE: Final = "checksums.json"
 ARRAY_DIR: Final = "arrays"
 
 ESTIMATORS: Final[dict[str, type[BaseEstimator]]] = {
-    cls.__name__: cls for cls in (SoftmaxRBM, BiasBaseline, GlobalMean, Popularity, BernoulliRBM)
+    cls.__name__: cls
+    for cls in (
+        RBMRecommender,
+        SoftmaxRBM,
+        ItemSoftmaxRBM,
+        RBMRanker,
+        BiasBaseline,
+        GlobalMean,
+        Popularity,
+        EASE,
+        ItemQualityPopularity,
+        BernoulliRBM,
+    )
 }
 """The estimators an artifact may hold, by the ``model_class`` it records."""
 

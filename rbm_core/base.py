@@ -45,6 +45,8 @@ __all__ = [
     "Recommender",
     "UnknownItemError",
     "is_user_batch",
+    "nearest_items",
+    "unit_rows",
 ]
 
 T = TypeVar("T")
@@ -120,8 +122,9 @@ class ItemScores:
     ----------
     score : ndarray of shape (n_items,)
         The ranking score ``recommend`` sorts by.
-    expected : ndarray of shape (n_items,)
-        Expected (predicted) rating.
+    expected : ndarray of shape (n_items,) or None
+        Expected (predicted) rating; None when not asked for (see
+        :meth:`Recommender.score_items`).
     rated : ndarray of bool, shape (n_items,)
         Items present in the user's ratings.
     ignored_ratings : list of str
@@ -129,7 +132,7 @@ class ItemScores:
     """
 
     score: NDArray[np.floating]
-    expected: NDArray[np.floating]
+    expected: NDArray[np.floating] | None
     rated: NDArray[np.bool_]
     ignored_ratings: list[str] = field(default_factory=list)
 
@@ -483,8 +486,23 @@ class Recommender(RatingEstimator):
         """
         return self._score_codes(self._one_row(items, levels))
 
-    def score_items(self, user_ratings: UserRatings) -> ItemScores:
+    def _rank_one(self, items: NDArray[np.int64], levels: NDArray[np.int64]) -> NDArray[Any]:
+        """The ranking scores alone of one user, shape (n_items_,).
+
+        Override when the scores cost less than the predicted ratings.
+        """
+        scores: NDArray[Any] = self._score_one(items, levels)[0][0]
+        return scores
+
+    def score_items(self, user_ratings: UserRatings, *, predicted: bool = True) -> ItemScores:
         """Score every model item for one user.
+
+        Parameters
+        ----------
+        user_ratings : mapping of str to float
+        predicted : bool
+            Also compute every item's predicted rating (``ItemScores.expected``); a
+            caller that needs a few can ask :meth:`predict` for those instead.
 
         Returns
         -------
@@ -494,10 +512,12 @@ class Recommender(RatingEstimator):
         """
         self._check_fitted()
         items, levels, ignored = self._encode_one(user_ratings)
-        scores, predicted = self._score_one(items, levels)
         rated = np.zeros(self.n_items_, dtype=bool)
         rated[items] = True
-        return ItemScores(scores[0], predicted[0], rated, ignored)
+        if not predicted:
+            return ItemScores(self._rank_one(items, levels), None, rated, ignored)
+        scores, expected = self._score_one(items, levels)
+        return ItemScores(scores[0], expected[0], rated, ignored)
 
     def score_batch(
         self, users: Sequence[UserRatings]
@@ -578,3 +598,27 @@ class Recommender(RatingEstimator):
             for r in range(top.shape[0])
         ]
         return lists if is_user_batch(user_ratings) else lists[0]
+
+
+def nearest_items(units: NDArray[np.floating], col: int, n: int) -> list[tuple[int, float]]:
+    """The ``n`` rows of ``units`` with the largest dot product with row ``col`` (not itself).
+
+    With unit-length rows that is cosine similarity. Ties go to the lower row.
+    """
+    sims = units @ units[col]
+    sims[col] = -np.inf
+    k = min(n, len(units) - 1)
+    if k <= 0:
+        return []
+    part = np.argpartition(-sims, k - 1)[:k]
+    order = np.lexsort((part, -sims[part]))
+    return [(int(c), float(sims[c])) for c in part[order]]
+
+
+def unit_rows(matrix: NDArray[np.floating]) -> NDArray[np.floating]:
+    """Each row of ``matrix`` (flattened per item), centred and scaled to unit length."""
+    flat = matrix.reshape(matrix.shape[0], -1).astype(np.float32)
+    flat = flat - flat.mean(axis=1, keepdims=True)
+    norms = np.linalg.norm(flat, axis=1, keepdims=True)
+    units: NDArray[np.floating] = flat / np.maximum(norms, np.float32(1e-12))
+    return units

@@ -67,8 +67,8 @@ def fit_blend(
     a = np.asarray(features, dtype=np.float64)
     gram = a.T @ a
     gram[np.diag_indices_from(gram)] += ridge
-    weights: NDArray[np.float64] = np.linalg.solve(gram, a.T @ np.asarray(targets, np.float64))
-    return weights
+    weights = np.linalg.solve(gram, a.T @ np.asarray(targets, np.float64))
+    return np.asarray(weights, dtype=np.float64)
 
 
 def tilt_to_mean(
@@ -111,7 +111,7 @@ def tilt_to_mean(
     def tilted(t: NDArray[np.float64]) -> NDArray[np.float64]:
         logits = log_q + t[:, None] * z
         logits -= logits.max(axis=1, keepdims=True)
-        p = np.exp(logits)
+        p: NDArray[np.float64] = np.exp(logits)
         p /= p.sum(axis=1, keepdims=True)
         return p
 

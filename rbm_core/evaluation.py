@@ -17,9 +17,17 @@ Protocol (one split = one training and one test rating set):
   the training catalog count as misses. Users with no relevant item are skipped
   (``n_ranked_users`` says how many were kept). Scoring is batched and ranking uses
   ``argpartition``; there is no Python loop over ratings.
+- Beside accuracy, each ranking reports how much of the catalog the top-k lists cover
+  (``coverage_at_k``), how novel their items are (``novelty_at_k``: mean
+  self-information ``-log2(n_i / n_users)`` of the recommended items, in bits) and how
+  personal they are (``personalisation_at_k``: mean pairwise Jaccard distance between
+  users' lists).
 - A model takes part in what it supports: ``predict(user_ratings, item_ids)`` gives
   the rating metrics, ``score_batch(users)`` the top-N metrics; the other figures are
   ``None`` (for instance the popularity baseline's RMSE).
+- The served model (``rbm``, an :class:`~rbm_core.recommender.RBMRecommender`) is made
+  of parts; ``user_rbm``, ``item_rbm`` and ``ranker`` report those parts alone, exactly
+  as fitted inside it (no fit time of their own).
 
 :func:`evaluate` runs the protocol on several splits (the ML-100K folds ``u1`` ..
 ``u5`` from :func:`rbm_core.datasets.load_ml100k_folds`, or one pair from
@@ -28,6 +36,7 @@ Protocol (one split = one training and one test rating set):
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -43,13 +52,16 @@ from rbm_core import metrics
 from rbm_core.baselines import BiasBaseline, GlobalMean, Popularity
 from rbm_core.data import RatingDataError, RatingMatrix, UserRatings, find_sorted
 from rbm_core.datasets import RatingSplit, infer_scale
-from rbm_core.model import SoftmaxRBM
+from rbm_core.recommender import RBMRecommender
+from rbm_core.references import EASE, ItemQualityPopularity
 from rbm_core.scale import RatingScale, RatingScaleError
 
 __all__ = [
     "DEFAULT_K",
+    "DEFAULT_MODELS",
     "DEFAULT_RELEVANCE_THRESHOLD",
     "MODEL_NAMES",
+    "PART_ENTRIES",
     "EvaluationError",
     "EvaluationReport",
     "ModelFactory",
@@ -64,8 +76,24 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_K = 10
 DEFAULT_RELEVANCE_THRESHOLD = 4.0
-MODEL_NAMES = ("rbm", "bias", "global_mean", "popularity")
-"""The models of a default evaluation, in report order."""
+MODEL_NAMES = (
+    "rbm",
+    "user_rbm",
+    "item_rbm",
+    "ranker",
+    "ease",
+    "item_quality",
+    "bias",
+    "popularity",
+    "global_mean",
+)
+"""Every model the harness knows, in report order."""
+
+DEFAULT_MODELS = ("rbm", "ease", "item_quality", "bias", "popularity", "global_mean")
+"""The models of a default evaluation."""
+
+PART_ENTRIES = ("user_rbm", "item_rbm", "ranker")
+"""Entries that report a part of the fitted ``rbm`` alone."""
 
 # users scored at once, and at most this many (user, item) scores in memory at a time
 _USER_BATCH = 1024
@@ -110,39 +138,45 @@ ModelFactory = Callable[[], Any]
 def default_models(
     rbm_params: Mapping[str, Any] | None = None,
     *,
-    names: Sequence[str] = MODEL_NAMES,
+    names: Sequence[str] = DEFAULT_MODELS,
 ) -> dict[str, ModelFactory]:
-    """Factories of the standard line-up: the RBM and the three baselines.
+    """Factories of the models to compare: the served RBM model, its parts and references.
 
     Parameters
     ----------
     rbm_params : mapping, optional
-        Keyword arguments of :class:`~rbm_core.model.SoftmaxRBM` (its defaults
-        otherwise; ``verbose`` defaults to False).
+        Keyword arguments of :class:`~rbm_core.recommender.RBMRecommender` (its
+        defaults otherwise; ``verbose`` defaults to False).
     names : sequence of str
-        Which of ``rbm``, ``bias``, ``global_mean``, ``popularity`` to include, in order.
+        Which of :data:`MODEL_NAMES` to include, in order. A part entry
+        (:data:`PART_ENTRIES`) needs ``rbm`` listed before it.
 
     Returns
     -------
     dict of str to callable
-        Name -> zero-argument factory of an unfitted model.
+        Name -> zero-argument factory of an unfitted model; a part entry's factory
+        returns a :class:`PartOf` naming the part of the fitted ``rbm``.
 
     Raises
     ------
     EvaluationError
-        For an unknown model name or an unknown RBM hyperparameter.
+        For an unknown model name or a bad RBMRecommender setting.
     """
     params = {"verbose": False, **dict(rbm_params or {})}
     try:
-        SoftmaxRBM(**params)
-    except TypeError as exc:
-        raise EvaluationError(f"bad RBM hyperparameters: {exc}") from None
+        RBMRecommender(**params)._validate_params()
+    except (TypeError, ValueError) as exc:
+        raise EvaluationError(f"bad RBM settings: {exc}") from None
     available: dict[str, ModelFactory] = {
-        "rbm": lambda: SoftmaxRBM(**params),
+        "rbm": lambda: RBMRecommender(**params),
+        "ease": EASE,
+        "item_quality": ItemQualityPopularity,
         "bias": BiasBaseline,
         "global_mean": GlobalMean,
         "popularity": Popularity,
     }
+    for part in PART_ENTRIES:
+        available[part] = functools.partial(PartOf, "rbm", part)
     unknown = [n for n in names if n not in available]
     if unknown:
         raise EvaluationError(f"unknown model {unknown[0]!r}; choose from {', '.join(MODEL_NAMES)}")
@@ -150,7 +184,18 @@ def default_models(
         raise EvaluationError("no models to evaluate")
     if len(set(names)) != len(names):
         raise EvaluationError("a model is listed twice")
+    for name in names:
+        if name in PART_ENTRIES and ("rbm" not in names or names.index("rbm") > names.index(name)):
+            raise EvaluationError(f"{name} reports a part of rbm: list rbm before it")
     return {name: available[name] for name in names}
+
+
+@dataclass(frozen=True)
+class PartOf:
+    """A model entry that is a part of another entry's fitted model (reported alone)."""
+
+    model: str
+    part: str
 
 
 # -- one split ----------------------------------------------------------------------------
@@ -164,6 +209,8 @@ def metric_names(k: int = DEFAULT_K) -> tuple[str, ...]:
         f"ndcg_at_{k}",
         f"map_at_{k}",
         f"coverage_at_{k}",
+        f"novelty_at_{k}",
+        f"personalisation_at_{k}",
         "fit_seconds",
         "n_train",
         "n_test",
@@ -274,8 +321,20 @@ def predict_test_ratings(
     return predictions
 
 
+def _figure(value: float) -> float | None:
+    """A figure for the report: None where it is undefined (NaN, e.g. a single user)."""
+    return None if np.isnan(value) else float(value)
+
+
+def _item_counts(train: RatingMatrix, catalog: NDArray[np.str_]) -> NDArray[np.float64]:
+    """Training ratings of each catalog item (0 for items not in ``train``)."""
+    counts = np.diff(train.codes.tocsc().indptr).astype(np.float64)
+    where = pd.Index(train.item_ids).get_indexer(pd.Index(catalog))
+    return np.where(where >= 0, counts[np.maximum(where, 0)], 0.0)
+
+
 def _ranking_figures(
-    model: BatchScorer, test: _TestSet, k: int, threshold: float
+    model: BatchScorer, train: RatingMatrix, test: _TestSet, k: int, threshold: float
 ) -> dict[str, float | int | None]:
     relevant = test.ratings >= threshold - 1e-9
     n_relevant = np.bincount(test.user_of[relevant], minlength=len(test.user_ids))
@@ -286,6 +345,8 @@ def _ranking_figures(
         f"ndcg_at_{k}": None,
         f"map_at_{k}": None,
         f"coverage_at_{k}": None,
+        f"novelty_at_{k}": None,
+        f"personalisation_at_{k}": None,
         "n_ranked_users": int(users.size),
     }
     if users.size == 0:
@@ -315,6 +376,9 @@ def _ranking_figures(
     out[f"ndcg_at_{k}"] = metrics.ndcg_at_k(hits, counts, k)
     out[f"map_at_{k}"] = metrics.map_at_k(hits, counts, k)
     out[f"coverage_at_{k}"] = metrics.catalog_coverage(top, int(catalog.size), k)
+    counts_of_items = _item_counts(train, catalog)
+    out[f"novelty_at_{k}"] = _figure(metrics.novelty_at_k(top, counts_of_items, train.n_users, k))
+    out[f"personalisation_at_{k}"] = _figure(metrics.personalisation_at_k(top, k))
     return out
 
 
@@ -368,14 +432,21 @@ def evaluate_split(
     fallback = float(train.values.data.mean())
     results: dict[str, dict[str, Any]] = {}
     params: dict[str, dict[str, Any]] = {}
+    fitted: dict[str, Any] = {}
     for name, factory in models.items():
         model = factory()
-        start = time.perf_counter()
-        try:
-            model.fit(train)
-        except (ValueError, TypeError, ArithmeticError) as exc:
-            raise EvaluationError(f"{name}: fitting failed on fold {fold}: {exc}") from None
-        fit_seconds = time.perf_counter() - start
+        fit_seconds: float | None = None
+        if isinstance(model, PartOf):
+            # reported alone, exactly as fitted inside the other entry's model
+            model = fitted[model.model].parts[model.part]
+        else:
+            start = time.perf_counter()
+            try:
+                model.fit(train)
+            except (ValueError, TypeError, ArithmeticError) as exc:
+                raise EvaluationError(f"{name}: fitting failed on fold {fold}: {exc}") from None
+            fit_seconds = time.perf_counter() - start
+        fitted[name] = model
         row: dict[str, Any] = {"fold": fold, **dict.fromkeys(metric_names(k))}
         row.update(
             fit_seconds=fit_seconds,
@@ -390,7 +461,7 @@ def evaluate_split(
                 row["rmse"] = metrics.rmse(data.ratings, pred)
                 row["mae"] = metrics.mae(data.ratings, pred)
             if isinstance(model, BatchScorer):
-                row.update(_ranking_figures(model, data, k, relevance_threshold))
+                row.update(_ranking_figures(model, train, data, k, relevance_threshold))
         except (ValueError, TypeError, ArithmeticError) as exc:
             if isinstance(exc, EvaluationError):
                 raise

@@ -27,7 +27,14 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from rbm_core.base import Prediction, Recommender
-from rbm_core.checks import check_bool, check_number, check_positive_int, check_random_state
+from rbm_core.checks import (
+    check_bool,
+    check_number,
+    check_positive_int,
+    check_random_state,
+    check_rating_matrix,
+    check_same_scale,
+)
 from rbm_core.data import RatingMatrix, UserRatings
 from rbm_core.functional import softmax
 from rbm_core.model import SoftmaxRBM
@@ -194,6 +201,10 @@ class ItemSoftmaxRBM(Recommender):
             ``self``.
         """
         self._validate_params()
+        check_rating_matrix(train, "train")
+        if validation is not None:
+            check_rating_matrix(validation, "validation")
+            check_same_scale(train, validation)
         machine = self._machine()
         machine.fit(train.transposed(), None if validation is None else validation.transposed())
         # the machine's "items" are our users and its rows our items (sorted by id);

@@ -39,6 +39,8 @@ __all__ = [
     "map_at_k",
     "ndcg_at_k",
     "ndcg_of_scores",
+    "novelty_at_k",
+    "personalisation_at_k",
     "precision_at_k",
     "recall_at_k",
     "rmse",
@@ -419,3 +421,85 @@ def ndcg_of_scores(
     s = np.asarray(scores)[users]
     top = top_k(s, k, exclude=sp.csr_matrix(rated)[users])
     return ndcg_at_k(hit_matrix(top, rel[users]), counts[users], k)
+
+
+def novelty_at_k(
+    recommended: ArrayLike, item_counts: ArrayLike, n_users: int, k: int | None = None
+) -> float:
+    """Mean self-information ``-log2(n_i / n_users)`` of the recommended items, in bits.
+
+    Zhou et al., "Solving the apparent diversity-accuracy dilemma of recommender
+    systems" (PNAS 2010): recommending what few users rated is more novel. Items
+    nobody rated count as rated once.
+
+    Parameters
+    ----------
+    recommended : array-like of int, shape (n_users, n_ranked)
+        Item indices in rank order; ``-1`` pads short lists (left out).
+    item_counts : array-like of shape (n_items,)
+        Training ratings of each item.
+    n_users : int
+        Users of the training data.
+    k : int, optional
+        Cut-off; the whole lists by default.
+
+    Returns
+    -------
+    float
+        NaN when nothing was recommended.
+    """
+    rec = np.asarray(recommended, dtype=np.int64)
+    if k is not None:
+        rec = rec[:, :k]
+    items = rec[rec >= 0]
+    if items.size == 0:
+        return float("nan")
+    counts = np.maximum(np.asarray(item_counts, dtype=np.float64), 1.0)
+    return float(np.mean(-np.log2(counts[items] / max(int(n_users), 1))))
+
+
+def personalisation_at_k(
+    recommended: ArrayLike,
+    k: int | None = None,
+    *,
+    max_users: int = 2000,
+    random_state: int | np.random.Generator | None = 0,
+) -> float:
+    """Mean pairwise Jaccard distance between users' top-k lists.
+
+    1 when no two users share an item, 0 when everyone gets the same list. Above
+    ``max_users`` users, a seeded sample of that many is compared (the pairs grow
+    quadratically).
+
+    Parameters
+    ----------
+    recommended : array-like of int, shape (n_users, n_ranked)
+        Item indices in rank order; ``-1`` pads short lists.
+    k : int, optional
+        Cut-off; the whole lists by default.
+
+    Returns
+    -------
+    float
+        NaN with fewer than two users.
+    """
+    rec = np.asarray(recommended, dtype=np.int64)
+    if k is not None:
+        rec = rec[:, :k]
+    if rec.shape[0] > max_users:
+        rng = np.random.default_rng(random_state)
+        rec = rec[np.sort(rng.choice(rec.shape[0], max_users, replace=False))]
+    n = rec.shape[0]
+    if n < 2:
+        return float("nan")
+    rows, cols = np.nonzero(rec >= 0)
+    lists = sp.csr_matrix(
+        (np.ones(rows.size), (rows, rec[rows, cols])), shape=(n, int(rec.max(initial=0)) + 1)
+    )
+    lists.data[:] = 1.0
+    sizes = np.asarray(lists.sum(axis=1)).ravel()
+    shared = np.asarray((lists @ lists.T).todense())
+    union = sizes[:, None] + sizes[None, :] - shared
+    distance = 1.0 - np.divide(shared, union, out=np.zeros_like(shared), where=union > 0)
+    upper = np.triu_indices(n, 1)
+    return float(distance[upper].mean())

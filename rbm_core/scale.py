@@ -102,6 +102,16 @@ class RatingScale:
     def max(self) -> float:
         return self.levels[-1]
 
+    @property
+    def high_rating(self) -> float:
+        """The lowest level in the upper quarter of the scale: a "high" rating by default.
+
+        4 on 1..5 and on 0.5..5, 3.5 on 0.5..4, 8 on 1..10.
+        """
+        cut = self.min + 0.75 * (self.max - self.min)
+        values = self.values
+        return float(values[np.searchsorted(values, cut - 1e-9)])
+
     def __str__(self) -> str:
         return ",".join(_fmt(v) for v in self.levels)
 

@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 from scipy.special import expit
 
 from rbm_core import functional as fn
-from rbm_core.base import Prediction, Recommender, is_user_batch
+from rbm_core.base import Prediction, Recommender, is_user_batch, nearest_items, unit_rows
 from rbm_core.checks import check_positive_int
 from rbm_core.data import UserRatings, find_sorted
 
@@ -116,6 +116,36 @@ class SoftmaxRBMInference(Recommender):
             z = fn.shrunk_mean(dev.sum(), len(items), float(self.offset_shrinkage))
             ub = fn.offset_bias(z.reshape(1).astype(DTYPE), self.offset_weights_)
         return _FoldIn(x[None, :], ub)
+
+    def leave_one_out_distribution(
+        self, items: NDArray[np.int64], levels: NDArray[np.int64], query: NDArray[np.int64]
+    ) -> NDArray[np.floating]:
+        """``p(v_q | V minus rating r)`` for each of one user's ratings ``r``.
+
+        One fold-in per left-out rating, all at once: the hidden input loses that
+        rating's weights (and implicit weights), the rating offset its deviation.
+
+        Parameters
+        ----------
+        items, levels : ndarray of int, shape (n_rated,)
+            The user's ratings (columns and level indices).
+        query : ndarray of int, shape (Q,)
+            The items to predict.
+
+        Returns
+        -------
+        ndarray of shape (n_rated, Q, K)
+        """
+        full = self._fold_in_one(items, levels)
+        x = full.x - self.weights_[items, levels]
+        if len(self.implicit_weights_):
+            x -= self.implicit_weights_[items]
+        user_bias = None
+        if self.user_offset:
+            dev = self.scale_.values[levels] - self.item_means_[items]
+            z = fn.shrunk_mean(dev.sum() - dev, len(items) - 1, float(self.offset_shrinkage))
+            user_bias = fn.offset_bias(z.astype(DTYPE), self.offset_weights_)
+        return self._distribution_items(_FoldIn(x, user_bias), query)
 
     def _top_down(self, x: NDArray[np.floating]) -> NDArray[np.floating]:
         """Hidden probabilities as the visible layer sees them (scaled for dropout)."""
@@ -349,20 +379,5 @@ class SoftmaxRBMInference(Recommender):
         self._check_fitted()
         n = check_positive_int("n", n)
         col = self._column(item_id)
-        units = self._cached("item_units", self._item_units)
-        sims = units @ units[col]
-        sims[col] = -np.inf
-        k = min(n, self.n_items_ - 1)
-        if k <= 0:
-            return []
-        part = np.argpartition(-sims, k - 1)[:k]
-        order = np.lexsort((part, -sims[part]))
-        return [(str(self.item_ids_[c]), float(sims[c])) for c in part[order]]
-
-    def _item_units(self) -> NDArray[np.floating]:
-        """Each item's weights, flattened, centred and scaled to unit length."""
-        flat = self.weights_.reshape(self.n_items_, -1).astype(DTYPE)
-        flat = flat - flat.mean(axis=1, keepdims=True)
-        norms = np.linalg.norm(flat, axis=1, keepdims=True)
-        units: NDArray[np.floating] = flat / np.maximum(norms, DTYPE(1e-12))
-        return units
+        units = self._cached("item_units", lambda: unit_rows(self.weights_))
+        return [(str(self.item_ids_[c]), sim) for c, sim in nearest_items(units, col, n)]

@@ -188,7 +188,8 @@ def _solve_chunk(
         def solve(grad: FloatArray) -> FloatArray:
             """``grad (G / 2 + Lambda)^{-1}`` for each user, shape (n, K, F + 1)."""
             scaled = grad * inv_penalty
-            return scaled - np.matmul(np.matmul(np.matmul(scaled, xt), inner_inv), xs)
+            step: FloatArray = scaled - np.matmul(np.matmul(np.matmul(scaled, xt), inner_inv), xs)
+            return step
 
     else:
         bound = 0.5 * np.matmul(xt, x).astype(np.float64)
@@ -197,7 +198,8 @@ def _solve_chunk(
 
         def solve(grad: FloatArray) -> FloatArray:
             """``grad (G / 2 + Lambda)^{-1}`` for each user, shape (n, K, F + 1)."""
-            return np.matmul(grad, bound_inv)
+            step: FloatArray = np.matmul(grad, bound_inv)
+            return step
 
     for _ in range(n_iter):
         logits = np.matmul(x, theta.transpose(0, 2, 1))

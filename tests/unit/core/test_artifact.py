@@ -248,5 +248,7 @@ def test_a_subclass_is_saved_as_the_estimator_it_extends(
     class NotAnEstimator:
         is_fitted = True
 
-    with pytest.raises(ArtifactError, match="can only save a SoftmaxRBM, BiasBaseline"):
+    with pytest.raises(
+        ArtifactError, match=r"can only save a RBMRecommender, SoftmaxRBM, .*; got a NotAnEstimator"
+    ):
         save_model(NotAnEstimator(), tmp_path / "x")  # type: ignore[arg-type]

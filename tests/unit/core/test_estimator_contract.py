@@ -42,10 +42,30 @@ from rbm_core import (
 from rbm_core.artifact import ESTIMATORS as PERSISTED
 from rbm_core.base import BaseEstimator, RatingEstimator, Recommender
 from rbm_core.baselines import BiasBaseline, GlobalMean, Popularity
+from rbm_core.item_rbm import ItemSoftmaxRBM
 from rbm_core.movielens import read_ratings
+from rbm_core.ranker import RBMRanker
+from rbm_core.recommender import RBMRecommender
+from rbm_core.references import EASE, ItemQualityPopularity
+
+_SMALL_PARTS = {"n_hidden": 8, "n_epochs": 3}
 
 ESTIMATORS: dict[str, Callable[[int], BaseEstimator]] = {
     "SoftmaxRBM": lambda seed: SoftmaxRBM(n_hidden=16, n_epochs=4, random_state=seed),
+    "SoftmaxRBM-implicit": lambda seed: SoftmaxRBM(
+        n_hidden=16, n_epochs=4, implicit_input=True, random_state=seed
+    ),
+    "ItemSoftmaxRBM": lambda seed: ItemSoftmaxRBM(n_hidden=8, n_epochs=3, random_state=seed),
+    "RBMRanker": lambda seed: RBMRanker(n_hidden=8, n_epochs=3, random_state=seed),
+    "RBMRecommender": lambda seed: RBMRecommender(
+        user_rbm_params=_SMALL_PARTS,
+        item_rbm_params=_SMALL_PARTS,
+        ranker_params=_SMALL_PARTS,
+        search=False,
+        random_state=seed,
+    ),
+    "EASE": lambda seed: EASE(l2_grid=[100.0, 400.0], random_state=seed),
+    "ItemQualityPopularity": lambda seed: ItemQualityPopularity(),
     "BiasBaseline": lambda seed: BiasBaseline(),
     "Popularity": lambda seed: Popularity(),
     "GlobalMean": lambda seed: GlobalMean(),

@@ -100,12 +100,23 @@ def test_users_without_relevant_items_leave_the_top_n_figures_empty() -> None:
 
 
 def test_default_models_refuses_unknown_names_and_parameters() -> None:
-    assert list(default_models()) == ["rbm", "bias", "global_mean", "popularity"]
+    assert list(default_models()) == [
+        "rbm",
+        "ease",
+        "item_quality",
+        "bias",
+        "popularity",
+        "global_mean",
+    ]
     assert list(default_models(names=["bias"])) == ["bias"]
     with pytest.raises(EvaluationError, match="unknown model 'svd'"):
         default_models(names=["svd"])
-    with pytest.raises(EvaluationError, match="bad RBM hyperparameters"):
+    with pytest.raises(EvaluationError, match="bad RBM settings"):
         default_models({"n_hiden": 3})
+    with pytest.raises(EvaluationError, match="bad RBM settings: user_rbm: unknown setting"):
+        default_models({"user_rbm_params": {"n_hiden": 3}})
+    with pytest.raises(EvaluationError, match="list rbm before it"):
+        default_models(names=["ranker", "rbm"])
 
 
 def test_off_scale_ratings_and_failing_fits_are_evaluation_errors() -> None:
@@ -113,8 +124,15 @@ def test_off_scale_ratings_and_failing_fits_are_evaluation_errors() -> None:
     with pytest.raises(EvaluationError, match=r"fold 1 \(mem\).*4\.5"):
         evaluate([split], {"global_mean": GlobalMean}, scale=SCALE)
     split = RatingSplit(1, TRAIN, TEST, "mem")
-    with pytest.raises(EvaluationError, match="rbm: fitting failed on fold 1: n_hidden"):
-        evaluate([split], default_models({"n_hidden": -1}, names=["rbm"]))
+    with pytest.raises(EvaluationError, match="bad RBM settings: n_hidden must be"):
+        default_models({"user_rbm_params": {"n_hidden": -1}}, names=["rbm"])
+    # a model whose training fails says which model, which fold and why
+    diverging = {
+        "search": False,
+        "user_rbm_params": {"learning_rate": 1e30, "momentum": 0.9, "n_epochs": 5},
+    }
+    with pytest.raises(EvaluationError, match=r"rbm: fitting failed on fold 1: .*non-finite"):
+        evaluate([split], default_models(diverging, names=["rbm"]))
     with pytest.raises(EvaluationError, match="no folds"):
         evaluate([], default_models())
 
