@@ -104,6 +104,12 @@ class Settings(BaseSettings):
         description="A candidate is activated unless its RMSE is worse than the active "
         "model's by more than this.",
     )
+    ndcg_tolerance: float = Field(
+        default=0.01,
+        ge=0,
+        description="A candidate is activated unless its NDCG@10 on the held-out ratings is "
+        "lower than the active model's by more than this.",
+    )
     host: str = Field(default="127.0.0.1", description="Bind address of `rbmrec serve`.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port of `rbmrec serve`.")
     workers: int = Field(

@@ -538,8 +538,15 @@ class Recommender(RatingEstimator):
         """
         self._check_fitted()
         codes = self._encode(users).codes
-        scores, _ = self._score_codes(codes)
-        return scores, codes
+        return self._rank_codes(codes), codes
+
+    def _rank_codes(self, codes: sp.csr_matrix) -> NDArray[Any]:
+        """The ranking scores alone of users given as level codes, (n_users, n_items_).
+
+        Override when the scores cost less than the predicted ratings.
+        """
+        scores: NDArray[Any] = self._score_codes(codes)[0]
+        return scores
 
     @overload
     def recommend(

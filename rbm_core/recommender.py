@@ -200,7 +200,13 @@ class RBMRecommender(Recommender):
         ``chosen`` (each part's settings), ``budget_seconds`` and ``seconds``.
     validation_ : dict
         Held-out figures of the choices: RMSE of each rating part and of the blend,
-        NDCG@10 of the ranker alone and of the served ranking.
+        NDCG@10 of the ranker alone and of the served ranking; ``mode`` is
+        ``validated``, or ``fixed`` when there were too few ratings to hold some out
+        (``reason`` says so).
+    curves_ : dict of str to list of dict
+        Per RBM part, its per-epoch history as trained on the validation split (with
+        the held-out RMSE or NDCG@10 and free energies; without a split, the
+        history of the final training).
     training_fingerprint_ : str
     item_ids_, scale_, n_items_, n_users_
     """
@@ -211,6 +217,7 @@ class RBMRecommender(Recommender):
         "high_rating_",
         "search_",
         "validation_",
+        "curves_",
         "training_fingerprint_",
     )
     _part_names: ClassVar[tuple[str, ...]] = tuple(PART_CLASSES)
@@ -278,7 +285,10 @@ class RBMRecommender(Recommender):
                 raise ValueError(f"{name}: unknown setting {unknown[0]!r} of {cls.__name__}")
             if "random_state" in settings:
                 raise ValueError(f"{name}: set random_state on the RBMRecommender, not a part")
-            cls(**settings)._validate_params()
+            try:
+                cls(**settings)._validate_params()
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
         check_bool("search", self.search)
         check_bool("refit", self.refit)
         check_bool("verbose", self.verbose)
@@ -334,6 +344,7 @@ class RBMRecommender(Recommender):
         self.ranking_weights_ = trained.ranking_weights
         self.item_popularity_ = np.diff(train.codes.tocsc().indptr).astype(DTYPE)
         self.validation_ = trained.validation
+        self.curves_ = trained.histories
         self.training_fingerprint_ = train.fingerprint()
         self._store_catalog(train)
         self.search_ = {
@@ -488,6 +499,9 @@ class RBMRecommender(Recommender):
                 if contribution[r, t] > 0
             ]
         return out
+
+    def _rank_codes(self, codes: sp.csr_matrix) -> NDArray[Any]:
+        return self.ranking_scores(codes)
 
     def _score_codes(
         self, codes: sp.csr_matrix

@@ -100,6 +100,7 @@ class TrainedParts:
     trials: list[Trial]
     chosen: dict[str, dict[str, Any]]
     validation: dict[str, Any]
+    histories: dict[str, list[dict[str, Any]]]
 
 
 def high_probability(
@@ -234,6 +235,10 @@ def train_parts(
         for search in searches
     }
     chosen["bias"] = dict(settings["bias"])
+    # the curves of the chosen trials: the ones with held-out figures per epoch
+    histories = {
+        search.name: list(getattr(search.chosen(), "history_", [])) for search in searches
+    }
     if refit:
         parts, ranker = _refit(train, chosen, seeds)
     return TrainedParts(
@@ -243,6 +248,7 @@ def train_parts(
         ranking_weights=ranking_weights,
         trials=trials,
         chosen=chosen,
+        histories=histories,
         validation={
             "mode": "validated",
             **rating_figures,
@@ -266,6 +272,11 @@ def _train_fixed(
     return TrainedParts(
         rating=parts,
         ranker=ranker,
+        histories={
+            "user_rbm": list(parts.user_rbm.history_),
+            "item_rbm": list(parts.item_rbm.history_),
+            "ranker": list(ranker.history_),
+        },
         blend_weights=default_blend_weights(),
         ranking_weights=np.array(DEFAULT_RANKING_WEIGHTS, dtype=np.float64),
         trials=[],

@@ -172,14 +172,18 @@ async def get_read_session(request: Request) -> AsyncIterator[Session]:
         yield session
 
 
-def model_response(model: BaseModel, status_code: int = 200) -> Response:
+def model_response(
+    model: BaseModel, status_code: int = 200, *, exclude_unset: bool = False
+) -> Response:
     """Serialize a response model to JSON directly.
 
     A plain ``def`` handler returning a model makes FastAPI validate that model once
     more, in another thread-pool hop; the models here are validated when built.
+    ``exclude_unset`` leaves out optional fields nobody set (e.g. the explanations of
+    a recommendation that was not asked to explain itself).
     """
     return Response(
-        content=model.__pydantic_serializer__.to_json(model),
+        content=model.__pydantic_serializer__.to_json(model, exclude_unset=exclude_unset),
         status_code=status_code,
         media_type="application/json",
     )

@@ -6,7 +6,10 @@ from fastapi import APIRouter
 
 from app.api.deps import ModelHolderDep
 from app.api.errors import TYPE_NO_MODEL, ProblemError, problem_responses
-from app.schemas.model_versions import ModelInfo
+from app.jsonable import to_jsonable
+from app.schemas.model_versions import ModelInfo, ModelPart
+from app.services.model_holder import ServedModel
+from rbm_core.recommender import RBMRecommender
 
 router = APIRouter(tags=["model"])
 
@@ -41,4 +44,40 @@ async def get_model(holder: ModelHolderDep) -> ModelInfo:
         n_ratings=version.n_ratings,
         hyperparameters=version.hyperparameters,
         metrics=version.metrics,
+        parts=describe_parts(loaded.model),
     )
+
+
+_ROLES = {
+    "user_rbm": "rating predictor (blended), and P(high) in the ranking score",
+    "item_rbm": "rating predictor (blended)",
+    "bias": "rating predictor (blended)",
+    "ranker": "ranks the recommendations (with user_rbm's P(high))",
+}
+
+
+def describe_parts(model: ServedModel) -> dict[str, ModelPart]:
+    """Each part of a served model, its settings and its held-out figures."""
+    if not isinstance(model, RBMRecommender):
+        return {}
+    figures = model.validation_
+    validation = {
+        "user_rbm": {"rmse": figures.get("user_rbm_rmse")},
+        "item_rbm": {"rmse": figures.get("item_rbm_rmse")},
+        "bias": {"rmse": figures.get("bias_rmse")},
+        "ranker": {
+            "ndcg_at_10": figures.get("ranker_ndcg"),
+            "served_ranking_ndcg_at_10": figures.get("ranking_ndcg"),
+            "beta": float(model.ranking_weights_[0]),
+            "omega": float(model.ranking_weights_[1]),
+        },
+    }
+    return {
+        name: ModelPart(
+            model_class=type(part).__name__,
+            role=_ROLES[name],
+            settings=to_jsonable(part.get_params()),
+            validation=to_jsonable(validation[name]),
+        )
+        for name, part in model.parts.items()
+    }

@@ -108,6 +108,13 @@ async def get_recommendations(
         list[ItemIdQuery],
         Query(max_length=1000, description="Item ids never to return (repeat the parameter)."),
     ] = [],  # noqa: B006 (FastAPI copies defaults per request)
+    explain: Annotated[
+        bool,
+        Query(
+            description="Add to each item the user's own ratings that most support it, "
+            "with their contribution to its score, and a reason in words."
+        ),
+    ] = False,
 ) -> Response:
     """Top-``n`` items for the user, never one the user has rated."""
     loaded = recommender.holder.current  # one reference for the request: swaps cannot tear it
@@ -125,6 +132,7 @@ async def get_recommendations(
                 offset=offset,
                 genre=genre,
                 exclude=exclude,
+                explain=explain,
             )
         recommender.metrics.recommendations.labels(strategy=result.strategy).inc()
         body = Recommendations(
@@ -135,7 +143,7 @@ async def get_recommendations(
             n=n,
             items=result.items,
         )
-        return model_response(body)
+        return model_response(body, exclude_unset=True)
 
     # One hop to a small pool of its own for the whole request: the work is CPU-bound
     # under the GIL, so more threads would only contend for it (each holding a pooled

@@ -15,7 +15,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.db.engine import engine_from_settings, make_sessionmaker
 from app.logging_config import configure_logging
 from app.settings import Settings, get_settings
-from rbm_core.model import SoftmaxRBM
+from rbm_core.recommender import RBMRecommender, recommender_settings
+
+RBM_PARTS = ("user_rbm", "item_rbm", "ranker")
+"""The parts ``--epochs`` and ``--hidden`` apply to."""
 
 
 def load_settings() -> Settings:
@@ -57,9 +60,13 @@ def open_store(settings: Settings) -> Iterator[sessionmaker[Session]]:
 def model_params(
     epochs: int | None, hidden: int | None, seed: int | None, params: list[str] | None
 ) -> dict[str, Any]:
-    """Hyperparameter overrides from the command line (``--param name=value``, JSON values).
+    """Model settings from the command line, checked before anything runs.
 
-    Unknown names are refused here, before anything runs.
+    ``--param NAME=VALUE`` (JSON values) sets a setting of the served model
+    (``search=false``, ``validation_fraction=0.2``, ...) or of one of its parts as
+    ``PART.NAME`` (``user_rbm.n_hidden=200``, ``item_rbm.weight_decay=0.02``,
+    ``ranker.learning_rate=0.02``). ``--epochs`` and ``--hidden`` set ``n_epochs`` and
+    ``n_hidden`` of every RBM part. The result is the flat form the retrain job takes.
     """
     out: dict[str, Any] = {}
     for item in params or []:
@@ -71,14 +78,15 @@ def model_params(
         except json.JSONDecodeError:
             value = raw
         out[name.strip()] = value
-    if epochs is not None:
-        out["n_epochs"] = epochs
-    if hidden is not None:
-        out["n_hidden"] = hidden
+    for part in RBM_PARTS:
+        if epochs is not None:
+            out.setdefault(f"{part}.n_epochs", epochs)
+        if hidden is not None:
+            out.setdefault(f"{part}.n_hidden", hidden)
     if seed is not None:
         out["random_state"] = seed
     try:
-        SoftmaxRBM().set_params(**out)
-    except ValueError as exc:
+        RBMRecommender(**recommender_settings(out))._validate_params()
+    except (TypeError, ValueError) as exc:
         fail(str(exc))
     return out

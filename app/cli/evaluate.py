@@ -15,6 +15,7 @@ import typer
 
 from app.cli.common import fail, model_params
 from app.logging_config import configure_logging
+from rbm_core.recommender import recommender_settings
 
 _DATA = typer.Option(
     None,
@@ -34,9 +35,11 @@ _SCALE = typer.Option(
     help='Rating levels, e.g. "1,2,3,4,5" or "0.5..5:0.5" (default: detected from the data).',
 )
 _MODELS = typer.Option(
-    "rbm,bias,global_mean,popularity",
+    "rbm,ease,item_quality,bias,popularity,global_mean",
     "--models",
-    help="Comma-separated models to evaluate: rbm, bias, global_mean, popularity.",
+    help="Comma-separated models: rbm (what the service serves), its parts alone "
+    "(user_rbm, item_rbm, ranker: listed after rbm), and the references ease, "
+    "item_quality, bias, popularity, global_mean.",
 )
 _K = typer.Option(10, "--k", min=1, help="Cut-off of the top-N metrics.")
 _THRESHOLD = typer.Option(
@@ -45,10 +48,13 @@ _THRESHOLD = typer.Option(
 _PARAM = typer.Option(
     None,
     "--param",
-    help="A SoftmaxRBM hyperparameter as NAME=VALUE (JSON value), e.g. n_hidden=200; repeatable.",
+    help="A setting of the served model as NAME=VALUE (JSON value), a part's as "
+    "PART.NAME=VALUE, e.g. search=false or user_rbm.n_hidden=200; repeatable.",
 )
-_EPOCHS = typer.Option(None, "--epochs", min=1, help="RBM training epochs (default: the model's).")
-_HIDDEN = typer.Option(None, "--hidden", min=1, help="RBM hidden units (default: the model's).")
+_EPOCHS = typer.Option(
+    None, "--epochs", min=1, help="Epochs of every RBM part (with the search: the most allowed)."
+)
+_HIDDEN = typer.Option(None, "--hidden", min=1, help="Hidden units of every RBM part.")
 _SEED = typer.Option(0, "--seed", help="Random seed of the RBM.")
 _JSON = typer.Option(False, "--json", help="Print one JSON object (and nothing else) to stdout.")
 _VERBOSE = typer.Option(
@@ -96,7 +102,7 @@ def evaluate(
             scale = RatingScale.parse(rating_scale)
         except RatingScaleError as exc:
             fail(f"bad --rating-scale {rating_scale!r}: {exc}")
-    params = model_params(epochs, hidden, seed, param)
+    params = recommender_settings(model_params(epochs, hidden, seed, param))
     if verbose:
         params.setdefault("verbose", True)
     names = [name.strip() for name in models.split(",") if name.strip()]
@@ -154,6 +160,8 @@ _COLUMNS = (
     ("ndcg_at_{k}", "NDCG@{k}"),
     ("map_at_{k}", "MAP@{k}"),
     ("coverage_at_{k}", "Cov@{k}"),
+    ("novelty_at_{k}", "Nov@{k}"),
+    ("personalisation_at_{k}", "Pers@{k}"),
     ("fit_seconds", "fit s"),
 )
 

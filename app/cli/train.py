@@ -11,12 +11,20 @@ from app.db.retrain_lock import LockBusyError
 from app.services.retrain import RetrainError, TrainingRunInfo, run_retrain, train_and_activate
 
 EPOCHS_OPTION = typer.Option(
-    None, "--epochs", min=1, help="Training epochs (default: the model's)."
+    None,
+    "--epochs",
+    min=1,
+    help="Epochs of every RBM part (with the search: the most early stopping may use).",
 )
-HIDDEN_OPTION = typer.Option(None, "--hidden", min=1, help="Hidden units (default: the model's).")
+HIDDEN_OPTION = typer.Option(
+    None, "--hidden", min=1, help="Hidden units of every RBM part (default: each part's)."
+)
 SEED_OPTION = typer.Option(None, "--seed", help="Random seed (default: a random one, recorded).")
 PARAM_OPTION = typer.Option(
-    None, "--param", help="Any SoftmaxRBM hyperparameter as NAME=VALUE (JSON value); repeatable."
+    None,
+    "--param",
+    help="A model setting as NAME=VALUE (JSON value), a part's as PART.NAME=VALUE, e.g. "
+    "search=false or user_rbm.n_hidden=200 (parts: user_rbm, item_rbm, ranker); repeatable.",
 )
 JSON_OPTION = typer.Option(False, "--json", help="Print the result as JSON.")
 
@@ -42,7 +50,9 @@ def train(
         typer.echo(json.dumps(version.to_dict(), indent=2))
         return
     rmse = version.metrics.get("validation_rmse")
+    ndcg = version.metrics.get("validation_ndcg_at_10")
     shown = f", validation RMSE {rmse:.4f}" if isinstance(rmse, float) else ""
+    shown += f", NDCG@10 {ndcg:.4f}" if isinstance(ndcg, float) else ""
     typer.echo(
         f"trained and activated model version {version.id} "
         f"({version.n_users} users, {version.n_items} items, {version.n_ratings} ratings{shown})"

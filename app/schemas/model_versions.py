@@ -9,7 +9,20 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.schemas.fields import EXAMPLE_TIME
 
-__all__ = ["ModelInfo", "ModelVersionList", "ModelVersionOut"]
+__all__ = ["ModelInfo", "ModelPart", "ModelVersionList", "ModelVersionOut"]
+
+
+class ModelPart(BaseModel):
+    """One part of the served model."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_class: str = Field(description="The rbm_core estimator.")
+    role: str = Field(description="What the part does in the served model.")
+    settings: dict[str, Any] = Field(description="Its hyperparameters as trained.")
+    validation: dict[str, Any] = Field(
+        description="Its figures on the model's own validation split (RMSE, NDCG@10)."
+    )
 
 
 class ModelInfo(BaseModel):
@@ -45,6 +58,13 @@ class ModelInfo(BaseModel):
     n_ratings: int
     hyperparameters: dict[str, Any]
     metrics: dict[str, Any] = Field(description="Evaluation on held-out ratings.")
+    parts: dict[str, ModelPart] = Field(
+        default_factory=dict,
+        description="The parts of the served model: rating predictors (user_rbm, "
+        "item_rbm, bias: blended into predicted_rating) and the ranker (ranker: with "
+        "user_rbm's P(high), the recommendations' score). Empty for versions trained "
+        "before the model had parts (a SoftmaxRBM alone does both jobs).",
+    )
 
 
 _EXAMPLE_VERSION: dict[str, Any] = {
@@ -58,20 +78,28 @@ _EXAMPLE_VERSION: dict[str, Any] = {
     "n_items": 1682,
     "n_ratings": 100000,
     "snapshot_max_rated_at": "1998-04-22T23:10:38Z",
-    "hyperparameters": {"n_hidden": 100, "n_epochs": 30, "learning_rate": 0.05},
+    "hyperparameters": {"search": True, "validation_fraction": 0.2, "random_state": 7},
     "metrics": {
-        "validation_rmse": 0.932,
-        "validation_mae": 0.735,
+        "validation_rmse": 0.902,
+        "validation_mae": 0.711,
+        "validation_ndcg_at_10": 0.271,
         "active_version": "20261128T030000456Z-1b2c3d",
-        "candidate_rmse": 0.932,
-        "active_rmse": 0.934,
+        "candidate_rmse": 0.902,
+        "active_rmse": 0.904,
+        "candidate_ndcg_at_10": 0.271,
+        "active_ndcg_at_10": 0.268,
+        "bias_baseline_rmse": 0.941,
         "promotion_tolerance": 0.005,
+        "ndcg_tolerance": 0.01,
         "decision": "activate",
     },
     "training_curves": {
-        "epoch": [1, 2, 3],
-        "validation_rmse": [0.99, 0.96, 0.95],
-        "free_energy_gap": [0.8, 1.1, 1.3],
+        "user_rbm": {
+            "epoch": [1, 2, 3],
+            "validation_rmse": [0.99, 0.96, 0.95],
+            "free_energy_gap": [0.8, 1.1, 1.3],
+        },
+        "ranker": {"epoch": [1, 2, 3], "validation_ndcg": [None, None, 0.21]},
     },
     "note": None,
 }
@@ -106,16 +134,24 @@ class ModelVersionOut(BaseModel):
         description="Validation RMSE/MAE on the held-out ratings and, for a retrain, the "
         "comparison with the model that was active."
     )
-    training_curves: dict[str, list[Any]] = Field(
-        description="Per-epoch curves: validation_rmse, free_energy_gap, train_rmse, ..."
+    training_curves: dict[str, Any] = Field(
+        description="Per-epoch curves of each RBM part (user_rbm, item_rbm, ranker) as "
+        "trained on its validation split: epoch, train_rmse, validation_rmse, "
+        "free_energy_gap, validation_ndcg, ... (lists, one value per epoch). Versions "
+        "trained before the served model had parts hold one set of curves directly."
     )
     note: str | None = Field(description="Why it was rejected or failed.")
 
     @field_validator("training_curves", mode="before")
     @classmethod
-    def _curves_as_lists(cls, curves: dict[str, Any]) -> dict[str, list[Any]]:
+    def _curves_as_lists(cls, curves: dict[str, Any]) -> dict[str, Any]:
         # A curve registered as a single value is a curve of one point.
-        return {str(k): v if isinstance(v, list) else [v] for k, v in curves.items()}
+        def curve(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {str(k): curve(v) for k, v in value.items()}
+            return value if isinstance(value, list) else [value]
+
+        return {str(k): curve(v) for k, v in curves.items()}
 
 
 class ModelVersionList(BaseModel):

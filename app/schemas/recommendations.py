@@ -6,7 +6,26 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["ItemPrediction", "Predictions", "Recommendations", "RecommendedItem"]
+__all__ = [
+    "Explanation",
+    "ItemPrediction",
+    "Predictions",
+    "Recommendations",
+    "RecommendedItem",
+]
+
+
+class Explanation(BaseModel):
+    """One of the user's own ratings that supports a recommended item."""
+
+    item_id: str = Field(description="An item the user rated.")
+    title: str | None = Field(description="Its title (null if the item is gone).")
+    rating: float = Field(description="The user's rating of it.")
+    contribution: float = Field(
+        description="How much the recommended item's score drops when this rating is left "
+        "out of the user's ratings (the model refolded without it); positive: it supports "
+        "the recommendation."
+    )
 
 
 class RecommendedItem(BaseModel):
@@ -15,11 +34,24 @@ class RecommendedItem(BaseModel):
     item_id: str
     title: str | None = Field(description="The item's title (null if the item is gone).")
     score: float = Field(
-        description="Ranking score: the model's (strategy rbm) or the number of "
-        "ratings (strategy popular)."
+        description="Ranking score, higher first. Strategy rbm: the model's log-odds-like "
+        "score `beta * b_i + sum_j W_ij p(h_j | rated items) + omega * log P(rating >= "
+        "high)`, an unbounded real number comparable only within one answer. Strategy "
+        "popular: the item's number of ratings."
     )
     predicted_rating: float | None = Field(
         description="Expected rating (rbm), or the item's mean rating (popular)."
+    )
+    explanations: list[Explanation] | None = Field(
+        default=None,
+        description="With `explain=true`: the user's ratings that most support the item, "
+        "strongest first (empty when none does, or the served model version cannot "
+        "explain); absent otherwise.",
+    )
+    reason: str | None = Field(
+        default=None,
+        description="With `explain=true`: the strongest support in words, e.g. "
+        '"because you rated Toy Story (1995) 5".',
     )
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Final
 
 from rbm_core.artifact import ArtifactError, load_model
+from rbm_core.base import BaseEstimator
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def check_artifact(artifact_dir: Path, sha256: str | None = None) -> str:
             f"the registry recorded {sha256}"
         )
     try:
-        load_model(artifact_dir, mmap=True)
+        load_model(artifact_dir, mmap=True, estimator=BaseEstimator)
     except (ArtifactError, OSError, ValueError) as exc:
         raise ArtifactIntegrityError(f"artifact {artifact_dir} cannot be loaded: {exc}") from exc
     return digest

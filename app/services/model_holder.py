@@ -49,11 +49,24 @@ from app.services.artifacts import ArtifactIntegrityError, artifact_digest
 from app.services.registry import ModelVersionInfo
 from app.services.serving_cache import ServingCache, ServingCacheError
 from rbm_core.artifact import ArtifactError, load_model
+from rbm_core.base import BaseEstimator
 from rbm_core.model import SoftmaxRBM
+from rbm_core.recommender import RBMRecommender
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HolderStatus", "LoadedModel", "ModelHolder", "load_version", "poll_forever"]
+__all__ = [
+    "HolderStatus",
+    "LoadedModel",
+    "ModelHolder",
+    "ServedModel",
+    "load_version",
+    "poll_forever",
+]
+
+ServedModel = RBMRecommender | SoftmaxRBM
+"""What a version's artifact may hold: the served model, or a SoftmaxRBM alone (the
+versions trained before the RBMRecommender, which stay loadable for rollback)."""
 
 FileStamp = tuple[tuple[str, int, int, int], ...]
 """(relative path, size, mtime_ns, inode) of every file of an artifact, sorted."""
@@ -67,7 +80,7 @@ class LoadedModel:
     ----------
     version : ModelVersionInfo
         The registry row it was loaded from.
-    model : SoftmaxRBM
+    model : RBMRecommender or SoftmaxRBM
         The fitted model (its arrays memory-mapped read-only from the serving copy
         when loaded through a :class:`ServingCache`).
     item_index : mapping of str to int
@@ -87,7 +100,7 @@ class LoadedModel:
     """
 
     version: ModelVersionInfo
-    model: SoftmaxRBM
+    model: ServedModel
     item_index: Mapping[str, int]
     item_ids: NDArray[np.str_]
     levels: tuple[float, ...]
@@ -173,13 +186,21 @@ def load_version(version: ModelVersionInfo, *, cache: ServingCache | None = None
     )
 
 
-def _read_model(path: Path, sha256: str, cache: ServingCache | None) -> SoftmaxRBM:
+def _read_model(path: Path, sha256: str, cache: ServingCache | None) -> ServedModel:
+    model: BaseEstimator | None = None
     if cache is not None:
         try:
-            return load_model(cache.materialize(path, sha256), mmap=True)
+            model = load_model(cache.materialize(path, sha256), mmap=True, estimator=BaseEstimator)
         except ServingCacheError as exc:
             logger.warning("%s; reading the model into memory instead of mapping it", exc)
-    return load_model(path, mmap=False)
+    if model is None:
+        model = load_model(path, mmap=False, estimator=BaseEstimator)
+    if not isinstance(model, RBMRecommender | SoftmaxRBM):
+        raise ArtifactError(
+            f"artifact {path.name} holds a {type(model).__name__}, which the service does "
+            "not serve (an RBMRecommender or a SoftmaxRBM)"
+        )
+    return model
 
 
 def _first_line(exc: BaseException) -> str:

@@ -15,7 +15,7 @@ model is loaded, else from the store (cached in :class:`CatalogCache`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,10 +26,11 @@ from sqlalchemy.orm import Session
 from app.db.items import get_item
 from app.db.ratings import user_rating_map
 from app.schemas.items import SimilarItem
-from app.schemas.recommendations import RecommendedItem
+from app.schemas.recommendations import Explanation, RecommendedItem
 from app.services.catalog import CatalogCache, Db
 from app.services.model_holder import LoadedModel
 from rbm_core import UnknownItemError
+from rbm_core.recommender import RBMRecommender
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,9 @@ __all__ = [
 ]
 
 Strategy = Literal["rbm", "popular"]
+
+EXPLANATIONS_PER_ITEM = 3
+"""Supporting ratings listed per recommended item with ``explain=true``."""
 
 
 class NoModelError(LookupError):
@@ -153,6 +157,7 @@ def recommend(
     offset: int = 0,
     genre: str | None = None,
     exclude: Sequence[str] = (),
+    explain: bool = False,
 ) -> RecommendationResult:
     """Recommend items to a user from the ratings the store holds now.
 
@@ -174,6 +179,9 @@ def recommend(
         Only items listing this genre (case-insensitive).
     exclude : sequence of str
         Item ids never to return.
+    explain : bool
+        Add to each item the user's ratings that most support it (see
+        :meth:`rbm_core.recommender.RBMRecommender.explain`) and a reason in words.
 
     Returns
     -------
@@ -184,35 +192,80 @@ def recommend(
     if loaded is not None:
         known = _usable_ratings(loaded, ratings)
         allowed = _allowed_mask(session, loaded, catalog, ratings, exclude, genre)
+        support: list[list[tuple[str, float, float]]] | None = None
         if known:
-            scores = loaded.model.score_items(known)
-            score = np.asarray(scores.score, dtype=np.float64)
+            # the ranking alone for every item; predicted ratings for the page only
+            score = np.asarray(loaded.model.score_items(known, predicted=False).score)
+            score = score.astype(np.float64, copy=False)
             allowed &= np.isfinite(score)
             top = _top(score, allowed, offset, n)
-            expected = scores.expected
+            ids = [str(i) for i in loaded.item_ids[top].tolist()]
+            predicted = np.asarray(loaded.model.predict(known, item_ids=ids).expected)
             strategy: Strategy = "rbm"
+            if explain:
+                support = _support(loaded, known, ids)
         else:
             order = loaded.popular_order[allowed[loaded.popular_order]]
             top = order[offset : offset + n]
+            ids = [str(i) for i in loaded.item_ids[top].tolist()]
             score = np.asarray(loaded.model.item_popularity_, dtype=np.float64)
-            expected = loaded.prior_expected
+            predicted = loaded.prior_expected[top]
             strategy = "popular"
-        ids = [str(i) for i in loaded.item_ids[top].tolist()]
-        titles = catalog.titles(session, ids)
+        rated_ids = [item for reasons in support or [] for item, _, _ in reasons]
+        titles = catalog.titles(session, _dedupe([*ids, *rated_ids]))
         items = [
-            RecommendedItem(
-                item_id=item,
-                title=titles.get(item),
-                score=float(score[pos]),
-                predicted_rating=float(expected[pos]),
+            _recommended(
+                item,
+                titles,
+                float(score[pos]),
+                float(predicted[rank]),
+                None if not explain else (support[rank] if support is not None else []),
             )
-            for item, pos in zip(ids, top.tolist(), strict=True)
+            for rank, (item, pos) in enumerate(zip(ids, top.tolist(), strict=True))
         ]
         return RecommendationResult(strategy, loaded.version.id, items)
     return RecommendationResult(
         "popular",
         None,
         _store_popular(session, catalog, ratings, n=n, offset=offset, genre=genre, exclude=exclude),
+    )
+
+
+def _support(
+    loaded: LoadedModel, known: dict[str, float], ids: list[str]
+) -> list[list[tuple[str, float, float]]]:
+    """The ratings that most support each item, when the served model can say."""
+    if not isinstance(loaded.model, RBMRecommender):
+        return [[] for _ in ids]  # versions trained before explanations existed
+    return loaded.model.explain(known, ids, n_reasons=EXPLANATIONS_PER_ITEM)
+
+
+def _recommended(
+    item: str,
+    titles: Mapping[str, str],
+    score: float,
+    predicted: float,
+    support: list[tuple[str, float, float]] | None,
+) -> RecommendedItem:
+    if support is None:
+        return RecommendedItem(
+            item_id=item, title=titles.get(item), score=score, predicted_rating=predicted
+        )
+    explanations = [
+        Explanation(item_id=rated, title=titles.get(rated), rating=value, contribution=weight)
+        for rated, value, weight in support
+    ]
+    reason = None
+    if explanations:
+        strongest = explanations[0]
+        reason = f"because you rated {strongest.title or strongest.item_id} {strongest.rating:g}"
+    return RecommendedItem(
+        item_id=item,
+        title=titles.get(item),
+        score=score,
+        predicted_rating=predicted,
+        explanations=explanations,
+        reason=reason,
     )
 
 

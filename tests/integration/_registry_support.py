@@ -24,7 +24,14 @@ from app.settings import Settings
 from rbm_core.movielens import read_items, read_ratings
 from rbm_core.scale import DEFAULT_SCALE
 
-SMALL_PARAMS: dict[str, Any] = {"n_hidden": 16, "n_epochs": 2, "batch_size": 50}
+SMALL_PARAMS: dict[str, Any] = {
+    "search": False,
+    "random_state": 0,
+    **{f"{part}.n_hidden": 8 for part in ("user_rbm", "item_rbm", "ranker")},
+    **{f"{part}.n_epochs": 2 for part in ("user_rbm", "item_rbm", "ranker")},
+}
+"""A quick model: no search, small parts trained for two epochs, a fixed seed (so two
+runs on the same data train the same model)."""
 """Tiny, fast hyperparameters: the tests check the machinery, not the model."""
 
 

@@ -15,7 +15,7 @@ from app.cli import cli
 from rbm_core.movielens import read_ratings
 
 RBMREC = str(Path(sys.executable).with_name("rbmrec"))
-FAST = ["--param", "n_hidden=20", "--epochs", "2"]
+FAST = ["--param", "search=false", "--hidden", "8", "--epochs", "2"]
 FIGURES = {
     "rmse",
     "mae",

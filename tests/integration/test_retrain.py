@@ -142,7 +142,11 @@ def test_retrain_trains_compares_activates_and_skips_when_unchanged(
 ) -> None:
     first = run_retrain(session_factory, settings, trigger="cli", params=SMALL_PARAMS)
     assert first.status == "activated", first
-    assert first.reason == "no active model yet"
+    # no active version to compare with, but the bias baseline always is one
+    assert first.reason is not None
+    assert first.reason.startswith("no active model yet; candidate RMSE")
+    assert "vs bias_baseline" in first.reason
+    assert first.metrics["candidate_rmse"] <= first.metrics["bias_baseline_rmse"]
     assert first.n_ratings == store
     assert first.n_users == 120
     assert first.n_train is not None
@@ -158,13 +162,20 @@ def test_retrain_trains_compares_activates_and_skips_when_unchanged(
     assert active.artifact_path.is_dir()
     assert active.artifact_path.parent == settings.model_dir.resolve()
     assert active.n_ratings == store
-    assert active.hyperparameters["n_hidden"] == SMALL_PARAMS["n_hidden"]
-    # curves per epoch, saved with the version
+    chosen = active.hyperparameters["chosen"]
+    assert chosen["user_rbm"]["n_hidden"] == SMALL_PARAMS["user_rbm.n_hidden"]
+    assert chosen["ranker"]["n_hidden"] == SMALL_PARAMS["ranker.n_hidden"]
+    # curves per part and epoch, from the model's own validation split, saved with it
     curves = active.training_curves
-    assert len(curves["validation_rmse"]) == SMALL_PARAMS["n_epochs"]
-    assert len(curves["free_energy_gap"]) == SMALL_PARAMS["n_epochs"]
-    assert all(np.isfinite(curves["free_energy_gap"]))
+    assert set(curves) == {"user_rbm", "item_rbm", "ranker"}
+    user = curves["user_rbm"]
+    assert len(user["validation_rmse"]) == len(user["epoch"]) >= SMALL_PARAMS["user_rbm.n_epochs"]
+    assert len(user["free_energy_gap"]) == len(user["epoch"])
+    assert all(np.isfinite(user["free_energy_gap"]))
+    assert any(v is not None for v in curves["ranker"]["validation_ndcg"])
     assert 0.5 < active.metrics["validation_rmse"] < 1.5
+    assert 0.0 < active.metrics["validation_ndcg_at_10"] < 1.0
+    assert active.metrics["model_selection"]["mode"] == "validated"
 
     # nothing changed: skipped, with the reason
     second = run_retrain(session_factory, settings, trigger="schedule", params=SMALL_PARAMS)
@@ -184,6 +195,8 @@ def test_retrain_trains_compares_activates_and_skips_when_unchanged(
     assert third.metrics["active_version"] == first.model_version_id
     assert third.metrics["n_compared"] > 0
     assert abs(third.metrics["candidate_rmse"] - third.metrics["active_rmse"]) < 0.2
+    assert third.metrics["active_ndcg_at_10"] is not None
+    assert third.metrics["ndcg_tolerance"] == settings.ndcg_tolerance
     assert _active(session_factory).id == third.model_version_id  # type: ignore[union-attr]
     assert _versions(session_factory)[first.model_version_id].status == "retired"  # type: ignore[index]
 
@@ -248,15 +261,17 @@ def test_empty_and_tiny_stores_give_a_recorded_outcome(
     assert "skipped: only 3 rating(s)" in result.output
 
 
-def test_bad_hyperparameters_fail_the_run_cleanly(
+def test_bad_settings_fail_fast_before_anything_is_recorded(
     session_factory: sessionmaker[Session], settings: Settings, store: int
 ) -> None:
-    info = run_retrain(session_factory, settings, trigger="cli", params={"n_hidden": 0})
-    assert info.status == "failed"
-    assert info.error is not None
-    assert "n_hidden" in info.error
-    versions = _versions(session_factory)
-    assert [v.status for v in versions.values()] == ["failed"]
+    # checked before the lock, the snapshot and the split: nothing is recorded
+    with pytest.raises(RetrainError, match=r"user_rbm.*n_hidden must be"):
+        run_retrain(session_factory, settings, trigger="cli", params={"user_rbm.n_hidden": 0})
+    with pytest.raises(RetrainError, match="unknown setting 'n_hiden'"):
+        run_retrain(session_factory, settings, trigger="cli", params={"n_hiden": 3})
+    with session_factory() as session:
+        assert session.scalars(select(TrainingRun)).all() == []
+    assert _versions(session_factory) == {}
     assert _active(session_factory) is None
     assert _staging_leftovers(settings.model_dir) == []
     assert not [p for p in settings.model_dir.iterdir() if not p.name.startswith(".")]
@@ -305,7 +320,8 @@ def test_train_and_activate_neither_skips_nor_compares(
     first = train_and_activate(session_factory, settings, params=SMALL_PARAMS)
     assert first.status == "active"
     assert first.n_ratings == store
-    assert len(first.training_curves["validation_rmse"]) == SMALL_PARAMS["n_epochs"]
+    user_curves = first.training_curves["user_rbm"]
+    assert len(user_curves["validation_rmse"]) >= SMALL_PARAMS["user_rbm.n_epochs"]
     # the store is unchanged: run_retrain would skip, train_and_activate trains
     second = train_and_activate(session_factory, settings, params=SMALL_PARAMS)
     assert second.status == "active"

@@ -33,7 +33,14 @@ from rbm_core.scale import RatingScale
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SCALE = RatingScale.parse("1,2,3,4,5")
-SMALL_PARAMS: dict[str, Any] = {"n_hidden": 16, "n_epochs": 2, "batch_size": 50}
+SMALL_PARAMS: dict[str, Any] = {
+    "search": False,
+    "random_state": 0,
+    **{f"{part}.n_hidden": 8 for part in ("user_rbm", "item_rbm", "ranker")},
+    **{f"{part}.n_epochs": 2 for part in ("user_rbm", "item_rbm", "ranker")},
+}
+"""A quick model: no search, small parts trained for two epochs, a fixed seed (so two
+runs on the same data train the same model)."""
 """Tiny hyperparameters: these tests check the machinery, not the model."""
 PROBLEM = "application/problem+json"
 SOAK_ENV = "RBMREC_TEST_SOAK"

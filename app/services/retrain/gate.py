@@ -4,15 +4,19 @@ Every model is scored on the same held-out ratings (:mod:`.holdout`), each user
 folded in from their training ratings (:func:`rbm_core.evaluation.predict_test_ratings`,
 the protocol of ``rbmrec evaluate``). Three notions make the gate:
 
-* a :class:`Metric` turns a model's answers on the hold-out into one figure
-  (RMSE and MAE today; a ranking metric such as NDCG@10 fits the same shape: its
-  ``compute`` receives the hold-out, the scored model and the ratings compared);
+* a :class:`Metric` turns a model's answers on the hold-out into one figure: RMSE
+  and MAE of the held-out ratings, and NDCG@10 of the top-N lists (every item the
+  user did not rate in training ranked; relevant: held-out ratings at or above the
+  scale's high rating, 4 on 1..5);
 * a :class:`Criterion` is a metric with its tolerance: the candidate may be worse
-  than a reference by at most that much (RMSE with ``RBMREC_PROMOTION_TOLERANCE``
-  today; :func:`criteria` is where the settings become criteria);
-* a :class:`Reference` is a model the candidate must not be worse than (the
-  active version today, :func:`active_reference`; a baseline fitted on the same
-  training ratings is one more reference).
+  than a reference by at most that much (RMSE within ``RBMREC_PROMOTION_TOLERANCE``
+  and NDCG@10 within ``RBMREC_NDCG_TOLERANCE`` of the active version:
+  :func:`criteria`);
+* a :class:`Reference` is a model the candidate must not be worse than: the active
+  version (:func:`active_reference`) and the bias baseline fitted on the same
+  training ratings (:func:`baseline_reference`: the candidate's RMSE may not be
+  worse at all, so a model that predicts worse than ``mu + b_u + b_i`` is never
+  served).
 
 :func:`decide` compares the candidate with every reference on every criterion,
 on the held-out ratings that all of them can predict, and activates the candidate
@@ -27,6 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from app.services.artifacts import check_artifact
@@ -34,11 +40,18 @@ from app.services.registry import ModelVersionInfo
 from app.services.retrain.holdout import HoldOut
 from app.settings import Settings
 from rbm_core.artifact import load_model
+from rbm_core.base import BaseEstimator, Recommender
+from rbm_core.baselines import BiasBaseline
+from rbm_core.data import find_sorted
 from rbm_core.evaluation import RatingPredictor, predict_test_ratings
-from rbm_core.metrics import mae, rmse
+from rbm_core.metrics import mae, ndcg_of_scores, rmse
+from rbm_core.model import SoftmaxRBM
+from rbm_core.recommender import RBMRecommender
 
 __all__ = [
+    "BASELINE_CRITERIA",
     "MAE",
+    "NDCG",
     "REPORTED_METRICS",
     "RMSE",
     "Criterion",
@@ -47,11 +60,17 @@ __all__ = [
     "Reference",
     "Scored",
     "active_reference",
+    "baseline_reference",
     "criteria",
     "decide",
+    "held_out_ndcg",
     "own_figures",
     "score",
 ]
+
+
+_RANKING_BATCH = 512
+"""Held-out users ranked at once (bounds the users x items scores in memory)."""
 
 
 @dataclass(frozen=True)
@@ -67,11 +86,15 @@ class Scored:
     predictions : ndarray of shape (n_held,)
         Its prediction of each held-out rating; NaN where it does not know the item
         (and everywhere when it could not be scored).
+    ndcg : float or None
+        NDCG@10 of its top-N lists for the held-out users (None: it does not rank, or
+        no held-out rating is high).
     """
 
     name: str
     model: RatingPredictor | None
     predictions: NDArray[np.float64]
+    ndcg: float | None = None
 
     @property
     def predicted(self) -> NDArray[np.bool_]:
@@ -115,10 +138,16 @@ def _on_ratings(
     return compute
 
 
+def _ranking(holdout: HoldOut, scored: Scored, compared: NDArray[np.bool_]) -> float:
+    # over every held-out user: a top-N list is judged whole, not rating by rating
+    return float("nan") if scored.ndcg is None else scored.ndcg
+
+
 RMSE = Metric("rmse", "RMSE", higher_is_better=False, compute=_on_ratings(rmse))
 MAE = Metric("mae", "MAE", higher_is_better=False, compute=_on_ratings(mae))
+NDCG = Metric("ndcg_at_10", "NDCG@10", higher_is_better=True, compute=_ranking)
 
-REPORTED_METRICS: tuple[Metric, ...] = (RMSE, MAE)
+REPORTED_METRICS: tuple[Metric, ...] = (RMSE, MAE, NDCG)
 """Figures recorded for the candidate and every reference, whether or not they gate."""
 
 
@@ -147,8 +176,17 @@ class Criterion:
 
 
 def criteria(settings: Settings) -> tuple[Criterion, ...]:
-    """What the gate checks, from the settings: RMSE within ``RBMREC_PROMOTION_TOLERANCE``."""
-    return (Criterion(RMSE, settings.promotion_tolerance, setting="promotion_tolerance"),)
+    """What the gate checks against the active version: RMSE and NDCG@10 within tolerance."""
+    return (
+        Criterion(RMSE, settings.promotion_tolerance, setting="promotion_tolerance"),
+        Criterion(NDCG, settings.ndcg_tolerance, setting="ndcg_tolerance"),
+    )
+
+
+BASELINE_CRITERIA: tuple[Criterion, ...] = (
+    Criterion(RMSE, 0.0, setting="baseline_rmse_tolerance"),
+)
+"""Against the bias baseline: the candidate's RMSE may not be worse at all."""
 
 
 @dataclass(frozen=True)
@@ -170,6 +208,8 @@ class Reference:
         longer loads is replaced); otherwise the candidate is rejected.
     figures : dict
         Recorded as they are (``active_version``).
+    checks : tuple of Criterion or None
+        What must hold against this reference; None: the criteria of the settings.
     """
 
     scored: Scored
@@ -178,6 +218,7 @@ class Reference:
     unavailable: str | None = None
     replaceable: bool = False
     figures: dict[str, Any] = field(default_factory=dict)
+    checks: tuple[Criterion, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -195,9 +236,43 @@ class Decision:
 
 
 def score(name: str, model: RatingPredictor, holdout: HoldOut) -> Scored:
-    """Predict every held-out rating with ``model`` (NaN for items it does not know)."""
+    """Predict every held-out rating with ``model`` (NaN for items it does not know), and
+    rank for every held-out user when the model ranks (NDCG@10)."""
     predictions = predict_test_ratings(model, holdout.train, holdout.held)
-    return Scored(name, model, predictions)
+    ndcg = held_out_ndcg(model, holdout) if isinstance(model, Recommender) else None
+    return Scored(name, model, predictions, ndcg)
+
+
+def held_out_ndcg(model: Recommender, holdout: HoldOut, k: int = 10) -> float | None:
+    """NDCG@k of ``model``'s top-k lists for the held-out users (None: no relevant rating).
+
+    Each held-out user is folded in from their training ratings; every item of the
+    model the user did not rate in training is a candidate; relevant are the user's
+    held-out ratings at or above the scale's high rating.
+    """
+    held = holdout.held
+    high = held["rating"].to_numpy(dtype=np.float64) >= holdout.train.scale.high_rating - 1e-9
+    items = held["item_id"].to_numpy().astype(str)
+    known = high & np.isin(items, model.item_ids_)
+    users = np.unique(held["user_id"].to_numpy().astype(str)[known])
+    if users.size == 0:
+        return None
+    user_of = np.searchsorted(users, held["user_id"].to_numpy().astype(str)[known])
+    columns = pd.Index(model.item_ids_).get_indexer(pd.Index(items[known]))
+    relevant = sp.csr_matrix(
+        (np.ones(len(columns)), (user_of, columns)), shape=(users.size, len(model.item_ids_))
+    )
+    train = holdout.train
+    _, in_train = find_sorted(train.user_ids, users)
+    profiles = [train.user_ratings(u) if ok else {} for u, ok in zip(users, in_train, strict=True)]
+    total, count = 0.0, 0
+    for lo in range(0, users.size, _RANKING_BATCH):
+        scores, rated = model.score_batch(profiles[lo : lo + _RANKING_BATCH])
+        part = relevant[lo : lo + _RANKING_BATCH]
+        n = int(np.count_nonzero(np.diff(part.indptr)))
+        total += ndcg_of_scores(scores, rated, part, k) * n
+        count += n
+    return total / count if count else None
 
 
 def own_figures(candidate: Scored, holdout: HoldOut) -> dict[str, Any]:
@@ -232,7 +307,9 @@ def active_reference(version: ModelVersionInfo, holdout: HoldOut) -> Reference:
 
     try:
         check_artifact(version.artifact_path, version.sha256)
-        model = load_model(version.artifact_path, mmap=True)
+        model = load_model(version.artifact_path, mmap=True, estimator=BaseEstimator)
+        if not isinstance(model, RBMRecommender | SoftmaxRBM):
+            raise TypeError(f"it holds a {type(model).__name__}, not a served model")
     except Exception as exc:
         return unavailable(f"the active version {version.id} cannot be loaded ({exc})")
     try:
@@ -244,6 +321,17 @@ def active_reference(version: ModelVersionInfo, holdout: HoldOut) -> Reference:
         label="the active model",
         title=f"the active version {version.id}",
         figures={"active_version": version.id},
+    )
+
+
+def baseline_reference(holdout: HoldOut) -> Reference:
+    """The bias baseline fitted on the training ratings: the candidate must predict better."""
+    baseline = BiasBaseline().fit(holdout.train)
+    return Reference(
+        score("bias_baseline", baseline, holdout),
+        label="the bias baseline",
+        title="the bias baseline (mu + b_u + b_i)",
+        checks=BASELINE_CRITERIA,
     )
 
 
@@ -278,7 +366,8 @@ def decide(
     figures: dict[str, Any] = {}
     for reference in references:
         figures.update(reference.figures)
-    figures.update({check.setting: check.tolerance for check in checks})
+    every_check = [*checks, *(c for r in references for c in (r.checks or ()))]
+    figures.update({check.setting: check.tolerance for check in every_check})
 
     blocking = [r.unavailable for r in references if r.unavailable and not r.replaceable]
     if blocking:
@@ -302,21 +391,33 @@ def decide(
             False, f"the candidate and {labels} share no predictable held-out ratings", figures
         )
 
-    metrics = [*REPORTED_METRICS, *(c.metric for c in checks if c.metric not in REPORTED_METRICS)]
+    metrics = [
+        *REPORTED_METRICS,
+        *(c.metric for c in every_check if c.metric not in REPORTED_METRICS),
+    ]
     values = {
         (scored.name, metric.key): metric.compute(holdout, scored, compared)
         for scored in (candidate, *(r.scored for r in available))
         for metric in metrics
     }
-    figures.update({f"{name}_{key}": value for (name, key), value in values.items()})
+    figures.update(
+        {
+            f"{name}_{key}": None if np.isnan(value) else value
+            for (name, key), value in values.items()
+        }
+    )
     figures["n_compared"] = n
 
     passed, failed = [], []
     for reference in available:
-        for check in checks:
+        for check in reference.checks if reference.checks is not None else checks:
             mine = values[(candidate.name, check.metric.key)]
             theirs = values[(reference.scored.name, check.metric.key)]
             label = check.metric.label
+            if np.isnan(mine) or np.isnan(theirs):
+                # e.g. an active version that does not rank, or no high held-out rating
+                passed.append(f"{label} not compared with {reference.title} (not measured)")
+                continue
             if check.passes(mine, theirs):
                 passed.append(
                     f"candidate {label} {mine:.4f} vs {reference.scored.name} {theirs:.4f} "

@@ -14,8 +14,10 @@ One run (:func:`run_retrain`), under the retrain lock (:mod:`app.db.retrain_lock
    written afterwards change the fingerprint, so the next run includes them.
 4. Split off the stable hold-out (:mod:`.holdout`), reserve the version row
    (``training``) and record the split, in one transaction.
-5. Train the candidate on the rest; score it, the active version (and any other
-   reference) on the same held-out ratings and let the gate decide (:mod:`.gate`).
+5. Train the candidate (an :class:`~rbm_core.recommender.RBMRecommender`: it carves
+   its own validation split out of the training ratings to choose its settings and
+   weights) on the rest; score it, the active version and the bias baseline on the
+   same held-out ratings and let the gate decide (:mod:`.gate`).
 6. Save the artifact (``save_model`` writes to a temporary directory and renames it
    into place) and verify it (SHA-256, loads); then register the version, activate
    or reject it, and record the run's outcome, in one transaction.
@@ -64,7 +66,7 @@ from app.services.retrain.recovery import recover_abandoned
 from app.services.retrain.runs import TrainingRunInfo
 from app.settings import Settings
 from rbm_core.artifact import ArtifactError, save_model
-from rbm_core.model import SoftmaxRBM
+from rbm_core.recommender import RBMRecommender, recommender_settings
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +74,7 @@ __all__ = [
     "MIN_TRAINING_RATINGS",
     "InterruptGuard",
     "RetrainError",
+    "candidate_model",
     "run_retrain",
     "train_and_activate",
     "training_curves",
@@ -128,7 +131,8 @@ def run_retrain(
     run_id : str, optional
         A queued run to execute (from ``POST /admin/retrain``). Default: a new run.
     params : mapping, optional
-        Overrides of :class:`rbm_core.model.SoftmaxRBM` hyperparameters.
+        Settings of the :class:`rbm_core.recommender.RBMRecommender`, its parts'
+        addressed as ``PART.NAME`` (see :func:`~rbm_core.recommender.recommender_settings`).
     interrupt_guard : callable, optional
         Context manager factory wrapped around training and evaluation, where a
         stop request may raise (the worker's SIGTERM handling).
@@ -211,6 +215,8 @@ def _run(
     gated: bool,
 ) -> TrainingRunInfo:
     runs.validate_trigger(trigger)
+    # settings are checked before anything is locked, read or recorded
+    candidate_settings = candidate_model(params).get_params()
     model_dir = Path(settings.model_dir).resolve()
     model_dir.mkdir(parents=True, exist_ok=True)
     lock = RetrainLock(engine_of(session_factory), model_dir)
@@ -234,7 +240,7 @@ def _run(
             settings=settings,
             run_id=started.id,
             lock=lock,
-            params=dict(params or {}),
+            params=candidate_settings,
             guard=interrupt_guard or contextlib.nullcontext,
             gated=gated,
         )
@@ -281,8 +287,9 @@ def _execute(ctx: _Context, staging: Path) -> TrainingRunInfo:
             return runs.finish_run(session, ctx.run_id, "skipped", reason=skip)
 
     holdout = split_snapshot(snapshot, ctx.settings.rating_scale)
-    model = SoftmaxRBM()
-    model.set_params(**{"random_state": secrets.randbelow(2**31), **ctx.params})
+    model = RBMRecommender(**ctx.params)
+    if model.random_state is None:
+        model.set_params(random_state=secrets.randbelow(2**31))
     version_id = registry.new_version_id()
     final_dir = Path(ctx.settings.model_dir).resolve() / version_id
     with ctx.session_factory.begin() as session:
@@ -313,7 +320,7 @@ def _execute(ctx: _Context, staging: Path) -> TrainingRunInfo:
         snapshot=snapshot,
         fingerprint=fingerprint,
         metrics=metrics,
-        curves=training_curves(getattr(model, "history_", [])),
+        curves={part: training_curves(history) for part, history in model.curves_.items()},
         decision=decision,
     )
 
@@ -329,7 +336,7 @@ def _execute(ctx: _Context, staging: Path) -> TrainingRunInfo:
 
 
 def _train_and_judge(
-    ctx: _Context, model: SoftmaxRBM, holdout: HoldOut, active: ModelVersionInfo | None
+    ctx: _Context, model: RBMRecommender, holdout: HoldOut, active: ModelVersionInfo | None
 ) -> tuple[gate.Decision, dict[str, Any]]:
     """Fit the candidate, score it and the references on the hold-out, let the gate decide.
 
@@ -337,23 +344,28 @@ def _train_and_judge(
     every held-out rating it predicts, epochs, fit time).
     """
     started = time.perf_counter()
-    model.fit(holdout.train, holdout.validation)
+    model.fit(holdout.train)
     fit_seconds = time.perf_counter() - started
     candidate = gate.score("candidate", model, holdout)
     references = _references(ctx, holdout, active)
     if references:
         decision = gate.decide(candidate, references, gate.criteria(ctx.settings), holdout)
+        if active is None and decision.activate:
+            decision = gate.Decision(
+                True, f"no active model yet; {decision.reason}", decision.figures
+            )
     else:
-        why = "no active model yet" if active is None else "ungated training"
-        decision = gate.Decision(activate=True, reason=why, figures={})
+        decision = gate.Decision(activate=True, reason="ungated training", figures={})
     own = gate.own_figures(candidate, holdout)
     figures = {
         "validation_rmse": own["validation_rmse"],
         "validation_mae": own["validation_mae"],
+        "validation_ndcg_at_10": candidate.ndcg,
         "n_validation": holdout.n_held,
         "n_evaluated": own["n_evaluated"],
-        "epochs": int(getattr(model, "n_epochs_", 0)),
         "fit_seconds": round(fit_seconds, 3),
+        "search_seconds": model.search_["seconds"],
+        "model_selection": model.validation_,
     }
     return decision, figures
 
@@ -361,10 +373,14 @@ def _train_and_judge(
 def _references(
     ctx: _Context, holdout: HoldOut, active: ModelVersionInfo | None
 ) -> list[gate.Reference]:
-    """The models a gated candidate must not be worse than: the active version, if any."""
-    if not ctx.gated or active is None:
+    """What a gated candidate must not be worse than: the active version, if any, and
+    always the bias baseline."""
+    if not ctx.gated:
         return []
-    return [gate.active_reference(active, holdout)]
+    references = [gate.baseline_reference(holdout)]
+    if active is not None:
+        references.insert(0, gate.active_reference(active, holdout))
+    return references
 
 
 @dataclass(frozen=True)
@@ -372,7 +388,7 @@ class _Trained:
     """A candidate trained and judged, ready to be published."""
 
     version_id: str
-    model: SoftmaxRBM
+    model: RBMRecommender
     holdout: HoldOut
     snapshot: RatingsSnapshot
     fingerprint: str
@@ -521,8 +537,28 @@ def training_curves(history: list[dict[str, Any]]) -> dict[str, Any]:
     return jsonable
 
 
-def _hyperparameters(model: SoftmaxRBM) -> dict[str, Any]:
+def candidate_model(params: Mapping[str, Any] | None) -> RBMRecommender:
+    """The model a run trains, from flat settings (``PART.NAME`` for a part's).
+
+    Raises
+    ------
+    RetrainError
+        A setting is unknown or breaks its rule (the message says which and why).
+    """
+    try:
+        model = RBMRecommender(**recommender_settings(dict(params or {})))
+        model._validate_params()
+    except (TypeError, ValueError) as exc:
+        raise RetrainError(f"bad model settings: {exc}") from None
+    return model
+
+
+def _hyperparameters(model: RBMRecommender) -> dict[str, Any]:
+    """The settings asked for and, once fitted, what the search chose for each part."""
     params: dict[str, Any] = to_jsonable(model.get_params())
+    search = getattr(model, "search_", None)
+    if search is not None:
+        params["chosen"] = to_jsonable(search["chosen"])
     return params
 
 

@@ -124,7 +124,7 @@ def test_off_scale_ratings_and_failing_fits_are_evaluation_errors() -> None:
     with pytest.raises(EvaluationError, match=r"fold 1 \(mem\).*4\.5"):
         evaluate([split], {"global_mean": GlobalMean}, scale=SCALE)
     split = RatingSplit(1, TRAIN, TEST, "mem")
-    with pytest.raises(EvaluationError, match="bad RBM settings: n_hidden must be"):
+    with pytest.raises(EvaluationError, match="bad RBM settings: user_rbm: n_hidden must be"):
         default_models({"user_rbm_params": {"n_hidden": -1}}, names=["rbm"])
     # a model whose training fails says which model, which fold and why
     diverging = {
