@@ -471,7 +471,8 @@ def offset_bias(offsets: FloatArray, offset_weights: FloatArray) -> FloatArray:
 def sample_bernoulli(prob: FloatArray, rng: np.random.Generator) -> FloatArray:
     """Binary states with ``P(1) = prob``, same shape and dtype."""
     draw = rng.random(prob.shape, dtype=np.float32 if prob.dtype == np.float32 else np.float64)
-    result: FloatArray = (draw < prob).astype(prob.dtype)
+    # the comparison written over the draws: no boolean temporary to convert
+    result: FloatArray = np.less(draw, prob, out=draw, casting="unsafe")
     return result
 
 
