@@ -190,14 +190,22 @@ def test_history_reports_reconstruction_error_and_the_free_energy_gap(digits) ->
     assert last["validation_free_energy"] == pytest.approx(
         float(np.mean(model.free_energy(held_out))), rel=1e-5
     )
+    assert last["train_free_energy"] == pytest.approx(
+        float(np.mean(model.free_energy(probe))), rel=1e-5
+    )
+    assert last["validation_reconstruction_error"] == pytest.approx(
+        float(np.mean((model.reconstruct(held_out) - held_out) ** 2)), rel=1e-5
+    )
     assert last["free_energy_gap"] == pytest.approx(
         last["validation_free_energy"] - last["train_free_energy"]
     )
-    # without validation the validation figures are None; PCD measures no train_rmse
+    # without validation the free energies and validation figures are None; PCD
+    # measures no train_rmse
     pcd = BernoulliRBM(n_hidden=8, n_epochs=1, persistent=True, random_state=0).fit(train)
     entry = pcd.history_[0]
     assert entry["train_rmse"] is None
-    assert entry["free_energy_gap"] is None
+    assert entry["train_free_energy"] is entry["free_energy_gap"] is None
+    assert entry["validation_reconstruction_error"] is None
     assert entry["reconstruction_error"] > 0.0
 
 
