@@ -7,8 +7,6 @@ of the dev install) and on small random binary matrices, dense and sparse.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -426,13 +424,3 @@ def test_bad_sampling_arguments_say_the_rule() -> None:
         model.gibbs(binary_matrix(), probabilities="yes")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="random_state must be an int"):
         model.score_samples(binary_matrix(), random_state=1.5)  # type: ignore[arg-type]
-
-
-def test_the_library_and_the_service_do_not_import_the_examples_libraries() -> None:
-    code = (
-        "import sys, rbm_core, app.api.main, app.worker, app.cli\n"
-        "found = sorted(m for m in ('sklearn', 'matplotlib') if m in sys.modules)\n"
-        "print(','.join(found))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == ""
