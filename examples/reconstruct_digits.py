@@ -138,15 +138,20 @@ def main(argv: list[str] | None = None) -> None:
     draw_training(model.history_, args.output / "training.png")
 
     untrained = float(np.mean((held_out - train.mean(axis=0)) ** 2))
-    last = model.history_[-1]
-    print(f"trained {args.epochs} epochs in {sum(h['seconds'] for h in model.history_):.2f} s")
+    history = model.history_
+    first, last = history[0], history[-1]
+    gaps = [h["free_energy_gap"] for h in history]
+    print(f"trained {args.epochs} epochs in {sum(h['seconds'] for h in history):.2f} s")
     print(
         f"held-out reconstruction error {last['validation_reconstruction_error']:.4f} "
-        f"(predicting every pixel by its mean: {untrained:.4f})"
+        f"(predicting every pixel by its mean: {untrained:.4f}; "
+        f"after epoch 1: {first['validation_reconstruction_error']:.4f})"
     )
     print(
-        f"held-out pseudo-likelihood {np.mean(model.score_samples(held_out)):.2f}, "
-        f"free-energy gap {last['free_energy_gap']:.3f}"
+        f"held-out pseudo-likelihood {np.mean(model.score_samples(held_out)):.2f}; "
+        f"free-energy gap {last['free_energy_gap']:.3f} (from {min(gaps):.3f} to "
+        f"{max(gaps):.3f} over the epochs; mean held-out free energy "
+        f"{last['validation_free_energy']:.1f})"
     )
     print(f"wrote {args.output / 'digits.png'} and {args.output / 'training.png'}")
 

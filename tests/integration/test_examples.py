@@ -45,7 +45,7 @@ def test_reconstruct_digits_trains_and_draws(tmp_path: Path) -> None:
     assert_png(tmp_path / "out" / "digits.png")
     assert_png(tmp_path / "out" / "training.png")
     found = re.search(
-        r"reconstruction error ([\d.]+) \(predicting every pixel by its mean: ([\d.]+)\)", out
+        r"reconstruction error ([\d.]+) \(predicting every pixel by its mean: ([\d.]+)", out
     )
     assert found, out
     trained, baseline = (float(x) for x in found.groups())
