@@ -26,7 +26,6 @@ filters.
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -39,7 +38,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import sklearn
-from reconstruct_digits import filters, load_split, mosaic
+from reconstruct_digits import argument_parser, filters, load_split, mosaic, save
 from sklearn.neural_network import BernoulliRBM as SklearnRBM
 from threadpoolctl import threadpool_limits
 
@@ -147,17 +146,15 @@ def draw(models: dict[str, Any], held_out: np.ndarray, path: Path) -> None:
         ax.set_title(f"{name}: filters", fontsize=9)
         ax.set_axis_off()
     fig.subplots_adjust(left=0.02, right=0.98, top=0.96, bottom=0.01, hspace=0.35)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argument_parser(__doc__)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=10)
     parser.add_argument("--learning-rate", type=float, default=0.1)
-    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "output")
     args = parser.parse_args(argv)
 
     train, held_out = load_split()

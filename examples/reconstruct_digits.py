@@ -63,6 +63,19 @@ def filters(weights: np.ndarray) -> np.ndarray:
     return scaled
 
 
+def save(fig: Any, path: Path) -> None:
+    """Write a figure as a PNG and free it."""
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def argument_parser(doc: str) -> argparse.ArgumentParser:
+    """The command line of an example: its docstring's first paragraph, and --output."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "output")
+    return parser
+
+
 def draw_digits(model: BernoulliRBM, held_out: np.ndarray, path: Path, n_steps: int = 1000) -> None:
     """digits.png: originals, reconstructions, generated digits and filters."""
     shown = held_out[:24]
@@ -95,8 +108,7 @@ def draw_digits(model: BernoulliRBM, held_out: np.ndarray, path: Path, n_steps: 
         ax.set_title(title, fontsize=10)
         ax.set_axis_off()
     fig.subplots_adjust(left=0.02, right=0.98, top=0.94, bottom=0.02)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def draw_training(history: list[dict[str, Any]], path: Path) -> None:
@@ -117,17 +129,15 @@ def draw_training(history: list[dict[str, Any]], path: Path) -> None:
     left.legend()
     middle.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argument_parser(__doc__)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--hidden", type=int, default=100)
     parser.add_argument("--gibbs-steps", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "output")
     args = parser.parse_args(argv)
 
     train, held_out = load_split()
