@@ -1,5 +1,6 @@
 """rbm_core: a softmax-visible Restricted Boltzmann Machine for collaborative filtering.
 
+Also a Bernoulli-visible RBM (:class:`BernoulliRBM`) for binary or [0, 1]-valued data.
 Pure numerical code (numpy, scipy, pandas): no web framework and no database.
 """
 
@@ -18,6 +19,7 @@ from rbm_core.base import (
     Recommendation,
     UnknownItemError,
 )
+from rbm_core.bernoulli import BernoulliRBM
 from rbm_core.data import RatingDataError, RatingMatrix, UserRatings
 from rbm_core.model import SoftmaxRBM
 from rbm_core.scale import DEFAULT_SCALE, RatingScale, RatingScaleError
@@ -29,6 +31,7 @@ __all__ = [
     "DTYPE",
     "FORMAT_VERSION",
     "ArtifactError",
+    "BernoulliRBM",
     "ItemScores",
     "NotFittedError",
     "Prediction",

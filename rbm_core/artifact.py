@@ -37,6 +37,7 @@ import numpy as np
 
 from rbm_core.base import BaseEstimator
 from rbm_core.baselines import BiasBaseline, GlobalMean, Popularity
+from rbm_core.bernoulli import BernoulliRBM
 from rbm_core.model import SoftmaxRBM
 from rbm_core.scale import RatingScaleError
 
@@ -51,7 +52,7 @@ CHECKSUM_FILE: Final = "checksums.json"
 ARRAY_DIR: Final = "arrays"
 
 ESTIMATORS: Final[dict[str, type[BaseEstimator]]] = {
-    cls.__name__: cls for cls in (SoftmaxRBM, BiasBaseline, GlobalMean, Popularity)
+    cls.__name__: cls for cls in (SoftmaxRBM, BiasBaseline, GlobalMean, Popularity, BernoulliRBM)
 }
 """The estimators an artifact may hold, by the ``model_class`` it records."""
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import scipy.sparse as sp
+from numpy.typing import NDArray
 
 from rbm_core.data import RatingMatrix
 from rbm_core.scale import RatingScaleError
@@ -17,6 +19,7 @@ __all__ = [
     "check_random_state",
     "check_rating_matrix",
     "check_same_scale",
+    "check_unit_interval_matrix",
 ]
 
 
@@ -103,3 +106,85 @@ def check_same_scale(train: RatingMatrix, other: RatingMatrix, what: str = "vali
     """``RatingScaleError`` if ``other`` uses another rating scale than ``train``."""
     if train.scale != other.scale:
         raise RatingScaleError(f"{what} uses rating scale {other.scale}, train {train.scale}")
+
+
+def check_unit_interval_matrix(
+    X: object,
+    what: str = "X",
+    *,
+    n_features: int | None = None,
+    min_rows: int = 1,
+    dtype: type[np.floating] = np.float32,
+) -> NDArray[np.floating] | sp.csr_matrix:
+    """``X`` as a 2-D float array or a canonical CSR matrix of values in [0, 1].
+
+    A dense input (ndarray, list, DataFrame) becomes a C-contiguous ``dtype`` array; a
+    scipy.sparse matrix or array becomes a ``dtype`` CSR matrix without duplicate
+    entries. Nothing is copied when ``X`` already has that form, and ``X`` itself is
+    never modified; a sparse ``X`` is never made dense.
+
+    Parameters
+    ----------
+    X : array-like or scipy.sparse matrix of shape (n_samples, n_features)
+    what : str
+        The argument's name in the messages.
+    n_features : int, optional
+        The number of columns ``X`` must have (a fitted model's).
+    min_rows : int
+        The fewest rows accepted.
+    dtype : numpy floating type
+
+    Raises
+    ------
+    TypeError
+        ``X`` does not hold numbers.
+    ValueError
+        ``X`` is not 2-D, has too few rows, no or the wrong number of columns, a NaN
+        or infinite value, or a value outside [0, 1].
+    """
+    if sp.issparse(X):
+        matrix = sp.csr_matrix(X, dtype=dtype)
+        if not matrix.has_canonical_format:
+            # duplicate entries would count twice: sum them, on a copy (it may share
+            # its arrays with X)
+            matrix = matrix.copy()
+            matrix.sum_duplicates()
+        values: NDArray[np.floating] = matrix.data
+        checked: NDArray[np.floating] | sp.csr_matrix = matrix
+        shape = matrix.shape
+    else:
+        if isinstance(X, str | bytes) or X is None:
+            raise TypeError(f"{what} must be an array of numbers, got {type(X).__name__}")
+        try:
+            raw = np.asarray(X)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{what} must be an array of numbers: {exc}") from None
+        if raw.dtype.kind not in "biuf":
+            got = (
+                f"an array of dtype {raw.dtype}" if isinstance(X, np.ndarray) else type(X).__name__
+            )
+            raise TypeError(f"{what} must be an array of numbers, got {got}")
+        if raw.ndim != 2:
+            raise ValueError(
+                f"{what} must be a 2-D array of shape (n_samples, n_features), got shape "
+                f"{raw.shape}" + (" (use X.reshape(1, -1) for one sample)" if raw.ndim == 1 else "")
+            )
+        values = checked = np.ascontiguousarray(raw, dtype=dtype)
+        shape = raw.shape
+    n_rows, n_cols = shape
+    if n_rows < min_rows:
+        raise ValueError(f"{what} has {n_rows} rows; at least {min_rows} needed")
+    if n_cols == 0:
+        raise ValueError(f"{what} has no features (0 columns)")
+    if n_features is not None and n_cols != n_features:
+        raise ValueError(f"{what} has {n_cols} features, but the model has {n_features}")
+    if values.size:
+        low, high = float(values.min()), float(values.max())
+        if not (np.isfinite(low) and np.isfinite(high)):
+            raise ValueError(f"{what} contains NaN or infinite values")
+        if low < 0.0 or high > 1.0:
+            raise ValueError(
+                f"{what} must hold values in [0, 1] (binary or probabilities); "
+                f"found values from {low:g} to {high:g}"
+            )
+    return checked

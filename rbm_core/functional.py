@@ -9,6 +9,12 @@ rows are one-hot over the flattened ``M * K`` axis, column ``m * K + k``, so tha
 
 Every array is kept in the dtype of the weights (the model uses float32). One CD-k
 gradient estimate is in :mod:`rbm_core.contrastive_divergence`.
+
+The hidden side of the machine does not depend on the kind of visible unit, so
+:func:`hidden_input`, :func:`hidden_probabilities`, :func:`free_energy` and
+:func:`energy` also serve the Bernoulli-visible RBM (:mod:`rbm_core.bernoulli_functional`):
+there ``W`` has shape (M, F), ``b`` (M,), and the visible rows are values in [0, 1],
+a dense array or a CSR matrix.
 """
 
 from __future__ import annotations
@@ -79,8 +85,33 @@ def rows_of(codes: sp.csr_matrix) -> NDArray[np.int64]:
 
 # -- elementary functions ------------------------------------------------------------
 def softplus(x: FloatArray) -> FloatArray:
-    """``log(1 + exp(x))`` computed without overflow, same dtype as ``x``."""
-    return np.logaddexp(np.zeros((), dtype=x.dtype), x)
+    """``log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|))``, without overflow, same dtype as ``x``."""
+    # five vectorised passes: 2-6x faster than np.logaddexp(0, x) on float32
+    # (benchmarks/bernoulli_speed.py)
+    x = np.asarray(x)
+    out = np.empty_like(x)
+    np.abs(x, out=out)
+    np.negative(out, out=out)
+    np.exp(out, out=out)
+    np.log1p(out, out=out)
+    out += np.maximum(x, 0)
+    return out
+
+
+def sigmoid(x: FloatArray, out: FloatArray | None = None) -> FloatArray:
+    """Logistic ``1 / (1 + exp(-x)) = (1 + tanh(x / 2)) / 2``, same dtype as ``x``.
+
+    Four vectorised passes, about three times faster than ``scipy.special.expit`` on
+    large float32 arrays, 1.4x on a 10 x 100 batch (benchmarks/bernoulli_speed.py);
+    absolute error below one unit in the last place near 1 (tiny probabilities round
+    to 0, where ``expit`` keeps their relative precision). ``out=x`` computes in place.
+    """
+    half = x.dtype.type(0.5)
+    result: FloatArray = np.multiply(x, half, out=out)
+    np.tanh(result, out=result)
+    result *= half
+    result += half
+    return result
 
 
 def log_softmax(logits: FloatArray, axis: int = -1) -> FloatArray:
@@ -123,17 +154,17 @@ def hidden_input(
 
     Parameters
     ----------
-    visible : scipy.sparse.csr_matrix, shape (n_users, M * K)
-        One-hot (or probability) visible rows.
-    weights : ndarray of shape (M, K, F)
+    visible : scipy.sparse.csr_matrix or ndarray, shape (n_users, M * K)
+        One-hot (or probability) visible rows; for Bernoulli visible units, shape
+        (n, M), values in [0, 1].
+    weights : ndarray of shape (M, K, F), or (M, F) for Bernoulli visible units
     hidden_bias : ndarray of shape (F,)
 
     Returns
     -------
     ndarray of shape (n_users, F)
     """
-    m, k, f = weights.shape
-    x: FloatArray = np.asarray(visible @ weights.reshape(m * k, f))
+    x: FloatArray = np.asarray(visible @ weights.reshape(-1, weights.shape[-1]))
     x += hidden_bias
     return x
 
@@ -141,9 +172,9 @@ def hidden_input(
 def hidden_probabilities(
     visible: sp.csr_matrix, weights: FloatArray, hidden_bias: FloatArray
 ) -> FloatArray:
-    """``p(h_j = 1 | V) = sigmoid(x_j)``, shape (n_users, F)."""
-    p: FloatArray = expit(hidden_input(visible, weights, hidden_bias))
-    return p
+    """``p(h_j = 1 | V) = sigmoid(x_j)``, shape (n_users, F) (see :func:`hidden_input`)."""
+    x = hidden_input(visible, weights, hidden_bias)
+    return sigmoid(x, out=x)
 
 
 def visible_logits_at(
@@ -321,16 +352,18 @@ def free_energy(
 ) -> FloatArray:
     """Free energy ``F(V) = -sum_{i,k} v_i^k (b_i^k + u^k) - sum_j log(1 + exp(x_j))``.
 
-    ``p(V)`` is proportional to ``exp(-F(V))`` (over the rated items of ``V``).
+    ``p(V)`` is proportional to ``exp(-F(V))`` (over the rated items of ``V``). For
+    Bernoulli visible units it reads ``F(v) = -b.v - sum_j softplus(c_j + v.W_j)``.
 
     Parameters
     ----------
-    visible : scipy.sparse.csr_matrix, shape (n_users, M * K)
-    weights : ndarray of shape (M, K, F)
-    visible_bias : ndarray of shape (M, K)
+    visible : scipy.sparse.csr_matrix or ndarray, shape (n_users, M * K)
+        Or (n, M) for Bernoulli visible units.
+    weights : ndarray of shape (M, K, F), or (M, F)
+    visible_bias : ndarray of shape (M, K), or (M,)
     hidden_bias : ndarray of shape (F,)
     user_bias : ndarray of shape (n_users, K), optional
-        Conditional visible bias ``u`` of each user.
+        Conditional visible bias ``u`` of each user (softmax units only).
 
     Returns
     -------
@@ -356,7 +389,8 @@ def energy(
 
     Parameters
     ----------
-    visible : scipy.sparse.csr_matrix, shape (n_users, M * K)
+    visible : scipy.sparse.csr_matrix or ndarray, shape (n_users, M * K)
+        Or (n, M) for Bernoulli visible units (``weights`` (M, F), ``visible_bias`` (M,)).
     hidden : ndarray of shape (n_users, F)
         Binary hidden states.
 
@@ -364,11 +398,10 @@ def energy(
     -------
     ndarray of shape (n_users,)
     """
-    m, k, f = weights.shape
-    vw = np.asarray(visible @ weights.reshape(m * k, f))
+    vw = np.asarray(visible @ weights.reshape(-1, weights.shape[-1]))
     vb = np.asarray(visible @ visible_bias.reshape(-1)).ravel()
     if user_bias is not None:
-        vb = vb + (level_totals(visible, k) * user_bias).sum(axis=1)
+        vb = vb + (level_totals(visible, weights.shape[1]) * user_bias).sum(axis=1)
     result: FloatArray = -(vw * hidden).sum(axis=1) - vb - hidden @ hidden_bias
     return result
 
@@ -439,7 +472,8 @@ def offset_bias(offsets: FloatArray, offset_weights: FloatArray) -> FloatArray:
 def sample_bernoulli(prob: FloatArray, rng: np.random.Generator) -> FloatArray:
     """Binary states with ``P(1) = prob``, same shape and dtype."""
     draw = rng.random(prob.shape, dtype=np.float32 if prob.dtype == np.float32 else np.float64)
-    result: FloatArray = (draw < prob).astype(prob.dtype)
+    # the comparison written over the draws: no boolean temporary to convert
+    result: FloatArray = np.less(draw, prob, out=draw, casting="unsafe")
     return result
 
 

@@ -308,11 +308,7 @@ class SoftmaxRBM(SoftmaxRBMInference):
                 )
             if not np.array_equal(train.item_ids, self.item_ids_):
                 train = train.with_item_catalog(self.item_ids_)
-            # a memory-mapped (loaded) model is read-only: train on private copies
-            for name in self._trained_arrays:
-                arr = getattr(self, name)
-                if not arr.flags.writeable:
-                    setattr(self, name, np.array(arr, dtype=DTYPE))
+            training.make_writable(self, self._trained_arrays)
         self._train(train, validation, 1, self._rng, early_stopping=False)
         return self
 

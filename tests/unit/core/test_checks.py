@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from rbm_core import DEFAULT_SCALE, RatingMatrix, RatingScale, RatingScaleError
 from rbm_core.checks import (
@@ -14,6 +15,7 @@ from rbm_core.checks import (
     check_random_state,
     check_rating_matrix,
     check_same_scale,
+    check_unit_interval_matrix,
 )
 
 
@@ -79,3 +81,48 @@ def test_rating_matrix_checks() -> None:
     check_same_scale(matrix, matrix)
     with pytest.raises(RatingScaleError, match="validation uses rating scale"):
         check_same_scale(matrix, half)
+
+
+def test_unit_interval_matrix_converts_without_copying_what_is_ready() -> None:
+    ready = np.zeros((2, 3), np.float32)
+    assert check_unit_interval_matrix(ready) is ready
+    converted = check_unit_interval_matrix([[0, 1], [1, 0]])
+    assert isinstance(converted, np.ndarray)
+    assert converted.dtype == np.float32
+    assert converted.flags.c_contiguous
+    assert check_unit_interval_matrix(np.ones((2, 2), bool)).dtype == np.float32
+    csr = sp.csr_matrix(np.eye(3, dtype=np.float32))
+    checked = check_unit_interval_matrix(csr)
+    assert checked.data is csr.data or np.shares_memory(checked.data, csr.data)
+    as_csr = check_unit_interval_matrix(sp.coo_array(np.eye(3)))
+    assert sp.issparse(as_csr)
+    assert as_csr.format == "csr"
+    assert as_csr.dtype == np.float32
+
+
+def test_unit_interval_matrix_sums_duplicates_on_a_copy() -> None:
+    odd = sp.csr_matrix(
+        (np.array([0.25, 0.5], np.float32), np.array([1, 1]), np.array([0, 2])), shape=(1, 3)
+    )
+    checked = check_unit_interval_matrix(odd)
+    np.testing.assert_array_equal(checked.toarray(), [[0.0, 0.75, 0.0]])
+    assert checked.nnz == 1
+    np.testing.assert_array_equal(odd.data, [0.25, 0.5])
+    # duplicates summing past 1 are out of range
+    over = sp.csr_matrix((np.array([0.75, 0.5]), np.array([0, 0]), np.array([0, 2])), shape=(1, 2))
+    with pytest.raises(ValueError, match=r"values in \[0, 1\].*to 1.25"):
+        check_unit_interval_matrix(over)
+
+
+def test_unit_interval_matrix_states_every_rule() -> None:
+    with pytest.raises(ValueError, match="validation has 4 features, but the model has 3"):
+        check_unit_interval_matrix(np.zeros((1, 4)), "validation", n_features=3)
+    with pytest.raises(ValueError, match="X has 0 rows; at least 1 needed"):
+        check_unit_interval_matrix(np.zeros((0, 4)))
+    assert check_unit_interval_matrix(np.zeros((0, 4)), min_rows=0).shape == (0, 4)
+    with pytest.raises(
+        TypeError, match="must be an array of numbers, got an array of dtype complex128"
+    ):
+        check_unit_interval_matrix(np.zeros((1, 2), complex))
+    with pytest.raises(TypeError, match="X must be an array of numbers, got dict"):
+        check_unit_interval_matrix({"a": 1})

@@ -3,10 +3,19 @@
 A new estimator joins with one line in ``ESTIMATORS``: a name and a factory taking a
 seed. The checks use what the estimator offers: ``recommend`` / ``score_items`` /
 ``score_batch`` (a :class:`~rbm_core.base.Recommender`), ``predict`` (a rating
-predictor), and persistence (every estimator of ``rbm_core.artifact.ESTIMATORS``).
+predictor), ``transform`` / ``reconstruct`` / ``free_energy`` / ``score_samples`` /
+``sample`` (the :class:`~rbm_core.BernoulliRBM`), and persistence (every estimator of
+``rbm_core.artifact.ESTIMATORS``).
 
 Data: the first 150 users of the ML-100K fold u1 for training; users 151-170 are
-never seen in training and are folded in from their ratings.
+never seen in training and are folded in from their ratings. The BernoulliRBM is not
+a rating estimator: it learns the same users' implicit "rated" vectors (a binary
+users x items CSR matrix, as a top-N ranker over it would) and answers for the unseen
+users' rated vectors. Of the contract, what is about item ids does not apply to it
+(it knows columns, not items: no catalog, no unknown items to ignore, no top-N) and
+those checks skip it, saying why; the rest (fit returns self, the unfitted check,
+same seed same model, save/load, bad input, one row and a batch agree, inference
+leaves inputs and model alone) applies with its own inputs.
 """
 
 from __future__ import annotations
@@ -18,9 +27,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from rbm_core import (
     DEFAULT_SCALE,
+    BernoulliRBM,
     NotFittedError,
     RatingMatrix,
     RatingScaleError,
@@ -29,16 +40,21 @@ from rbm_core import (
     save_model,
 )
 from rbm_core.artifact import ESTIMATORS as PERSISTED
-from rbm_core.base import RatingEstimator, Recommender
+from rbm_core.base import BaseEstimator, RatingEstimator, Recommender
 from rbm_core.baselines import BiasBaseline, GlobalMean, Popularity
 from rbm_core.movielens import read_ratings
 
-ESTIMATORS: dict[str, Callable[[int], RatingEstimator]] = {
+ESTIMATORS: dict[str, Callable[[int], BaseEstimator]] = {
     "SoftmaxRBM": lambda seed: SoftmaxRBM(n_hidden=16, n_epochs=4, random_state=seed),
     "BiasBaseline": lambda seed: BiasBaseline(),
     "Popularity": lambda seed: Popularity(),
     "GlobalMean": lambda seed: GlobalMean(),
+    "BernoulliRBM": lambda seed: BernoulliRBM(
+        n_hidden=16, n_epochs=4, persistent=True, random_state=seed
+    ),
 }
+
+NO_ITEM_IDS = "has no item ids: it models columns of a matrix, not a catalog of items"
 
 pytestmark = pytest.mark.parametrize("name", list(ESTIMATORS))
 
@@ -57,16 +73,49 @@ def data(movielens_dir: Path) -> tuple[RatingMatrix, list[dict[str, float]]]:
     return train, users
 
 
+def _rated(train: RatingMatrix, users: list[dict[str, float]]) -> sp.csr_matrix:
+    """The users' implicit feedback on ``train``'s items: 1 where rated (float32 CSR)."""
+    column = {item: j for j, item in enumerate(train.item_ids.tolist())}
+    rows = [r for r, user in enumerate(users) for item in user if item in column]
+    cols = [column[item] for user in users for item in user if item in column]
+    return sp.csr_matrix(
+        (np.ones(len(rows), np.float32), (rows, cols)), shape=(len(users), train.n_items)
+    )
+
+
+def _training_data(model: BaseEstimator, train: RatingMatrix) -> Any:
+    """What the model is fitted on: the ratings, or for a BernoulliRBM who rated what."""
+    if isinstance(model, RatingEstimator):
+        return train
+    return (train.codes > 0).astype(np.float32).tocsr()
+
+
+def _queries(model: BaseEstimator, data) -> Any:
+    """What the model answers for: the unseen users' ratings, or their rated vectors."""
+    train, users = data
+    return users if isinstance(model, RatingEstimator) else _rated(train, users)
+
+
 @pytest.fixture(scope="module")
-def fitted(data) -> dict[str, RatingEstimator]:
+def fitted(data) -> dict[str, BaseEstimator]:
     """One model per estimator, fitted once (treat as read-only)."""
     train, _ = data
-    return {name: make(0).fit(train) for name, make in ESTIMATORS.items()}
+    fitted: dict[str, BaseEstimator] = {}
+    for name, make in ESTIMATORS.items():
+        model = make(0)
+        fitted[name] = model.fit(_training_data(model, train))  # type: ignore[attr-defined]
+    return fitted
 
 
-def _scores(model: RatingEstimator, users: list[dict[str, float]]) -> dict[str, Any]:
+def _scores(model: BaseEstimator, users: Any) -> dict[str, Any]:
     """Everything the model answers for these users, to compare two models."""
     out: dict[str, Any] = {}
+    if isinstance(model, BernoulliRBM):
+        out["transform"] = model.transform(users)
+        out["reconstruct"] = model.reconstruct(users)
+        out["free_energy"] = model.free_energy(users)
+        out["score_samples"] = model.score_samples(users)
+        out["sample"] = model.sample(3, n_steps=10, random_state=1)
     if isinstance(model, Recommender):
         out["scores"] = model.score_batch(users)[0]
         out["recommend"] = model.recommend(users, n=10)
@@ -77,6 +126,10 @@ def _scores(model: RatingEstimator, users: list[dict[str, float]]) -> dict[str, 
 
 def _assert_same(a: dict[str, Any], b: dict[str, Any]) -> None:
     assert a.keys() == b.keys()
+    assert a
+    for key in ("transform", "reconstruct", "free_energy", "score_samples", "sample"):
+        if key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     if "scores" in a:
         np.testing.assert_array_equal(a["scores"], b["scores"])
         assert a["recommend"] == b["recommend"]
@@ -90,11 +143,16 @@ def test_fit_returns_self_and_learns_the_catalog(name: str, data) -> None:
     train, _ = data
     model = ESTIMATORS[name](0)
     assert not model.is_fitted
-    assert model.fit(train) is model
+    assert model.fit(_training_data(model, train)) is model  # type: ignore[attr-defined]
     assert model.is_fitted
-    np.testing.assert_array_equal(model.item_ids_, train.item_ids)
-    assert model.scale_ == train.scale
-    assert (model.n_items_, model.n_users_) == (train.n_items, train.n_users)
+    if isinstance(model, RatingEstimator):
+        np.testing.assert_array_equal(model.item_ids_, train.item_ids)
+        assert model.scale_ == train.scale
+        assert (model.n_items_, model.n_users_) == (train.n_items, train.n_users)
+    else:  # no catalog: the columns of the training matrix
+        assert isinstance(model, BernoulliRBM)
+        assert model.n_features_in_ == train.n_items
+        assert model.partial_fit(_training_data(model, train)) is model
     # hyperparameters are stored unchanged and round-trip through get/set_params
     assert type(model)(**model.get_params()).get_params() == model.get_params()
 
@@ -107,6 +165,11 @@ def test_unfitted_models_say_so(name: str) -> None:
         calls += [lambda: model.score_batch([{}])]
     if hasattr(model, "predict"):
         calls.append(lambda: model.predict({}))
+    if isinstance(model, BernoulliRBM):
+        rows = np.zeros((1, 3), np.float32)
+        calls += [lambda: model.transform(rows), lambda: model.reconstruct(rows)]
+        calls += [lambda: model.free_energy(rows), lambda: model.score_samples(rows)]
+        calls += [lambda: model.sample(1), lambda: model.gibbs(rows)]
     assert calls
     for call in calls:
         with pytest.raises(NotFittedError, match="not fitted"):
@@ -133,8 +196,11 @@ def test_recommend_never_returns_rated_or_excluded_items(name: str, fitted, data
 
 
 def test_same_seed_gives_the_same_model(name: str, data) -> None:
-    train, users = data
-    a, b = ESTIMATORS[name](7).fit(train), ESTIMATORS[name](7).fit(train)
+    train, _ = data
+    a, b = ESTIMATORS[name](7), ESTIMATORS[name](7)
+    a.fit(_training_data(a, train))  # type: ignore[attr-defined]
+    b.fit(_training_data(b, train))  # type: ignore[attr-defined]
+    users = _queries(a, data)
     arrays_a, meta_a = a._artifact_state()
     arrays_b, meta_b = b._artifact_state()
     for key in arrays_a:
@@ -148,6 +214,8 @@ def test_same_seed_gives_the_same_model(name: str, data) -> None:
 
 def test_unseen_users_fold_in_from_their_ratings(name: str, fitted, data) -> None:
     model = fitted[name]
+    if not isinstance(model, RatingEstimator):
+        pytest.skip(f"{name} {NO_ITEM_IDS}; any row of its columns is folded in alike")
     _, users = data
     newcomer = {**users[0], "not-in-the-catalog": 4.0}
     if hasattr(model, "predict"):
@@ -171,7 +239,7 @@ def test_save_and_load_give_identical_scores(name: str, fitted, data, tmp_path: 
     model = fitted[name]
     if type(model).__name__ not in PERSISTED:
         pytest.skip(f"{name} is not persisted")
-    _, users = data
+    users = _queries(model, data)
     path = save_model(model, tmp_path / "model")
     for mmap in (True, False):
         loaded = load_model(path, mmap=mmap, estimator=type(model))
@@ -182,12 +250,23 @@ def test_save_and_load_give_identical_scores(name: str, fitted, data, tmp_path: 
 
 def test_bad_input_raises_the_documented_errors(name: str, fitted) -> None:
     model = fitted[name]
-    with pytest.raises(TypeError, match="RatingMatrix"):
-        ESTIMATORS[name](0).fit("ratings.csv")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="no ratings"):
-        ESTIMATORS[name](0).fit(RatingMatrix.from_arrays([], [], [], DEFAULT_SCALE))
     with pytest.raises(ValueError, match="unknown hyperparameter"):
         ESTIMATORS[name](0).set_params(no_such_parameter=1)
+    if isinstance(model, BernoulliRBM):
+        with pytest.raises(TypeError, match="array of numbers"):
+            ESTIMATORS[name](0).fit("ratings.csv")  # type: ignore[attr-defined]
+        with pytest.raises(ValueError, match="0 rows"):
+            ESTIMATORS[name](0).fit(sp.csr_matrix((0, 5), dtype=np.float32))  # type: ignore[attr-defined]
+        with pytest.raises(ValueError, match=r"values in \[0, 1\]"):
+            model.transform(np.full((1, model.n_features_in_), 5.0))
+        with pytest.raises(ValueError, match="features, but the model has"):
+            model.transform(np.zeros((1, model.n_features_in_ + 1)))
+        return
+    assert isinstance(model, RatingEstimator)
+    with pytest.raises(TypeError, match="RatingMatrix"):
+        ESTIMATORS[name](0).fit("ratings.csv")  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="no ratings"):
+        ESTIMATORS[name](0).fit(RatingMatrix.from_arrays([], [], [], DEFAULT_SCALE))  # type: ignore[attr-defined]
     item = str(model.item_ids_[0])
     bad_users: list[tuple[Any, type[Exception], str]] = [
         ({item: 7.0}, RatingScaleError, "not on the rating scale"),
@@ -213,6 +292,15 @@ def test_bad_input_raises_the_documented_errors(name: str, fitted) -> None:
 
 def test_one_user_and_a_batch_agree(name: str, fitted, data) -> None:
     model = fitted[name]
+    if isinstance(model, BernoulliRBM):
+        rows = _queries(model, data)[:6]
+        together = (model.transform(rows), model.reconstruct(rows), model.free_energy(rows))
+        for r in range(rows.shape[0]):
+            alone = (model.transform(rows[r]), model.reconstruct(rows[r]))
+            np.testing.assert_allclose(alone[0][0], together[0][r], rtol=1e-5)
+            np.testing.assert_allclose(alone[1][0], together[1][r], rtol=1e-5)
+            np.testing.assert_allclose(model.free_energy(rows[r])[0], together[2][r], rtol=1e-5)
+        return
     if not isinstance(model, Recommender):
         pytest.skip(f"{name} does not rank")
     _, users = data
@@ -233,14 +321,20 @@ def test_one_user_and_a_batch_agree(name: str, fitted, data) -> None:
 def test_inference_leaves_inputs_and_model_alone(name: str, fitted, data) -> None:
     model = fitted[name]
     _, users = data
-    user = {**users[1], "ghost": 2.0}
+    user: Any = {**users[1], "ghost": 2.0}
+    batch: Any = [user, user]
+    if isinstance(model, BernoulliRBM):
+        batch = user = _queries(model, data)
     frozen = copy.deepcopy(user)
     before, _ = model._artifact_state()
     before = {k: np.array(v) for k, v in before.items()}
-    _scores(model, [user, user])
+    _scores(model, batch)
     if isinstance(model, Recommender):
         model.recommend(user, n=3, exclude=["ghost"])
-    assert user == frozen
+    if isinstance(model, BernoulliRBM):
+        assert (user != frozen).nnz == 0
+    else:
+        assert user == frozen
     after, _ = model._artifact_state()
     for key, arr in before.items():
         np.testing.assert_array_equal(arr, after[key])

@@ -126,6 +126,20 @@ def test_softmax_and_softplus_are_stable_for_extreme_inputs() -> None:
     sp_ = fn.softplus(np.array([-1000.0, 0.0, 1000.0]))
     np.testing.assert_allclose(sp_, [0.0, np.log(2.0), 1000.0])
     assert fn.softplus(np.array([1.0], dtype=np.float32)).dtype == np.float32
+    sig = fn.sigmoid(np.array([-1000.0, 0.0, 1000.0]))
+    np.testing.assert_array_equal(sig, [0.0, 0.5, 1.0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softplus_and_sigmoid_match_their_definitions(dtype: type) -> None:
+    x = np.linspace(-60.0, 60.0, 24001).astype(dtype)
+    ulp = np.finfo(dtype).eps
+    np.testing.assert_allclose(fn.softplus(x), np.logaddexp(0.0, x), rtol=4 * ulp, atol=0)
+    np.testing.assert_allclose(fn.sigmoid(x), expit(x), rtol=0, atol=2 * ulp)
+    assert fn.softplus(x).dtype == fn.sigmoid(x).dtype == dtype
+    out = x.copy()
+    assert fn.sigmoid(out, out=out) is out
+    np.testing.assert_array_equal(out, fn.sigmoid(x))
 
 
 @pytest.mark.parametrize("density", [0.05, 0.9])

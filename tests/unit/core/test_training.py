@@ -68,6 +68,20 @@ def test_momentum_step_matches_its_formula() -> None:
     np.testing.assert_allclose(w, before + 0.5 * want_v, rtol=1e-6)
 
 
+@pytest.mark.parametrize("weight_decay", [0.0, 0.2])
+def test_momentum_step_without_momentum_is_a_plain_gradient_step(weight_decay: float) -> None:
+    # m = 0: v <- lr (g - decay W), whatever v held before; W <- W + v
+    rng = np.random.default_rng(1)
+    w, v, g = (rng.normal(size=(3, 2)).astype(np.float32) for _ in range(3))
+    want_v = 0.1 * (g - weight_decay * w)
+    want_w = w + want_v
+    g_before = g.copy()
+    training.momentum_step(w, v, g, 0.1, 0.0, weight_decay=weight_decay)
+    np.testing.assert_allclose(v, want_v, rtol=1e-6)
+    np.testing.assert_allclose(w, want_w, rtol=1e-6)
+    np.testing.assert_array_equal(g, g_before)
+
+
 # -- held-out ratings -----------------------------------------------------------------------
 def test_held_out_ratings_are_aligned_with_the_training_ratings(small_matrix) -> None:
     # the training side of the free-energy gap uses as many training ratings per
@@ -150,6 +164,17 @@ def test_history_records_settings_error_figures_and_time() -> None:
     assert first["train_rmse"] == pytest.approx(np.sqrt((1 + 9) / 2))
     assert second["train_rmse"] == pytest.approx(1.0)
     assert first["seconds"] >= 0.0
+
+
+def test_an_epoch_that_measured_no_error_has_no_train_rmse() -> None:
+    class Silent(MeanFit):
+        def _train_batch(self, data: np.ndarray, rows: np.ndarray, epoch: int) -> tuple[float, int]:
+            super()._train_batch(data, rows, epoch)
+            return 0.0, 0
+
+    model = Silent()
+    run_epochs(model, np.ones(4), n_cases=4, n_epochs=1, batch_size=2, rng=np.random.default_rng(0))
+    assert model.history_[0]["train_rmse"] is None
 
 
 @pytest.mark.parametrize("higher_is_better", [False, True])
