@@ -8,6 +8,7 @@ the epoch loop is :func:`rbm_core.training.run_epochs`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeAlias
 
@@ -120,11 +121,12 @@ class BernoulliRBM(BaseEstimator):
         the CD reconstructions ``p(v | h_0)`` during the epoch; None for PCD, whose
         chains do not reconstruct the batch), ``reconstruction_error`` (mean squared
         error of :meth:`reconstruct` after the epoch, per visible unit, on up to 500
-        training rows), ``train_free_energy`` (mean ``F(v)`` of those rows) and, with a
-        validation set (else None), ``validation_reconstruction_error``,
-        ``validation_free_energy`` and ``free_energy_gap`` (validation minus training
-        mean free energy: a growing gap shows overfitting, Hinton's guide, 6), and
-        ``seconds``.
+        training rows) and, with a validation set (else None),
+        ``validation_reconstruction_error``, ``train_free_energy`` and
+        ``validation_free_energy`` (mean ``F(v)`` of those training rows and of the
+        validation rows) and ``free_energy_gap`` (validation minus training: a growing
+        gap shows overfitting, Hinton's guide, section 6; a free energy alone says
+        little, as the partition function changes too), and ``seconds``.
 
     Notes
     -----
@@ -329,31 +331,42 @@ class BernoulliRBM(BaseEstimator):
         return stats.squared_error, stats.n_values
 
     def _epoch_figures(self, data: _TrainingData) -> dict[str, Any]:
-        train_error, train_energy = self._figures(data.probe)
         figures: dict[str, Any] = {
-            "reconstruction_error": train_error,
-            "train_free_energy": train_energy,
+            "reconstruction_error": self._reconstruction_error(data.probe),
+            "train_free_energy": None,
             "validation_reconstruction_error": None,
             "validation_free_energy": None,
             "free_energy_gap": None,
         }
+        # free energies are compared, never read alone (Z changes from epoch to epoch):
+        # computed only when there is a validation set to compare with
         if data.validation is not None:
-            error, energy = self._figures(data.validation)
-            figures["validation_reconstruction_error"] = error
+            train_energy = self._mean_free_energy(data.probe)
+            energy = self._mean_free_energy(data.validation)
+            figures["train_free_energy"] = train_energy
+            figures["validation_reconstruction_error"] = self._reconstruction_error(data.validation)
             figures["validation_free_energy"] = energy
             figures["free_energy_gap"] = energy - train_energy
         return figures
 
-    def _figures(self, X: Visible) -> tuple[float, float]:
-        """Mean squared reconstruction error per unit and mean free energy of rows of ``X``."""
+    def _chunks(self, X: Visible) -> Iterator[Visible]:
+        """Rows of ``X`` in chunks whose dense form stays within ``_CHUNK_BYTES``."""
         n, m = X.shape
-        step = max(1, _CHUNK_BYTES // (4 * m)) if sp.issparse(X) else n
-        error = energy = 0.0
+        step = max(1, _CHUNK_BYTES // (4 * m)) if sp.issparse(X) else max(n, 1)
         for lo in range(0, n, step):
-            rows = X[lo : lo + step]
-            error += bf.squared_error(rows, self._reconstruction(rows))
-            energy += float(self._free_energy(rows).sum(dtype=np.float64))
-        return error / (n * m), energy / n
+            yield X[lo : lo + step]
+
+    def _reconstruction_error(self, X: Visible) -> float:
+        """Mean squared error of :meth:`reconstruct` per visible unit."""
+        total = sum(bf.squared_error(rows, self._reconstruction(rows)) for rows in self._chunks(X))
+        n, m = X.shape
+        return float(total / (n * m))
+
+    def _mean_free_energy(self, X: Visible) -> float:
+        total = sum(
+            float(self._free_energy(rows).sum(dtype=np.float64)) for rows in self._chunks(X)
+        )
+        return float(total / X.shape[0])
 
     # -- inference --------------------------------------------------------------------
     def _check_input(self, X: object, what: str = "X") -> Visible:
