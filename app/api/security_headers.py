@@ -9,7 +9,7 @@ Adds, unless the response already has them:
 * ``Cache-Control: no-store``: answers hold users' ratings and recommendations;
   neither browsers nor shared proxies keep them.
 * ``Strict-Transport-Security`` when the request came over HTTPS (directly, or
-  through a proxy that uvicorn trusts with ``--proxy-headers``).
+  through a proxy listed in ``RBMREC_TRUSTED_PROXIES``: :mod:`app.api.proxy`).
 
 ``X-Content-Type-Options``, ``X-Frame-Options`` and ``Referrer-Policy`` come from
 :class:`app.api.errors.ServerErrorGuard`.
