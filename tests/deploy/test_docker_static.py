@@ -31,6 +31,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 ENV_EXAMPLE = ROOT / ".env.example"
 SMOKE_SCRIPT = ROOT / "scripts" / "compose-smoke.sh"
+SCALE_SMOKE_SCRIPT = ROOT / "scripts" / "compose-scale-smoke.sh"
 
 APP_SERVICES = ("migrate", "api", "worker", "seed")
 PROXY_DIR_IN_CONTAINER = "/etc/nginx/rbmrec"
@@ -509,6 +510,7 @@ def test_dockerfile_copies_only_what_the_build_context_keeps() -> None:
     assert not dropped, f".dockerignore drops source files: {dropped}"
 
 
-def test_smoke_script_is_valid_bash() -> None:
-    result = subprocess.run(["bash", "-n", str(SMOKE_SCRIPT)], capture_output=True, text=True)
+@pytest.mark.parametrize("script", [SMOKE_SCRIPT, SCALE_SMOKE_SCRIPT], ids=lambda p: p.name)
+def test_smoke_scripts_are_valid_bash(script: Path) -> None:
+    result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
