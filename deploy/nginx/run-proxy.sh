@@ -62,6 +62,10 @@ run) ;;
 	;;
 esac
 
+if ! awk -v v="$interval" 'BEGIN { exit !(v ~ /^[0-9]+(\.[0-9]+)?$/ && v + 0 > 0) }'; then
+	log "PROXY_RESOLVE_SECONDS=$interval is not a positive number of seconds"
+	exit 1
+fi
 render >"$config"
 log "client_max_body_size $(sed -n 's/^ *client_max_body_size \([0-9]*\);/\1/p' "$config") bytes"
 

@@ -15,6 +15,7 @@ import re
 import subprocess
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from pathlib import Path
 
 import pytest
 from _docker_support import ROOT
@@ -181,3 +182,13 @@ def test_nginx_errors_are_problem_documents() -> None:
         assert int(code) == document["status"] == status
         assert document["title"] == HTTPStatus(status).phrase
         assert block.value("default_type") == ["application/problem+json"]
+
+
+@pytest.mark.parametrize("bad", ["0", "abc", "1.2.3", "-1"])
+def test_a_bad_resolve_interval_stops_the_proxy_before_it_starts(bad: str, tmp_path: Path) -> None:
+    env = {**os.environ, "PROXY_RESOLVE_SECONDS": bad, "PROXY_CONFIG_PATH": f"{tmp_path}/x.conf"}
+    result = subprocess.run(
+        ["sh", str(RUN_PROXY)], env=env, capture_output=True, text=True, timeout=10, check=False
+    )
+    assert result.returncode == 1
+    assert f"PROXY_RESOLVE_SECONDS={bad} is not a positive number of seconds" in result.stderr
