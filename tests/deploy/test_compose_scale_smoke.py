@@ -36,3 +36,5 @@ def test_replicas_behind_the_proxy_end_to_end(movielens_dir: Path) -> None:
         assert f"  PASS {point}: " in output, f"point {point} did not pass:\n{output[-4000:]}"
     assert "GETs through the proxy while a replica was killed and restarted: 0 of" in output
     assert "compose scale smoke: OK" in output
+    # the measurements, for `pytest -rP`
+    print(output[output.rindex("summary (checks passed") :])
