@@ -220,8 +220,25 @@ rated_in() {
 rated = set(open(sys.argv[2]).read().split())
 print(" ".join(i["item_id"] for i in json.load(open(sys.argv[1]))["items"] if i["item_id"] in rated))' "$1" "$work/rated"
 }
-api_log_client() { # api_log_client PATH: the client address the replicas logged for PATH
-	dc logs --no-color api 2>/dev/null | grep -F "\"GET $1 HTTP" | sed -n 's/.*uvicorn.access: \([^ ]*\):[0-9]* - .*/\1/p' | head -1
+# api_log_client PATH: the client address the replicas logged for PATH (waits for the
+# line: Docker's logs may lag behind on a busy machine).
+api_log_client() {
+	local deadline=$((SECONDS + 20)) found
+	while :; do
+		found=$(dc logs --no-color api 2>/dev/null | grep -F "\"GET $1 HTTP" | sed -n 's/.*uvicorn.access: \([^ ]*\):[0-9]* - .*/\1/p' | head -1)
+		[[ -z $found && $SECONDS -lt $deadline ]] || break
+		sleep 0.5
+	done
+	echo "$found"
+}
+proxy_log_client() { # proxy_log_client PATH: the client address nginx logged for PATH
+	local deadline=$((SECONDS + 20)) found
+	while :; do
+		found=$(dc logs --no-color proxy 2>/dev/null | grep -F "\"GET $1 HTTP" | awk '{print $3}' | head -1)
+		[[ -z $found && $SECONDS -lt $deadline ]] || break
+		sleep 0.5
+	done
+	echo "$found"
 }
 exec_py() { # exec_py CONTAINER CODE: run Python in a replica (or the worker)
 	docker exec -i "$1" python -c "$2"
@@ -259,6 +276,17 @@ v1=$(grep -oE 'trained and activated model version [^ ]+' "$work/seed.log" | awk
 log "seeded in $((SECONDS - start)) s: model $v1; store: $(counts)"
 check up "every replica serves the seeded model $v1" wait_switched "$v1"
 
+sha=$(psql_db "SELECT sha256 FROM model_versions WHERE id = '$v1'")
+own_copies=0
+for id in "${ids[@]}"; do
+	[[ $(exec_py "$id" "import os
+from app.services.serving_cache import default_cache_root
+copy = default_cache_root() / '$sha'
+print(copy.is_dir() and os.stat(copy).st_dev != os.stat('/var/lib/rbmrec/models').st_dev)") == True ]] && own_copies=$((own_copies + 1))
+done
+check up "each replica serves a verified copy of the model in its own container, not on the shared volume ($own_copies of $replicas)" \
+	test "$own_copies" = "$replicas"
+
 if recommend_everywhere "$work/recs1"; then
 	pass up "recommendations for user $user through the proxy from each of the $replicas replicas"
 	first=$(ls "$work"/recs1.* | head -1)
@@ -275,18 +303,16 @@ else
 fi
 
 # The client address: believed from the proxy only.
-proxy_ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$proxy_id")
+proxy_ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$proxy_id" | xargs)
 marker="xff-$RANDOM$RANDOM"
 curl -sS -o /dev/null -H 'X-Forwarded-For: 203.0.113.66' "$base/users/$marker/ratings"
-sleep 1
-nginx_saw=$(dc logs --no-color proxy | grep -F "\"GET /users/$marker/ratings" | awk '{print $3}' | head -1)
+nginx_saw=$(proxy_log_client "/users/$marker/ratings")
 api_saw=$(api_log_client "/users/$marker/ratings")
 check up "a replica logs the client address nginx saw ($api_saw), not the proxy's ($proxy_ip) nor a client's own X-Forwarded-For" \
 	bash -c '[[ -n $1 && $1 == "$2" && " $3 " != *" $1 "* && $1 != 203.0.113.66 ]]' _ "$api_saw" "$nginx_saw" "$proxy_ip"
 worker_id=$(dc ps -q worker)
 worker_ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$worker_id")
 exec_py "$worker_id" "import urllib.request as u; u.urlopen(u.Request('http://api:8000/users/$marker-direct/ratings', headers={'X-Forwarded-For': '203.0.113.77'}), timeout=10)"
-sleep 1
 direct_saw=$(api_log_client "/users/$marker-direct/ratings")
 check up "X-Forwarded-For from another peer (the worker, $direct_saw) is ignored" \
 	bash -c '[[ -n $1 && " $2 " == *" $1 "* ]]' _ "$direct_saw" "$worker_ip"
@@ -338,7 +364,7 @@ for round in 1 2 3; do
 			log "replica ${f##*.} still recommends item $top after replica $wrote stored the rating"
 		fi
 	done
-	log "round $round: item $top rated through replica $wrote; left out by replicas $(cd "$work" && ls after.* | sed 's/after\.//' | paste -sd ' ' -)"
+	log "write $round: item $top rated through replica $wrote; left out by replicas $(cd "$work" && ls after.* | sed 's/after\.//' | paste -sd ' ' -)"
 done
 check ryw "a rating posted through the proxy is left out by every replica's next answer (3 rounds x $replicas replicas, $violations violations)" test "$violations" = 0
 
@@ -399,11 +425,15 @@ for f in json.load(open(sys.argv[1]))["failures"]:
     print("[scale] failed:", f["method"], f["path"], f["error"] + ",", "%+.2f s from the kill" % (f["started"] - float(sys.argv[2])))' "$work/load.json" "$t_kill"
 	check failover "round $round: GETs through the proxy while a replica was killed and restarted: $get_failed of $get_sent failed (target 0)" test "$get_failed" = 0
 	check failover "round $round: the load sent all $load_requests requests" test "$sent" = "$load_requests"
-	local back
+	local back tries=0 seen=0
 	back=$(python3 -c 'import json, sys
 n = sum(1 for line in open(sys.argv[1]) if (r := json.loads(line))["replica"] == sys.argv[2] and r["started"] > float(sys.argv[3]))
 print(n)' "$work/load.jsonl" "${victim:0:12}" "$t_healthy")
-	check failover "round $round: the restarted replica served again ($back requests after it was healthy)" test "$back" -gt 0
+	while ((seen == 0 && tries++ < 60)); do
+		[[ $(http GET /health/live) == 200 && $(answered_by) == "${victim:0:12}" ]] && seen=1
+		((seen == 1)) || sleep 0.25
+	done
+	check failover "round $round: the restarted replica is back in rotation (it answered $back of the load's requests after it was healthy)" test "$seen" = 1
 
 	# The POSTs that failed: applied or not, re-sending them is safe (an upsert), and
 	# afterwards the store holds each posted rating once, with the posted value.
