@@ -9,6 +9,7 @@ from typing import Annotated
 from pydantic import BeforeValidator, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.api.proxy import parse_proxy_entry
 from rbm_core.scale import RatingScale
 
 
@@ -90,6 +91,12 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Allowed CORS origins (comma separated); empty = off."
     )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1", "::1"],
+        description="Peers whose X-Forwarded-For and X-Forwarded-Proto are believed "
+        "(comma separated IP addresses, networks such as 10.0.0.0/8, or host names, "
+        "looked up as their addresses change); other peers' are ignored.",
+    )
     docs_enabled: bool = Field(default=True, description="Serve /docs and /openapi.json.")
     log_level: str = Field(default="INFO", description="Logging level.")
     retrain_cron: str = Field(
@@ -119,10 +126,17 @@ class Settings(BaseSettings):
         "`SO_REUSEPORT` socket on Linux).",
     )
 
-    @field_validator("api_keys", "admin_api_keys", "cors_origins", mode="before")
+    @field_validator("api_keys", "admin_api_keys", "cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _valid_proxies(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            parse_proxy_entry(entry)
+        return value
 
 
 @lru_cache(maxsize=1)

@@ -57,8 +57,11 @@ def ready(request: Request, holder: ModelHolderDep) -> Response:
         error=status.error,
     )
     strategy = "rbm" if status.loaded is not None else "popular"
+    replica: str = request.app.state.replica
     if database.ok:
-        body = Readiness(status="ready", database=database, model=model, strategy=strategy)
+        body = Readiness(
+            status="ready", database=database, model=model, strategy=strategy, replica=replica
+        )
         return JSONResponse(body.model_dump(mode="json"))
     problem = NotReady(
         title="Not ready",
@@ -69,6 +72,7 @@ def ready(request: Request, holder: ModelHolderDep) -> Response:
         database=database,
         model=model,
         strategy=strategy,
+        replica=replica,
     )
     return JSONResponse(
         problem.model_dump(mode="json"),

@@ -29,6 +29,13 @@ from app.api.errors import PROBLEM_MEDIA_TYPE, install_error_handlers
 from app.api.metrics import ApiMetrics, MetricsMiddleware
 from app.api.middleware import BodySizeLimitMiddleware, ResponseGuard
 from app.api.openapi_links import add_openapi_links
+from app.api.proxy import (
+    REPLICA_HEADER,
+    ForwardedHeadersMiddleware,
+    ReplicaHeaderMiddleware,
+    TrustedProxies,
+    replica_name,
+)
 from app.api.security import log_security_posture
 from app.db.engine import engine_from_settings, is_sqlite, make_sessionmaker
 from app.services.catalog import CatalogCache
@@ -113,9 +120,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url="/redoc" if docs else None,
         openapi_url="/openapi.json" if docs else None,
     )
-    metrics = ApiMetrics()
+    replica = replica_name()
+    metrics = ApiMetrics(replica)
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.replica = replica
     install_error_handlers(app)
     for router in _routers():
         app.include_router(router)
@@ -126,10 +135,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
+            expose_headers=[REPLICA_HEADER],
         )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(ResponseGuard)
+    app.add_middleware(ReplicaHeaderMiddleware, replica=replica)
+    # Outermost: everything inside (metrics, HSTS, the access log) sees the client
+    # and scheme that a trusted proxy forwarded.
+    app.add_middleware(ForwardedHeadersMiddleware, trusted=TrustedProxies(settings.trusted_proxies))
     _document_problems(app)
     add_openapi_links(app)
     return app

@@ -7,6 +7,11 @@
 * ``rbmrec_model_info{version}`` (1 for the served version) and
   ``rbmrec_model_loaded`` (0 or 1).
 * ``rbmrec_recommendations_total{strategy}``: ``rbm`` or ``popular``.
+* ``rbmrec_replica_info{replica}`` (value 1): which replica these numbers are from
+  (the ``Rbmrec-Replica`` header of its answers).
+* ``rbmrec_http_client_requests_total{client}``: requests by client address (the one
+  a trusted proxy forwarded, see :mod:`app.api.proxy`); the first
+  ``MAX_CLIENT_LABELS`` addresses get a series each, later ones count as ``<other>``.
 
 Each app instance has its own registry (tests build many apps in one process).
 The numbers are per process: with ``--workers N`` each worker reports its own.
@@ -43,12 +48,15 @@ _LATENCY_BUCKETS: Final = (
     10.0,
 )
 UNMATCHED: Final = "<unmatched>"
+OTHER_CLIENTS: Final = "<other>"
+MAX_CLIENT_LABELS: Final = 100
+"""Distinct client addresses with a series of their own; bounds the metric's size."""
 
 
 class ApiMetrics:
     """The metrics of one app instance, in their own registry."""
 
-    def __init__(self) -> None:
+    def __init__(self, replica: str = "") -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "rbmrec_http_requests",
@@ -82,7 +90,31 @@ class ApiMetrics:
         )
         for strategy in ("rbm", "popular"):
             self.recommendations.labels(strategy=strategy)
+        self.replica_info = Gauge(
+            "rbmrec_replica_info",
+            "The replica these metrics come from (value 1).",
+            ["replica"],
+            registry=self.registry,
+        )
+        self.replica_info.labels(replica=replica).set(1)
+        self.client_requests = Counter(
+            "rbmrec_http_client_requests",
+            f"HTTP requests by client address (the first {MAX_CLIENT_LABELS} addresses; "
+            f"later ones as {OTHER_CLIENTS}).",
+            ["client"],
+            registry=self.registry,
+        )
+        self._clients: set[str] = set()
         self._version: str | None = None
+
+    def count_client(self, client: str) -> None:
+        """Count one request from ``client`` (bounded: see ``MAX_CLIENT_LABELS``)."""
+        if client not in self._clients:
+            if len(self._clients) >= MAX_CLIENT_LABELS:
+                client = OTHER_CLIENTS
+            else:
+                self._clients.add(client)
+        self.client_requests.labels(client=client).inc()
 
     def model_changed(self, loaded: LoadedModel | None) -> None:
         """Point the model gauges at the newly served version."""
@@ -127,3 +159,6 @@ class MetricsMiddleware:
             method = str(scope.get("method", ""))
             self.metrics.latency.labels(method, route).observe(time.perf_counter() - started)
             self.metrics.requests.labels(method, route, str(status)).inc()
+            # the client a trusted proxy forwarded (app.api.proxy runs before this)
+            peer = scope.get("client")
+            self.metrics.count_client(str(peer[0]) if peer else "unknown")

@@ -1,7 +1,10 @@
 """The app's own ASGI middleware: the response guard and the request body size limit.
 
-:class:`ResponseGuard` wraps everything (added last): it puts the security headers
+:class:`ResponseGuard` wraps everything the app does: it puts the security headers
 on every response and answers a generic 500 problem for any unhandled exception.
+Only the two middlewares of :mod:`app.api.proxy` sit outside it (the forwarded
+client and scheme, the replica's name), so it sees the scheme a trusted proxy
+forwarded and its 500 answers name the replica too.
 
 :class:`BodySizeLimitMiddleware` enforces ``RBMREC_MAX_BODY_BYTES``: a declared
 ``Content-Length`` over the limit is refused before anything is read. Bodies
@@ -53,7 +56,7 @@ class ResponseGuard:
       one of its responses, no script runs. The documentation pages (``/docs``,
       ``/redoc``) are left without it, since they load Swagger UI and ReDoc from a CDN;
     * ``Strict-Transport-Security`` when the request came over HTTPS (directly, or
-      through a proxy that uvicorn trusts with ``--proxy-headers``).
+      through a proxy listed in ``RBMREC_TRUSTED_PROXIES``: :mod:`app.api.proxy`).
 
     An unhandled exception is logged with its traceback and answered with a 500
     problem document (with these headers). Unlike an ``Exception`` handler (which

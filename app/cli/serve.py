@@ -10,6 +10,12 @@ from app.cli.common import load_settings
 
 APP_FACTORY = "app.api.main:create_app"
 
+KEEP_ALIVE_SECONDS = 5
+"""How long an idle HTTP connection stays open (uvicorn's default, pinned): a proxy
+that keeps connections to the API must close its idle ones sooner
+(``keepalive_timeout`` in deploy/nginx/rbmrec.conf.template), or it may send a
+request on a connection the server is closing at that moment."""
+
 # Same format as app.logging_config, applied by uvicorn in every worker process.
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -98,6 +104,10 @@ def serve(
         "log_config": log_config(settings.log_level),
         "access_log": access_log,
         "timeout_graceful_shutdown": 10,
+        "timeout_keep_alive": KEEP_ALIVE_SECONDS,
+        # The app applies X-Forwarded-* itself, from RBMREC_TRUSTED_PROXIES only
+        # (app/api/proxy.py); uvicorn's own handling would also trust 127.0.0.1.
+        "proxy_headers": False,
     }
     if n_workers > 1 and supports_reuse_port():
         # One socket per worker, so that connections spread over them (see

@@ -62,6 +62,7 @@ class Readiness(BaseModel):
                         "error": None,
                     },
                     "strategy": "rbm",
+                    "replica": "3f2a9c1d7e4b",
                 }
             ]
         }
@@ -72,6 +73,11 @@ class Readiness(BaseModel):
     model: ModelStatus
     strategy: Literal["rbm", "popular"] = Field(
         description="What recommendations use now: rbm with a model, else popular."
+    )
+    replica: str = Field(
+        description="The replica that answered (its host name; also the Rbmrec-Replica "
+        "header of every response).",
+        examples=["3f2a9c1d7e4b"],
     )
 
 
@@ -97,6 +103,7 @@ class NotReady(Problem):
                         "error": "cannot read the model registry: connection refused",
                     },
                     "strategy": "rbm",
+                    "replica": "3f2a9c1d7e4b",
                 }
             ]
         }
@@ -106,3 +113,4 @@ class NotReady(Problem):
     database: DatabaseStatus
     model: ModelStatus
     strategy: Literal["rbm", "popular"]
+    replica: str

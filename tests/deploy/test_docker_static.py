@@ -31,8 +31,10 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 ENV_EXAMPLE = ROOT / ".env.example"
 SMOKE_SCRIPT = ROOT / "scripts" / "compose-smoke.sh"
+SCALE_SMOKE_SCRIPT = ROOT / "scripts" / "compose-scale-smoke.sh"
 
 APP_SERVICES = ("migrate", "api", "worker", "seed")
+PROXY_DIR_IN_CONTAINER = "/etc/nginx/rbmrec"
 PREFIX = "RBMREC_"
 # ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error}, $VAR; $$ escapes $.
 _INTERPOLATION = re.compile(
@@ -199,7 +201,7 @@ def runtime_stage() -> list[tuple[str, str]]:
 def test_compose_file_is_compose_specification() -> None:
     data = compose()
     assert "version" not in data, "the Compose Specification has no top-level version key"
-    assert set(data["services"]) == {"db", *APP_SERVICES}
+    assert set(data["services"]) == {"db", "proxy", *APP_SERVICES}
     assert {"pgdata", "models"} <= set(data["volumes"])
 
 
@@ -223,16 +225,47 @@ def test_start_order_waits_for_health_and_migrations() -> None:
         assert services[name]["restart"] == "unless-stopped", name
 
 
-def test_api_publishes_8000_on_loopback_with_health_and_workers_from_env() -> None:
-    api = compose()["services"]["api"]
-    assert [interpolate(port, {}) for port in api["ports"]] == ["127.0.0.1:8000:8000"]
-    assert interpolate(api["ports"][0], {"API_BIND": "0.0.0.0", "API_PORT": "9000"}) == (
-        "0.0.0.0:9000:8000"
+def test_only_the_proxy_publishes_a_port_8000_on_loopback() -> None:
+    services = compose()["services"]
+    proxy = services["proxy"]
+    assert [interpolate(port, {}) for port in proxy["ports"]] == ["127.0.0.1:8000:80"]
+    assert interpolate(proxy["ports"][0], {"API_BIND": "0.0.0.0", "API_PORT": "9000"}) == (
+        "0.0.0.0:9000:80"
     )
+    # `--scale api=N` needs replicas that publish nothing (two cannot share a host port)
+    assert [name for name, service in services.items() if "ports" in service] == ["proxy"]
+
+
+def test_api_replicas_are_healthchecked_and_workers_come_from_env() -> None:
+    api = compose()["services"]["api"]
     assert "/health/live" in " ".join(api["healthcheck"]["test"])
     workers = environment_of(api)["RBMREC_WORKERS"]
     assert interpolate(workers, {}) == "1"
     assert interpolate(workers, {"RBMREC_WORKERS": "4"}) == "4"
+
+
+def test_api_trusts_forwarded_headers_from_the_proxy_service_only() -> None:
+    services = compose()["services"]
+    trusted = environment_of(services["api"])["RBMREC_TRUSTED_PROXIES"]
+    assert Settings(_env_file=None, trusted_proxies=trusted).trusted_proxies == ["proxy"]  # type: ignore[call-arg]
+    # the name resolves to the proxy alone: a network of its own with the api replicas
+    assert services["proxy"]["networks"] == ["edge"]
+    assert set(services["api"]["networks"]) == {"default", "edge"}
+    for name in ("db", "worker", "migrate", "seed"):
+        assert "edge" not in services[name].get("networks", ["default"]), name
+
+
+def test_proxy_is_nginx_stable_run_by_the_repository_script_after_the_api() -> None:
+    proxy = compose()["services"]["proxy"]
+    assert proxy["image"] == "nginx:stable"
+    mount = f"./deploy/nginx:{PROXY_DIR_IN_CONTAINER}:ro"
+    assert mount in proxy["volumes"]
+    assert proxy["command"] == ["sh", f"{PROXY_DIR_IN_CONTAINER}/run-proxy.sh"]
+    assert proxy["healthcheck"]["test"][-1] == "health"
+    assert proxy["depends_on"]["api"]["condition"] == "service_healthy"
+    assert proxy["restart"] == "unless-stopped"
+    # the same env file as the app containers: RBMREC_MAX_BODY_BYTES has one source
+    assert proxy["env_file"] == compose()["services"]["api"]["env_file"]
 
 
 def test_long_running_services_have_healthchecks_and_one_shots_none() -> None:
@@ -477,6 +510,7 @@ def test_dockerfile_copies_only_what_the_build_context_keeps() -> None:
     assert not dropped, f".dockerignore drops source files: {dropped}"
 
 
-def test_smoke_script_is_valid_bash() -> None:
-    result = subprocess.run(["bash", "-n", str(SMOKE_SCRIPT)], capture_output=True, text=True)
+@pytest.mark.parametrize("script", [SMOKE_SCRIPT, SCALE_SMOKE_SCRIPT], ids=lambda p: p.name)
+def test_smoke_scripts_are_valid_bash(script: Path) -> None:
+    result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
