@@ -191,8 +191,9 @@ class RBMRecommender(Recommender):
     ranker_ : RBMRanker
     blend_weights_ : ndarray of shape (12,)
         Weights of :func:`~rbm_core.blend.blend_features` over the three rating parts.
-    ranking_weights_ : ndarray of shape (2,)
-        ``beta`` and ``omega`` of the ranking score.
+    ranking_weights_ : ndarray of shape (3,)
+        ``beta`` and ``omega`` of the ranking score, and the ranker's evidence exponent
+        ``alpha`` (see :mod:`rbm_core.ranker`).
     item_popularity_ : ndarray of shape (n_items_,)
     high_rating_ : float
     search_ : dict
@@ -423,20 +424,24 @@ class RBMRecommender(Recommender):
     def ranking_scores(self, codes: sp.csr_matrix) -> NDArray[np.floating]:
         """The served ranking score of every item for each user, shape (n_users, n_items_)."""
         self._check_fitted()
-        beta, omega = (float(w) for w in self.ranking_weights_)
+        beta, omega, alpha = (float(w) for w in self.ranking_weights_)
         p_high = high_probability(self.user_rbm_, codes, self.high_rating_)
         return ranking_scores(
-            self.ranker_.personal_scores(codes), self.ranker_.visible_bias_, p_high, beta, omega
+            self.ranker_.personal_scores(codes, evidence_exponent=alpha),
+            self.ranker_.item_bias,
+            p_high,
+            beta,
+            omega,
         )
 
     def _rank_one(self, items: NDArray[np.int64], levels: NDArray[np.int64]) -> NDArray[Any]:
-        beta, omega = (float(w) for w in self.ranking_weights_)
+        beta, omega, alpha = (float(w) for w in self.ranking_weights_)
         rbm = self.user_rbm_
         high = self.scale_.values >= self.high_rating_ - 1e-9
         dist = rbm._distribution_items(rbm._fold_in_one(items, levels))[0]
         return ranking_scores(
-            self.ranker_.personal_scores_one(items),
-            self.ranker_.visible_bias_,
+            self.ranker_.personal_scores_one(items, levels, evidence_exponent=alpha),
+            self.ranker_.item_bias,
             dist[:, high].sum(axis=1),
             beta,
             omega,
@@ -564,5 +569,5 @@ class RBMRecommender(Recommender):
         for name, part in self.parts.items():
             if isinstance(part, Recommender) and not np.array_equal(part.item_ids_, self.item_ids_):
                 raise ValueError(f"part {name} has another catalog")
-        if self.blend_weights_.shape != (12,) or self.ranking_weights_.shape != (2,):
+        if self.blend_weights_.shape != (12,) or self.ranking_weights_.shape != (3,):
             raise ValueError("array shapes do not match")

@@ -31,7 +31,7 @@ from rbm_core.item_rbm import ItemSoftmaxRBM
 from rbm_core.model import SoftmaxRBM
 from rbm_core.ranker import RBMRanker
 from rbm_core.search import PartSearch, SearchBudget, Trial, candidates, run_search
-from rbm_core.training import HeldOutRatings, held_out_ratings
+from rbm_core.training import HeldOutRatings, held_out_ratings, subsample_rows
 
 __all__ = [
     "RatingParts",
@@ -46,11 +46,15 @@ logger = logging.getLogger(__name__)
 
 BETA_GRID = (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0)
 OMEGA_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
+ALPHA_GRID = (0.0, 0.5, 1.0)
 """The ranking weights tried on the held-out ratings."""
 
-DEFAULT_RANKING_WEIGHTS = (1.5, 1.0)
-"""``beta`` and ``omega`` when there are too few ratings to choose them (the values
-chosen most often on the ML-100K folds)."""
+SHORT_PROFILE = 10
+"""Ratings of a held-out user's short profile (a new user's first ratings)."""
+
+DEFAULT_RANKING_WEIGHTS = (1.5, 1.0, 0.5)
+"""``beta``, ``omega`` and ``alpha`` when there are too few ratings to choose them (the
+values chosen most often on the ML-100K folds)."""
 
 MIN_HELD_OUT = 200
 MIN_RELEVANT = 20
@@ -143,12 +147,12 @@ def leave_one_out_scores(
     -------
     ndarray of shape (n_rated, T)
     """
-    beta, omega = (float(w) for w in model.ranking_weights_)
+    beta, omega, alpha = (float(w) for w in model.ranking_weights_)
     high = model.scale_.values >= model.high_rating_ - 1e-9
     p_high = model.user_rbm_.leave_one_out_distribution(items, levels, targets)[:, :, high]
     return ranking_scores(
-        model.ranker_.leave_one_out_personal(items, targets),
-        model.ranker_.visible_bias_[targets],
+        model.ranker_.leave_one_out_personal(items, levels, targets, evidence_exponent=alpha),
+        model.ranker_.item_bias[targets],
         p_high.sum(axis=2),
         beta,
         omega,
@@ -227,7 +231,7 @@ def train_parts(
     ranker = ranker_search.chosen()
     blend_weights, rating_figures = _fit_blend(parts, held_out, fit_part)
     ranking_weights, ranking_figures = _fit_ranking_weights(
-        ranker, parts.user_rbm, held_out, relevant, high_rating
+        ranker, parts.user_rbm, held_out, relevant, high_rating, rng
     )
     # the settings chosen, trained for the epoch early stopping kept
     chosen = {
@@ -236,9 +240,7 @@ def train_parts(
     }
     chosen["bias"] = dict(settings["bias"])
     # the curves of the chosen trials: the ones with held-out figures per epoch
-    histories = {
-        search.name: list(getattr(search.chosen(), "history_", [])) for search in searches
-    }
+    histories = {search.name: list(getattr(search.chosen(), "history_", [])) for search in searches}
     if refit:
         parts, ranker = _refit(train, chosen, seeds)
     return TrainedParts(
@@ -405,25 +407,50 @@ def _fit_ranking_weights(
     held_out: HeldOutRatings,
     relevant: sp.csr_matrix,
     high_rating: float,
+    rng: np.random.Generator,
 ) -> tuple[NDArray[np.float64], dict[str, Any]]:
+    """``beta``, ``omega`` and the evidence exponent ``alpha`` by held-out NDCG@10.
+
+    Every held-out user is ranked twice: folded in from their whole training profile,
+    and from :data:`SHORT_PROFILE` of its ratings drawn at random (a user new to the
+    service). The weights maximise the mean of the two NDCG@10: the service ranks for
+    both kinds of users.
+    """
     users = np.flatnonzero(np.diff(relevant.indptr))
     inputs, rel = held_out.inputs[users], relevant[users]
-    personal = ranker.personal_scores(inputs)
-    p_high = high_probability(user_rbm, inputs, high_rating)
-    results = {
-        (beta, omega): metrics.ndcg_of_scores(
-            ranking_scores(personal, ranker.visible_bias_, p_high, beta, omega), inputs, rel
-        )
-        for beta in BETA_GRID
-        for omega in OMEGA_GRID
+    short = subsample_rows(inputs, np.full(len(users), SHORT_PROFILE), rng)
+    profiles = {"whole": inputs, "short": short}
+    p_high = {
+        name: high_probability(user_rbm, codes, high_rating) for name, codes in profiles.items()
     }
-    beta, omega = max(results, key=lambda key: (results[key], -key[0], -key[1]))
+    bias = ranker.item_bias
+    results: dict[tuple[float, float, float], tuple[float, float]] = {}
+    for alpha in ALPHA_GRID:
+        personal = {
+            name: ranker.personal_scores(codes, evidence_exponent=alpha)
+            for name, codes in profiles.items()
+        }
+        for beta in BETA_GRID:
+            for omega in OMEGA_GRID:
+                # the ranked lists leave out every item of the whole profile
+                results[(beta, omega, alpha)] = tuple(  # type: ignore[assignment]
+                    metrics.ndcg_of_scores(
+                        ranking_scores(personal[name], bias, p_high[name], beta, omega),
+                        inputs,
+                        rel,
+                    )
+                    for name in ("whole", "short")
+                )
+    chosen = max(results, key=lambda key: (sum(results[key]), -key[0], -key[1], -key[2]))
     figures = {
-        "ranker_ndcg": results[(1.0, 0.0)],
-        "ranking_ndcg": results[(beta, omega)],
+        "ranker_ndcg": results[(1.0, 0.0, 0.0)][0],
+        "ranking_ndcg": results[chosen][0],
+        "ranking_ndcg_short_profiles": results[chosen][1],
+        "ranker_ndcg_short_profiles": results[(1.0, 0.0, 0.0)][1],
         "n_ranked_users": len(users),
+        "short_profile": SHORT_PROFILE,
     }
-    return np.array([beta, omega], dtype=np.float64), figures
+    return np.array(chosen, dtype=np.float64), figures
 
 
 def _refit(

@@ -70,6 +70,7 @@ def describe_parts(model: ServedModel) -> dict[str, ModelPart]:
             "served_ranking_ndcg_at_10": figures.get("ranking_ndcg"),
             "beta": float(model.ranking_weights_[0]),
             "omega": float(model.ranking_weights_[1]),
+            "evidence_exponent": float(model.ranking_weights_[2]),
         },
     }
     return {

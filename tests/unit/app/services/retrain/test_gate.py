@@ -13,7 +13,7 @@ from app.db.snapshot import RatingsSnapshot
 from app.services.artifacts import artifact_digest
 from app.services.registry import ModelVersionInfo
 from app.services.retrain import gate
-from app.services.retrain.gate import RMSE, Criterion, Metric, Reference, Scored
+from app.services.retrain.gate import NDCG, RMSE, Criterion, Metric, Reference, Scored
 from app.services.retrain.holdout import HoldOut, split_snapshot
 from app.settings import Settings
 from rbm_core.model import SoftmaxRBM
@@ -63,8 +63,70 @@ def test_a_candidate_within_the_tolerance_is_activated(holdout: HoldOut) -> None
         "candidate_mae": pytest.approx(0.53),
         "active_rmse": pytest.approx(0.5),
         "active_mae": pytest.approx(0.5),
+        # neither ranks here: NDCG@10 is recorded as not measured
+        "candidate_ndcg_at_10": None,
+        "active_ndcg_at_10": None,
         "n_compared": n,
     }
+
+
+def _ranked(scored: Scored, ndcg: float) -> Scored:
+    return Scored(scored.name, None, scored.predictions, ndcg)
+
+
+NDCG_WITHIN = (
+    *RMSE_WITHIN,
+    Criterion(NDCG, 0.01, setting="ndcg_tolerance"),
+)
+
+
+def test_a_candidate_that_ranks_worse_than_the_tolerance_is_rejected(holdout: HoldOut) -> None:
+    candidate = _ranked(_scored("candidate", holdout, 0.5), 0.30)
+    active = _active(_ranked(_scored("active", holdout, 0.5), 0.32))
+    decision = gate.decide(candidate, [active], NDCG_WITHIN, holdout)
+    assert not decision.activate
+    assert "candidate NDCG@10 0.3000 is worse than the active version v1's 0.3200" in (
+        decision.reason
+    )
+    assert decision.figures["candidate_ndcg_at_10"] == pytest.approx(0.30)
+    assert decision.figures["active_ndcg_at_10"] == pytest.approx(0.32)
+    assert decision.figures["ndcg_tolerance"] == 0.01
+    # within the tolerance it passes
+    close = _ranked(_scored("candidate", holdout, 0.5), 0.315)
+    assert gate.decide(close, [active], NDCG_WITHIN, holdout).activate
+
+
+def test_ndcg_not_measured_by_a_reference_is_not_held_against_the_candidate(
+    holdout: HoldOut,
+) -> None:
+    candidate = _ranked(_scored("candidate", holdout, 0.5), 0.30)
+    decision = gate.decide(
+        candidate, [_active(_scored("active", holdout, 0.5))], NDCG_WITHIN, holdout
+    )
+    assert decision.activate
+    assert "NDCG@10 not compared with the active version v1 (not measured)" in decision.reason
+
+
+def test_a_candidate_worse_than_the_bias_baseline_is_rejected(holdout: HoldOut) -> None:
+    baseline = Reference(
+        _scored("bias_baseline", holdout, 0.50),
+        label="the bias baseline",
+        title="the bias baseline (mu + b_u + b_i)",
+        checks=gate.BASELINE_CRITERIA,
+    )
+    # within the active version's tolerance, but worse than the baseline at all
+    candidate = _scored("candidate", holdout, 0.51)
+    decision = gate.decide(
+        candidate, [_active(_scored("active", holdout, 0.5)), baseline], RMSE_WITHIN, holdout
+    )
+    assert not decision.activate
+    assert decision.reason == (
+        "candidate RMSE 0.5100 is worse than the bias baseline (mu + b_u + b_i)'s 0.5000 by "
+        f"more than the tolerance 0.0 (on {holdout.n_held} held-out ratings)"
+    )
+    assert decision.figures["bias_baseline_rmse"] == pytest.approx(0.5)
+    better = _scored("candidate", holdout, 0.49)
+    assert gate.decide(better, [baseline], RMSE_WITHIN, holdout).activate
 
 
 def test_a_candidate_worse_than_the_tolerance_is_rejected(holdout: HoldOut) -> None:
@@ -176,10 +238,13 @@ def test_criterion_direction() -> None:
 
 
 def test_the_criteria_come_from_the_settings() -> None:
-    (check,) = gate.criteria(Settings(promotion_tolerance=0.02))
-    assert check.metric is RMSE
-    assert check.tolerance == 0.02
-    assert check.setting == "promotion_tolerance"
+    rmse_check, ndcg_check = gate.criteria(Settings(promotion_tolerance=0.02, ndcg_tolerance=0.03))
+    assert rmse_check.metric is RMSE
+    assert rmse_check.tolerance == 0.02
+    assert rmse_check.setting == "promotion_tolerance"
+    assert ndcg_check.metric is NDCG
+    assert ndcg_check.tolerance == 0.03
+    assert ndcg_check.setting == "ndcg_tolerance"
 
 
 def test_a_model_is_scored_on_every_held_out_rating_in_order(
