@@ -1,7 +1,10 @@
-"""rbm_core: a softmax-visible Restricted Boltzmann Machine for collaborative filtering.
+"""rbm_core: Restricted Boltzmann Machines for collaborative filtering.
 
-Also a Bernoulli-visible RBM (:class:`BernoulliRBM`) for binary or [0, 1]-valued data.
-Pure numerical code (numpy, scipy, pandas): no web framework and no database.
+:class:`RBMRecommender` is the served model: a blended rating model (user-based
+:class:`SoftmaxRBM`, item-based :class:`ItemSoftmaxRBM`, the bias baseline) and a
+ranker (:class:`RBMRanker`). Also a Bernoulli-visible RBM (:class:`BernoulliRBM`) for
+binary or [0, 1]-valued data. Pure numerical code (numpy, scipy, pandas): no web
+framework and no database.
 """
 
 from rbm_core.artifact import (
@@ -21,7 +24,10 @@ from rbm_core.base import (
 )
 from rbm_core.bernoulli import BernoulliRBM
 from rbm_core.data import RatingDataError, RatingMatrix, UserRatings
+from rbm_core.item_rbm import ItemSoftmaxRBM
 from rbm_core.model import SoftmaxRBM
+from rbm_core.ranker import RBMRanker
+from rbm_core.recommender import RBMRecommender
 from rbm_core.scale import DEFAULT_SCALE, RatingScale, RatingScaleError
 from rbm_core.softmax_inference import DTYPE
 from rbm_core.training import TrainingDivergedError
@@ -33,8 +39,11 @@ __all__ = [
     "ArtifactError",
     "BernoulliRBM",
     "ItemScores",
+    "ItemSoftmaxRBM",
     "NotFittedError",
     "Prediction",
+    "RBMRanker",
+    "RBMRecommender",
     "RatingDataError",
     "RatingMatrix",
     "RatingScale",

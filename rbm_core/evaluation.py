@@ -475,7 +475,9 @@ def evaluate_split(
 
 
 def _progress_line(name: str, row: Mapping[str, Any], k: int) -> str:
-    parts = [f"fold {row['fold']}: {name:<11} fit {row['fit_seconds']:.2f}s"]
+    seconds = row["fit_seconds"]
+    fit = "(a part of rbm)" if seconds is None else f"fit {seconds:.2f}s"
+    parts = [f"fold {row['fold']}: {name:<12} {fit}"]
     if row["rmse"] is not None:
         parts.append(f"RMSE {row['rmse']:.4f} MAE {row['mae']:.4f}")
     if row[f"ndcg_at_{k}"] is not None:

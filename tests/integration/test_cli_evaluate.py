@@ -65,7 +65,14 @@ def test_json_over_two_folds(small_folds: Path) -> None:
     code, out, err = _run("--data", str(small_folds), "--folds", "1,2", "--json", *FAST)
     assert code == 0, err
     result = json.loads(out)
-    assert set(result["models"]) == {"rbm", "bias", "global_mean", "popularity"}
+    assert list(result["models"]) == [
+        "rbm",
+        "ease",
+        "item_quality",
+        "bias",
+        "popularity",
+        "global_mean",
+    ]
     for name, entry in result["models"].items():
         assert [row["fold"] for row in entry["folds"]] == [1, 2]
         for row in [*entry["folds"], entry["mean"]]:
@@ -75,9 +82,11 @@ def test_json_over_two_folds(small_folds: Path) -> None:
     rbm = result["models"]["rbm"]["mean"]
     assert 0.0 < rbm["ndcg_at_10"] <= 1.0
     assert rbm["rmse"] < result["models"]["global_mean"]["mean"]["rmse"]
-    assert result["hyperparameters"]["rbm"]["n_hidden"] == 20
-    assert result["hyperparameters"]["rbm"]["n_epochs"] == 2
-    assert result["hyperparameters"]["rbm"]["random_state"] == 0
+    settings = result["hyperparameters"]["rbm"]
+    assert settings["search"] is False
+    for part in ("user_rbm", "item_rbm", "ranker"):
+        assert settings[f"{part}_params"] == {"n_hidden": 8, "n_epochs": 2}
+    assert settings["random_state"] == 0
     # progress goes to stderr
     assert "fold 2: rbm" in err
 
@@ -151,7 +160,7 @@ def test_stdout_holds_only_the_json_object(small_folds: Path) -> None:
         (["--data", "{d}", "--folds", "1", "--rating-scale", "5..1"], "bad --rating-scale"),
         (["--data", "{d}", "--folds", "1", "--rating-scale", "1,2,3"], "training ratings: rating"),
         (["--data", "{d}", "--folds", "1", "--models", "rbm,svd"], "unknown model 'svd'"),
-        (["--data", "{d}", "--folds", "1", "--param", "n_hiden=3"], "unknown hyperparameter"),
+        (["--data", "{d}", "--folds", "1", "--param", "n_hiden=3"], "unknown setting 'n_hiden'"),
         (["--data", "{d}", "--folds", "1", "--param", "n_hidden"], "NAME=VALUE"),
         (["--data", "{d}", "--folds", "1", "--param", "n_hidden=-4"], "n_hidden"),
         (["--train", "{d}/u1.base", "--test", "{d}/missing.test"], "missing.test: no such file"),
@@ -175,3 +184,26 @@ def test_malformed_file_names_file_and_line(small_folds: Path, tmp_path: Path) -
     assert code != 0
     assert out == ""
     assert f"error: {bad}:2:" in err
+
+
+def test_the_parts_of_the_served_model_are_reported_alone(small_folds: Path) -> None:
+    models = "rbm,user_rbm,item_rbm,ranker,ease"
+    code, out, err = _run(
+        "--data", str(small_folds), "--folds", "1", "--json", "--models", models, *FAST
+    )
+    assert code == 0, err
+    result = json.loads(out)["models"]
+    assert list(result) == models.split(",")
+    for part in ("user_rbm", "item_rbm", "ranker"):
+        row = result[part]["folds"][0]
+        assert row["fit_seconds"] is None  # trained inside rbm, not again
+        assert 0.0 <= row["ndcg_at_10"] <= 1.0
+        assert row["novelty_at_10"] > 0.0
+        assert 0.0 <= row["personalisation_at_10"] <= 1.0
+    # the rating parts predict ratings; the ranker alone does not blend them
+    assert result["user_rbm"]["folds"][0]["rmse"] is not None
+    assert result["item_rbm"]["folds"][0]["rmse"] is not None
+    assert "(a part of rbm)" in err
+    code, _, err = _run("--data", str(small_folds), "--folds", "1", "--models", "ranker,rbm")
+    assert code != 0
+    assert "list rbm before it" in err

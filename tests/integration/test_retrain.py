@@ -376,7 +376,15 @@ def test_killed_retrain_leaves_the_previous_version_and_the_worker_recovers(
     env = _env(database_url, model_dir)
 
     with _process(
-        ["retrain", "--epochs", "1000000", "--hidden", "16", "--param", "early_stopping=false"],
+        [
+            "retrain",
+            "--epochs",
+            "1000000",
+            "--hidden",
+            "16",
+            "--param",
+            "user_rbm.n_iter_no_change=1000000",
+        ],
         env,
         tmp_path / "retrain.log",
     ) as proc:
@@ -413,7 +421,17 @@ def test_killed_retrain_leaves_the_previous_version_and_the_worker_recovers(
 
     # the next worker start marks the abandoned run failed, then runs the queued one
     with _process(
-        ["worker", "--poll-seconds", "0.2", "--epochs", "2", "--hidden", "16"],
+        [
+            "worker",
+            "--poll-seconds",
+            "0.2",
+            "--epochs",
+            "2",
+            "--hidden",
+            "16",
+            "--param",
+            "search=false",
+        ],
         env,
         tmp_path / "worker.log",
     ) as worker:
@@ -461,7 +479,7 @@ def test_sigterm_interrupts_training_and_the_worker_exits_cleanly(
             "--hidden",
             "16",
             "--param",
-            "early_stopping=false",
+            "user_rbm.n_iter_no_change=1000000",
         ],
         _env(database_url, model_dir),
         log,

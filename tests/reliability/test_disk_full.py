@@ -106,7 +106,12 @@ def test_a_full_disk_fails_the_run_cleanly_and_keeps_the_active_version(
     pg_url: str, subset_dir: Path, small_artifact: Path, small_disk: Path
 ) -> None:
     store = seed_store(pg_url, subset_dir, small_artifact, small_disk / "models")
-    settings = Settings(database_url=store.url, model_dir=store.model_dir, promotion_tolerance=100)
+    settings = Settings(
+        database_url=store.url,
+        model_dir=store.model_dir,
+        promotion_tolerance=100,
+        ndcg_tolerance=100,
+    )
     previous = store.version_id
     filler = _fill(small_disk, leave=64 * 1024)
     _changed(store)
@@ -149,8 +154,18 @@ def test_a_file_size_limit_fails_the_cli_run_cleanly(pg_store: Store, tmp_path: 
         "RBMREC_DATABASE_URL": pg_store.url,
         "RBMREC_MODEL_DIR": str(pg_store.model_dir),
         "RBMREC_PROMOTION_TOLERANCE": "100",
+        "RBMREC_NDCG_TOLERANCE": "100",
     }
-    command = [*rbmrec_command(), "retrain", "--epochs", "2", "--hidden", "16"]
+    command = [
+        *rbmrec_command(),
+        "retrain",
+        "--epochs",
+        "2",
+        "--hidden",
+        "16",
+        "--param",
+        "search=false",
+    ]
     done = subprocess.run(
         command,
         env=env,

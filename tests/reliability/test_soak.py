@@ -125,7 +125,17 @@ def _retrain_later(
         time.sleep(delay)
         result["started"] = time.time()
         done = subprocess.run(
-            [*rbmrec_command(), "retrain", "--json", "--epochs", "3", "--hidden", "16"],
+            [
+                *rbmrec_command(),
+                "retrain",
+                "--json",
+                "--epochs",
+                "3",
+                "--hidden",
+                "16",
+                "--param",
+                "search=false",
+            ],
             env={**os.environ, **env},
             cwd=workdir,
             capture_output=True,

@@ -93,10 +93,22 @@ def _killed_retrain(store: Store, point: str, workdir: Path) -> subprocess.Compl
         "RBMREC_DATABASE_URL": store.url,
         "RBMREC_MODEL_DIR": str(store.model_dir),
         "RBMREC_PROMOTION_TOLERANCE": "100",
+        "RBMREC_NDCG_TOLERANCE": "100",
         "RBMREC_TEST_KILL_AT": point,
     }
     return subprocess.run(
-        [sys.executable, "-c", HOOK, "retrain", "--epochs", "2", "--hidden", "16"],
+        [
+            sys.executable,
+            "-c",
+            HOOK,
+            "retrain",
+            "--epochs",
+            "2",
+            "--hidden",
+            "16",
+            "--param",
+            "search=false",
+        ],
         env=env,
         cwd=workdir,
         capture_output=True,
@@ -128,9 +140,9 @@ def _files_at_the_kill(model_dir: Path) -> set[str]:
 EXPECTED_AT_KILL = {
     # point -> (files the partial artifact must hold, files it must not hold yet)
     "array": (set(), {"checksums.json", "metadata.json"}),
-    "checksums": ({"weights.npy", "metadata.json"}, {"checksums.json"}),
-    "staged": ({"weights.npy", "metadata.json", "checksums.json"}, set()),
-    "publish": ({"weights.npy", "metadata.json", "checksums.json"}, set()),
+    "checksums": ({"user_rbm.weights.npy", "metadata.json"}, {"checksums.json"}),
+    "staged": ({"user_rbm.weights.npy", "metadata.json", "checksums.json"}, set()),
+    "publish": ({"user_rbm.weights.npy", "metadata.json", "checksums.json"}, set()),
 }
 
 
@@ -147,7 +159,12 @@ def test_a_retrain_killed_while_publishing_leaves_nothing_half_published(
     any_store: Store, tmp_path: Path, point: str
 ) -> None:
     store = any_store
-    settings = Settings(database_url=store.url, model_dir=store.model_dir, promotion_tolerance=100)
+    settings = Settings(
+        database_url=store.url,
+        model_dir=store.model_dir,
+        promotion_tolerance=100,
+        ndcg_tolerance=100,
+    )
     previous = store.version_id
     _add_rating(store, "before-kill")
 

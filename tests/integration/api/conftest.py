@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.api.main import create_app
 from app.db.engine import make_engine, make_sessionmaker
 from app.settings import Settings
-from rbm_core import RatingMatrix, SoftmaxRBM, save_model
+from rbm_core import RatingMatrix, RBMRecommender, SoftmaxRBM, save_model
 from rbm_core.movielens import read_items, read_ratings
 
 
@@ -44,15 +44,30 @@ def ml_subset(movielens_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.fixture(scope="session")
 def model_artifacts(ml_subset: Subset, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """Two small models trained on the subset (different seeds), saved as artifacts."""
+    """Two small served models trained on the subset (different seeds), saved as artifacts."""
     root = tmp_path_factory.mktemp("models")
     matrix = RatingMatrix.from_frame(ml_subset.ratings, SCALE)
     paths = []
     for seed, version in ((1, "20260101T000000000Z-aaaaaa"), (2, "20260102T000000000Z-bbbbbb")):
-        model = SoftmaxRBM(n_hidden=16, n_epochs=3, batch_size=20, random_state=seed)
+        small = {"n_hidden": 16, "n_epochs": 3}
+        model = RBMRecommender(
+            user_rbm_params=small,
+            item_rbm_params=small,
+            ranker_params=small,
+            search=False,
+            random_state=seed,
+        )
         model.fit(matrix)
         paths.append(save_model(model, root / version))
     return paths
+
+
+@pytest.fixture(scope="session")
+def legacy_artifact(ml_subset: Subset, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SoftmaxRBM alone, as versions trained before the RBMRecommender hold."""
+    matrix = RatingMatrix.from_frame(ml_subset.ratings, SCALE)
+    model = SoftmaxRBM(n_hidden=16, n_epochs=3, batch_size=20, random_state=3).fit(matrix)
+    return save_model(model, tmp_path_factory.mktemp("legacy") / "20251201T000000000Z-cccccc")
 
 
 @pytest.fixture

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from _api_support import Subset, load_subset
+from _api_support import Subset, load_subset, register
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -63,6 +64,23 @@ def test_recommendations_follow_new_ratings_without_retraining(model_client: Tes
     second = model_client.get("/users/fan/recommendations", params={"n": 10}).json()
     assert second["model_version"] == first["model_version"]
     assert top not in {item["item_id"] for item in second["items"]}
+    # a rating of an item outside the list changes the whole list: the model folded it in
+    outside = next(
+        i for i in ("200", "98", "127", "313", "56") if i not in {*before_ids(first), top}
+    )
+    post_ratings(model_client, "fan", {outside: 5})
+    third = model_client.get("/users/fan/recommendations", params={"n": 10}).json()
+    assert outside not in before_ids(third)
+    # whole lists compared, scores included: every item still listed was re-scored
+    assert third["items"] != second["items"]
+    old_scores = {item["item_id"]: item["score"] for item in second["items"]}
+    for item in third["items"]:
+        if item["item_id"] in old_scores:
+            assert item["score"] != old_scores[item["item_id"]]
+
+
+def before_ids(body: dict[str, object]) -> list[str]:
+    return [item["item_id"] for item in body["items"]]  # type: ignore[attr-defined]
 
 
 def test_predictions_change_after_a_new_rating(model_client: TestClient) -> None:
@@ -248,7 +266,14 @@ def test_get_model_describes_the_served_version(
     assert body["version"] == model_artifacts[0].name
     assert body["status"] == "active"
     assert body["n_items"] == len(ml_subset.item_ids)
-    assert body["hyperparameters"]["n_hidden"] == 16
+    assert body["hyperparameters"]["user_rbm_params"]["n_hidden"] == 16
+    # both jobs and every part are described
+    parts = body["parts"]
+    assert set(parts) == {"user_rbm", "item_rbm", "bias", "ranker"}
+    assert parts["ranker"]["model_class"] == "RBMRanker"
+    assert parts["item_rbm"]["settings"]["n_hidden"] == 16
+    assert "ranks the recommendations" in parts["ranker"]["role"]
+    assert set(parts["ranker"]["validation"]) >= {"beta", "omega", "evidence_exponent"}
     assert body["trained_at"]
     assert body["loaded_at"]
     assert body["activated_at"]
@@ -297,3 +322,57 @@ def test_strategy_and_model_metrics(model_client: TestClient, model_artifacts: l
         'rbmrec_http_request_duration_seconds_bucket{le="0.25",method="GET",route="/users/{user_id}/recommendations"}'
         in text
     )
+
+
+def test_explanations_name_the_users_own_ratings(
+    model_client: TestClient, store: sessionmaker[Session]
+) -> None:
+    ratings = {"1": 5.0, "50": 5.0, "181": 4.0, "100": 2.0}
+    post_ratings(model_client, "explained", ratings)
+    plain = model_client.get("/users/explained/recommendations", params={"n": 5}).json()
+    # without explain=true nothing is added to the answer
+    assert all(
+        set(item) == {"item_id", "title", "score", "predicted_rating"} for item in plain["items"]
+    )
+    body = model_client.get(
+        "/users/explained/recommendations", params={"n": 5, "explain": "true"}
+    ).json()
+    assert [i["item_id"] for i in body["items"]] == [i["item_id"] for i in plain["items"]]
+    assert any(item["explanations"] for item in body["items"])
+    for item in body["items"]:
+        for reason in item["explanations"]:
+            assert reason["item_id"] in ratings
+            assert reason["rating"] == ratings[reason["item_id"]]
+            assert reason["contribution"] > 0
+            assert reason["title"]
+        if item["explanations"]:
+            strongest = item["explanations"][0]
+            assert (
+                item["reason"] == f"because you rated {strongest['title']} {strongest['rating']:g}"
+            )
+    # the popular fallback has nothing to explain
+    newcomer = model_client.get(
+        "/users/newcomer/recommendations", params={"n": 3, "explain": "true"}
+    ).json()
+    assert newcomer["strategy"] == "popular"
+    assert all(item["explanations"] == [] for item in newcomer["items"])
+
+
+def test_a_version_trained_before_the_served_model_had_parts_still_serves(
+    store: sessionmaker[Session],
+    ml_subset: Subset,
+    legacy_artifact: Path,
+    make_client: Callable[..., TestClient],
+) -> None:
+    load_subset(store, ml_subset)
+    register(store, legacy_artifact, active=True)
+    client = make_client()
+    post_ratings(client, "old-model", {"1": 5.0, "50": 4.0})
+    body = client.get("/users/old-model/recommendations", params={"n": 5, "explain": "true"}).json()
+    assert body["strategy"] == "rbm"
+    assert body["model_version"] == legacy_artifact.name
+    assert len(body["items"]) == 5
+    assert all(item["explanations"] == [] for item in body["items"])
+    assert client.get("/model").json()["parts"] == {}
+    predictions = client.get("/users/old-model/predictions", params={"item_id": ["181"]})
+    assert predictions.status_code == 200
