@@ -4,12 +4,13 @@ What it does:
 
 1. creates a throwaway PostgreSQL database, migrates it and imports MovieLens 100K
    (``--movielens-dir`` / ``RBMREC_MOVIELENS_DIR``, else the official download);
-2. trains and activates a model (100 hidden units, a few epochs: serving cost does
-   not depend on the number of epochs);
+2. trains and activates the served model at its default sizes (no search and a few
+   epochs: serving cost does not depend on how long it trained);
 3. starts ``rbmrec serve`` (uvicorn) as a separate process on 127.0.0.1;
 4. from this process, sends requests with ``--concurrency`` in flight (httpx, async,
    keep-alive), each phase bounded by ``--requests`` and ``--seconds``:
-   ``GET /users/{id}/recommendations?n=10`` for random ML-100K users, then
+   ``GET /users/{id}/recommendations?n=10`` for random ML-100K users,
+   ``GET /users/{id}/predictions`` of 20 random items for random users, then
    ``POST /ratings`` (upserts of random ratings);
 5. prints p50/p95/p99/max latency, requests per second, and the CPU time per
    request of the server, of this client and of the PostgreSQL backends (when the
@@ -160,11 +161,21 @@ def prepare(settings: Settings, movielens_dir: str | None, epochs: int, seed: in
             make_sessionmaker(engine),
             settings,
             trigger="cli",
-            params={"n_epochs": epochs, "random_state": seed},
+            # the served model at full size; no search and few epochs: serving costs
+            # depend on the parts' sizes, not on how long they trained
+            params={
+                "search": False,
+                "random_state": seed,
+                **{f"{part}.n_epochs": epochs for part in ("user_rbm", "item_rbm", "ranker")},
+            },
         )
+        sizes = {
+            part: settings_.get("n_hidden")
+            for part, settings_ in version.hyperparameters.get("chosen", {}).items()
+        }
         print(
-            f"trained model {version.id} ({version.hyperparameters.get('n_hidden')} hidden "
-            f"units, {version.n_items} items) in {time.perf_counter() - started:.0f} s",
+            f"trained model {version.id} (hidden units {sizes}, {version.n_items} items) "
+            f"in {time.perf_counter() - started:.0f} s",
             flush=True,
         )
     finally:
@@ -408,6 +419,10 @@ async def load(
     def recommend(_i: int) -> Request:
         return ("GET", f"/users/{rng.choice(users)}/recommendations?n=10", None)
 
+    def predict(_i: int) -> Request:
+        query = "&".join(f"item_id={item}" for item in rng.sample(items, 20))
+        return ("GET", f"/users/{rng.choice(users)}/predictions?{query}", None)
+
     def rate(i: int) -> Request:
         body: dict[str, object] = {
             "user_id": f"bench-{i % 2000}",
@@ -446,6 +461,14 @@ async def load(
                 server_pid,
                 send,
                 recommend,
+                max_requests=args.requests,
+                **common,
+            ),
+            await run_phase(
+                "GET /users/{id}/predictions (20 items)",
+                server_pid,
+                send,
+                predict,
                 max_requests=args.requests,
                 **common,
             ),

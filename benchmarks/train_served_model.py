@@ -1,0 +1,84 @@
+"""Training time of the served model (RBMRecommender) on one ML-100K fold, search included.
+
+Prints, for each run, the wall and CPU seconds of ``fit`` and where the time went (every
+search trial, the rest: blend and ranking weights, retraining on all the ratings); then
+the CPU time of what a recommendation request asks of the model for one user (fold-in
+and ranking scores of every item, the predicted ratings of the ten items returned) and
+of ``predict`` for 20 items, each the median over 300 training users.
+
+    RBMREC_MOVIELENS_DIR=../shared/datasets/ml-100k python benchmarks/train_served_model.py
+    python benchmarks/train_served_model.py --movielens-dir path/to/ml-100k --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from rbm_core import DEFAULT_SCALE, RatingMatrix, RBMRecommender
+from rbm_core.movielens import read_ratings
+
+
+def per_user(model: RBMRecommender, train: RatingMatrix) -> None:
+    """Median CPU milliseconds per user of the model's work behind the two GET routes."""
+    users = [train.user_ratings(str(u)) for u in train.user_ids[:300]]
+    items = [str(i) for i in train.item_ids[:20]]
+    rank, predict = [], []
+    for ratings in users:
+        start = time.process_time()
+        scores = model.score_items(ratings, predicted=False).score
+        top = [str(model.item_ids_[c]) for c in scores.argsort()[::-1][:10]]
+        model.predict(ratings, top)
+        rank.append(time.process_time() - start)
+        start = time.process_time()
+        model.predict(ratings, items)
+        predict.append(time.process_time() - start)
+    print(
+        f"  per user: recommendations {1000 * statistics.median(rank):.2f} ms CPU, "
+        f"predictions of 20 items {1000 * statistics.median(predict):.2f} ms CPU"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--movielens-dir", default=os.environ.get("RBMREC_MOVIELENS_DIR"))
+    parser.add_argument("--fold", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if not args.movielens_dir:
+        print("skipped: give --movielens-dir or set RBMREC_MOVIELENS_DIR (ML-100K)")
+        return
+    path = Path(args.movielens_dir) / f"u{args.fold}.base"
+    if not path.is_file():
+        sys.exit(f"error: {path} not found")
+    train = RatingMatrix.from_frame(read_ratings(path), DEFAULT_SCALE)
+    size = f"{train.n_ratings} ratings, {train.n_users} users, {train.n_items} items"
+    print(f"u{args.fold}.base: {size}")
+    for run in range(args.runs):
+        cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+        start = time.perf_counter()
+        model = RBMRecommender(random_state=args.seed + run).fit(train)
+        wall = time.perf_counter() - start
+        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+        trials = model.search_["trials"]
+        searched = sum(t["seconds"] for t in trials)
+        print(
+            f"run {run + 1}: fit {wall:.1f} s wall, {cpu:.1f} s CPU; search {searched:.1f} s "
+            f"({len(trials)} trials, budget {model.search_['budget_seconds']:.0f} s), "
+            f"weights and retraining {wall - searched:.1f} s"
+        )
+        per_user(model, train)
+        for trial in trials:
+            held_out = f"held-out {trial['score']:.4f}  epochs {trial['epochs']}"
+            print(f"  {trial['part']:<9} {trial['seconds']:6.1f} s  {held_out}")
+
+
+if __name__ == "__main__":
+    main()
