@@ -47,6 +47,26 @@ from rbm_core.training import CDSchedule
 
 __all__ = ["ItemSoftmaxRBM"]
 
+_MACHINE_PARAMS = (
+    "n_hidden",
+    "learning_rate",
+    "momentum",
+    "weight_decay",
+    "batch_size",
+    "n_epochs",
+    "cd_steps",
+    "hidden_dropout",
+    "offset_shrinkage",
+    "implicit_input",
+    "early_stopping",
+    "validation_fraction",
+    "n_iter_no_change",
+    "random_state",
+    "blas_threads",
+    "verbose",
+)
+"""Hyperparameters passed unchanged to the transposed SoftmaxRBM."""
+
 _BLOCK_ELEMENTS = 16 * 2**20
 """Bound on the (users x items x levels) logits scored at once."""
 
@@ -163,25 +183,8 @@ class ItemSoftmaxRBM(Recommender):
 
     def _machine(self) -> SoftmaxRBM:
         """The transposed machine this estimator trains (its hyperparameters checked)."""
-        return SoftmaxRBM(
-            n_hidden=self.n_hidden,
-            learning_rate=self.learning_rate,
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
-            batch_size=self.batch_size,
-            n_epochs=self.n_epochs,
-            cd_steps=self.cd_steps,
-            hidden_dropout=self.hidden_dropout,
-            user_offset=self.item_offset,
-            offset_shrinkage=self.offset_shrinkage,
-            implicit_input=self.implicit_input,
-            early_stopping=self.early_stopping,
-            validation_fraction=self.validation_fraction,
-            n_iter_no_change=self.n_iter_no_change,
-            random_state=self.random_state,
-            blas_threads=self.blas_threads,
-            verbose=self.verbose,
-        )
+        shared = {name: getattr(self, name) for name in _MACHINE_PARAMS}
+        return SoftmaxRBM(**shared, user_offset=self.item_offset)
 
     def _validate_params(self) -> None:
         self._machine()._validate_params()

@@ -49,6 +49,20 @@ from rbm_core.training import aligned_rows, blas_thread_limit
 
 __all__ = ["RBMRanker", "visible_matrix"]
 
+_MACHINE_PARAMS = (
+    "n_hidden",
+    "learning_rate",
+    "momentum",
+    "weight_decay",
+    "batch_size",
+    "n_epochs",
+    "cd_steps",
+    "persistent",
+    "random_state",
+    "blas_threads",
+)
+"""Hyperparameters passed unchanged to the BernoulliRBM."""
+
 
 def visible_matrix(codes: sp.csr_matrix, liked_code: int) -> sp.csr_matrix:
     """The ranker's visible rows ``[rated | liked]`` of level codes, shape (n, 2M), float32.
@@ -170,19 +184,9 @@ class RBMRanker(Recommender):
         self.verbose = verbose
 
     def _machine(self) -> BernoulliRBM:
-        return BernoulliRBM(
-            n_hidden=self.n_hidden,
-            learning_rate=self.learning_rate,
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
-            batch_size=self.batch_size,
-            n_epochs=self.n_epochs,
-            cd_steps=self.cd_steps,
-            persistent=self.persistent,
-            random_state=self.random_state,
-            blas_threads=self.blas_threads,
-            verbose=False,
-        )
+        """The Bernoulli RBM this estimator trains (its hyperparameters checked)."""
+        shared = {name: getattr(self, name) for name in _MACHINE_PARAMS}
+        return BernoulliRBM(**shared, verbose=False)
 
     def _validate_params(self) -> None:
         self._machine()._validate_params()
