@@ -187,12 +187,16 @@ class BaseEstimator:
         return {name: getattr(self, name) for name in self._param_names()}
 
     def set_params(self, **params: Any) -> Self:
-        """Set hyperparameters by name; returns ``self``."""
+        """Set hyperparameters by name; returns ``self``.
+
+        Values derived from the learned state and the settings are built anew.
+        """
         names = self._param_names()
         for name, value in params.items():
             if name not in names:
                 raise ValueError(f"unknown hyperparameter {name!r}")
             setattr(self, name, value)
+        self._reset_caches()
         return self
 
     def __repr__(self) -> str:

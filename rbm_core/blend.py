@@ -121,6 +121,8 @@ def tilt_to_mean(
     for _ in range(n_iter):
         p = tilted(t)
         mean = p @ z
+        if np.all(np.abs(mean - goal) < 1e-7):
+            return p.astype(dtype)
         low = mean < goal
         lo = np.where(low, t, lo)
         hi = np.where(low, hi, t)

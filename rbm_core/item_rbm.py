@@ -19,6 +19,8 @@ per-user weights do (docs/model.md).
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -71,6 +73,31 @@ _BLOCK_ELEMENTS = 16 * 2**20
 """Bound on the (users x items x levels) logits scored at once."""
 
 
+class FoldInMemory:
+    """A bounded, thread-safe least-recently-used map of fold-ins (ratings -> weights)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = int(size)
+        self._entries: OrderedDict[bytes, tuple[NDArray[Any], NDArray[Any]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: bytes) -> tuple[NDArray[Any], NDArray[Any]] | None:
+        """The weights stored for ``key`` (and mark them recent), or None."""
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+            return found
+
+    def put(self, key: bytes, value: tuple[NDArray[Any], NDArray[Any]]) -> None:
+        """Remember ``value``, forgetting the least recently used beyond the size."""
+        with self._lock:
+            self._entries[key] = value
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+
+
 class ItemSoftmaxRBM(Recommender):
     """Item-based conditional softmax RBM, with users folded in by softmax regression.
 
@@ -101,6 +128,8 @@ class ItemSoftmaxRBM(Recommender):
         Precision of the prior on a user's level biases (> 0).
     fold_in_iterations : int
         Majorise-minimise steps of the fold-in.
+    fold_in_cache_size : int
+        Single-user fold-ins remembered, keyed by the ratings themselves (0: none).
     random_state : int, numpy.random.Generator or None
     verbose : bool
 
@@ -152,7 +181,8 @@ class ItemSoftmaxRBM(Recommender):
         implicit_input: bool = True,
         fold_in_l2: float = 10.0,
         fold_in_bias_l2: float = 1.0,
-        fold_in_iterations: int = 20,
+        fold_in_iterations: int = 10,
+        fold_in_cache_size: int = 2048,
         early_stopping: bool = False,
         validation_fraction: float = 0.1,
         n_iter_no_change: int = 5,
@@ -174,6 +204,7 @@ class ItemSoftmaxRBM(Recommender):
         self.fold_in_l2 = fold_in_l2
         self.fold_in_bias_l2 = fold_in_bias_l2
         self.fold_in_iterations = fold_in_iterations
+        self.fold_in_cache_size = fold_in_cache_size
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
@@ -192,6 +223,7 @@ class ItemSoftmaxRBM(Recommender):
         check_number("fold_in_l2", self.fold_in_l2, low=0.0, low_open=True)
         check_number("fold_in_bias_l2", self.fold_in_bias_l2, low=0.0, low_open=True)
         check_positive_int("fold_in_iterations", self.fold_in_iterations)
+        check_number("fold_in_cache_size", self.fold_in_cache_size, low=0.0)
         check_random_state(self.random_state)
 
     # -- training ---------------------------------------------------------------------------
@@ -235,7 +267,24 @@ class ItemSoftmaxRBM(Recommender):
 
     # -- fold-in and prediction -------------------------------------------------------------
     def _fold_in_codes(self, codes: sp.csr_matrix) -> tuple[NDArray[Any], NDArray[Any]]:
-        """Each user's ``(W_u, b_u)``, shapes (n, K, F) and (n, K), from level codes."""
+        """Each user's ``(W_u, b_u)``, shapes (n, K, F) and (n, K), from level codes.
+
+        A single user's answer is kept in a small least-recently-used memory keyed by
+        the ratings themselves (``fold_in_cache_size`` entries): a user who asks again
+        without rating anything gets the same weights without solving again, and any
+        new rating is a new key, so nothing stale is ever served.
+        """
+        if codes.shape[0] == 1 and int(self.fold_in_cache_size) > 0:
+            key = codes.indices.tobytes() + b"|" + codes.data.tobytes()
+            cache = self._cached("fold_in_memory", lambda: FoldInMemory(self.fold_in_cache_size))
+            found = cache.get(key)
+            if found is None:
+                found = self._solve(codes)
+                cache.put(key, found)
+            return found
+        return self._solve(codes)
+
+    def _solve(self, codes: sp.csr_matrix) -> tuple[NDArray[Any], NDArray[Any]]:
         items = codes.indices.astype(np.int64)
         return fit_softmax_regression(
             self.item_features_[items],

@@ -22,15 +22,18 @@ steps with Böhning's bound on the Hessian of the softmax log-loss
     ``theta <- theta - g (G / 2 + Lambda)^{-1}``,
 
 for the gradient ``g`` (K x (F + 1)) and ``Lambda = diag(l2, ..., l2, bias_l2)``. The
-matrix is the same for every step, so it is factorised once per user; every step
-lowers the objective, and a few dozen steps reach the optimum to the precision that
-matters for a prediction. Users are solved together, in chunks padded to the longest
-rating list of the chunk: no Python loop over users or ratings.
+matrix is the same for every step, so it is factorised once per user. The steps are
+those of a gradient method preconditioned by the bound, accelerated with Nesterov's
+momentum: ten of them come within a small fraction of the optimum's objective, which
+is all a prediction needs (docs/model.md). Users are solved together, in chunks padded
+to the longest rating list of the chunk (no Python loop over users or ratings); a
+request's single user has a two-dimensional path of its own.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import scipy.linalg
 from numpy.typing import NDArray
 
 from rbm_core.functional import FloatArray, softmax
@@ -117,6 +120,18 @@ def fit_softmax_regression(
     theta[:, :, f] = prior_bias
     if n_users == 0 or len(levels) == 0:
         return theta[:, :, :f], theta[:, :, f]
+    if n_users == 1:
+        # a request folds in one user: two-dimensional arrays, no padding
+        theta[0] = _solve_one(
+            features,
+            item_bias,
+            levels,
+            theta[0],
+            l2=float(l2),
+            bias_l2=float(bias_l2),
+            n_iter=int(n_iter),
+        )
+        return theta[:, :, :f], theta[:, :, f]
     # users in order of their number of ratings, so each chunk pads little
     order = np.argsort(counts, kind="stable")
     sorted_counts = np.maximum(counts[order], 1)
@@ -140,6 +155,67 @@ def fit_softmax_regression(
         )
         start = stop
     return theta[:, :, :f], theta[:, :, f]
+
+
+def _solve_one(
+    features: FloatArray,
+    item_bias: FloatArray,
+    levels: NDArray[np.integer],
+    theta: FloatArray,
+    *,
+    l2: float,
+    bias_l2: float,
+    n_iter: int,
+) -> FloatArray:
+    """The steps of :func:`_solve_chunk` for a single user (the request path)."""
+    dtype = features.dtype
+    n, f = features.shape
+    x = np.empty((n, f + 1), dtype=dtype)
+    x[:, :f] = features
+    x[:, f] = 1.0
+    targets = np.zeros(item_bias.shape, dtype=dtype)
+    targets[np.arange(n), levels] = 1.0
+    penalty = np.full(f + 1, l2, dtype=dtype)
+    penalty[-1] = bias_l2
+    inv_penalty = (1.0 / penalty).astype(dtype)
+    xs = x * inv_penalty
+    xt = x.T
+    # (G / 2 + Lambda)^{-1} as in _solve_chunk (Woodbury when the user rated fewer items
+    # than there are features), through a Cholesky factor: cheaper than an inverse
+    if n <= f + 1:
+        inner = xs @ xt
+        inner[np.diag_indices(n)] += 2.0
+        factor = scipy.linalg.cho_factor(inner, lower=True, overwrite_a=True, check_finite=False)
+
+        def solve(grad: FloatArray) -> FloatArray:
+            scaled = grad * inv_penalty
+            inside = scipy.linalg.cho_solve(factor, (scaled @ xt).T, check_finite=False)
+            step: FloatArray = scaled - inside.T @ xs
+            return step
+
+    else:
+        bound = 0.5 * (xt @ x)
+        bound[np.diag_indices(f + 1)] += penalty
+        factor = scipy.linalg.cho_factor(bound, lower=True, overwrite_a=True, check_finite=False)
+
+        def solve(grad: FloatArray) -> FloatArray:
+            step: FloatArray = scipy.linalg.cho_solve(factor, grad.T, check_finite=False).T
+            return step
+
+    prior = theta.copy()
+    previous = theta
+    for step in range(n_iter):
+        point = theta + (step / (step + 3.0)) * (theta - previous) if step else theta
+        logits = x @ point.T
+        logits += item_bias
+        logits -= logits.max(axis=1, keepdims=True)
+        residual = np.exp(logits)
+        residual /= residual.sum(axis=1, keepdims=True)
+        residual -= targets
+        grad = residual.T @ x
+        grad += (point - prior) * penalty
+        previous, theta = theta, point - solve(grad)
+    return theta
 
 
 def _solve_chunk(
@@ -201,13 +277,17 @@ def _solve_chunk(
             step: FloatArray = np.matmul(grad, bound_inv)
             return step
 
-    for _ in range(n_iter):
-        logits = np.matmul(x, theta.transpose(0, 2, 1))
+    # Nesterov's momentum on the majorise-minimise steps (the steps are those of a
+    # gradient method preconditioned by the bound): the same answer in fewer steps
+    previous = theta
+    for step in range(n_iter):
+        point = theta + (step / (step + 3.0)) * (theta - previous) if step else theta
+        logits = np.matmul(x, point.transpose(0, 2, 1))
         logits += offsets
         residual = softmax(logits, axis=-1)
         residual -= targets
         residual *= mask[:, :, None]
         grad = np.matmul(residual.transpose(0, 2, 1), x)
-        grad += (theta - prior) * penalty
-        theta = theta - solve(grad)
+        grad += (point - prior) * penalty
+        previous, theta = theta, point - solve(grad)
     return theta

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rbm_core import RatingMatrix, RatingScale, SoftmaxRBM
-from rbm_core.item_rbm import ItemSoftmaxRBM
+from rbm_core.item_rbm import FoldInMemory, ItemSoftmaxRBM
 from rbm_core.metrics import rmse
 from rbm_core.movielens import read_ratings
 from rbm_core.training import held_out_ratings
@@ -74,3 +74,33 @@ def test_implicit_input_trains_the_who_rated_weights(split) -> None:
     assert np.abs(machine.implicit_weights_).sum() > 0
     plain = SoftmaxRBM(n_hidden=8, n_epochs=2, random_state=0).fit(kept.transposed())
     assert plain.implicit_weights_.shape == (0, 8)
+
+
+def test_a_fold_in_is_remembered_by_its_ratings_only(model, split) -> None:
+    kept, _ = split
+    ratings = kept.user_ratings(str(kept.user_ids[1]))
+    asked = [str(i) for i in model.item_ids_[:5]]
+    first = model.predict(ratings, asked).expected
+    np.testing.assert_array_equal(model.predict(dict(ratings), asked).expected, first)
+    # one more rating is another key: a new fold-in
+    extra = next(i for i in map(str, model.item_ids_) if i not in ratings)
+    assert not np.allclose(model.predict({**ratings, extra: 1.0}, asked).expected, first)
+    # new settings forget what was remembered
+    model.set_params(fold_in_l2=1.0)
+    try:
+        assert not np.allclose(model.predict(ratings, asked).expected, first)
+    finally:
+        model.set_params(fold_in_l2=10.0)
+    np.testing.assert_allclose(model.predict(ratings, asked).expected, first, rtol=1e-6)
+
+
+def test_the_fold_in_memory_is_bounded() -> None:
+    memory = FoldInMemory(2)
+    value = (np.zeros(1), np.zeros(1))
+    for key in (b"a", b"b", b"c"):
+        memory.put(key, value)
+    assert memory.get(b"a") is None
+    assert memory.get(b"b") is value
+    memory.put(b"d", value)  # "b" was used last, so "c" goes
+    assert memory.get(b"c") is None
+    assert memory.get(b"b") is value
