@@ -36,7 +36,6 @@ Protocol (one split = one training and one test rating set):
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -49,23 +48,16 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from rbm_core import metrics
-from rbm_core.baselines import BiasBaseline, GlobalMean, Popularity
 from rbm_core.data import RatingDataError, RatingMatrix, UserRatings, find_sorted
 from rbm_core.datasets import RatingSplit, infer_scale
-from rbm_core.recommender import RBMRecommender
-from rbm_core.references import EASE, ItemQualityPopularity
+from rbm_core.lineup import ModelFactory, PartOf
 from rbm_core.scale import RatingScale, RatingScaleError
 
 __all__ = [
     "DEFAULT_K",
-    "DEFAULT_MODELS",
     "DEFAULT_RELEVANCE_THRESHOLD",
-    "MODEL_NAMES",
-    "PART_ENTRIES",
     "EvaluationError",
     "EvaluationReport",
-    "ModelFactory",
-    "default_models",
     "evaluate",
     "evaluate_split",
     "metric_names",
@@ -76,25 +68,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_K = 10
 DEFAULT_RELEVANCE_THRESHOLD = 4.0
-MODEL_NAMES = (
-    "rbm",
-    "user_rbm",
-    "item_rbm",
-    "ranker",
-    "ease",
-    "item_quality",
-    "bias",
-    "popularity",
-    "global_mean",
-)
-"""Every model the harness knows, in report order."""
-
-DEFAULT_MODELS = ("rbm", "ease", "item_quality", "bias", "popularity", "global_mean")
-"""The models of a default evaluation."""
-
-PART_ENTRIES = ("user_rbm", "item_rbm", "ranker")
-"""Entries that report a part of the fitted ``rbm`` alone."""
-
 # users scored at once, and at most this many (user, item) scores in memory at a time
 _USER_BATCH = 1024
 _SCORE_CELLS = 2**24
@@ -128,74 +101,6 @@ class _Estimator(Protocol):
     item_ids_: NDArray[np.str_]
 
     def fit(self, train: RatingMatrix) -> Any: ...
-
-
-ModelFactory = Callable[[], Any]
-"""A zero-argument callable returning a fresh, unfitted model with ``fit(train)``."""
-
-
-# -- models -------------------------------------------------------------------------------
-def default_models(
-    rbm_params: Mapping[str, Any] | None = None,
-    *,
-    names: Sequence[str] = DEFAULT_MODELS,
-) -> dict[str, ModelFactory]:
-    """Factories of the models to compare: the served RBM model, its parts and references.
-
-    Parameters
-    ----------
-    rbm_params : mapping, optional
-        Keyword arguments of :class:`~rbm_core.recommender.RBMRecommender` (its
-        defaults otherwise; ``verbose`` defaults to False).
-    names : sequence of str
-        Which of :data:`MODEL_NAMES` to include, in order. A part entry
-        (:data:`PART_ENTRIES`) needs ``rbm`` listed before it.
-
-    Returns
-    -------
-    dict of str to callable
-        Name -> zero-argument factory of an unfitted model; a part entry's factory
-        returns a :class:`PartOf` naming the part of the fitted ``rbm``.
-
-    Raises
-    ------
-    EvaluationError
-        For an unknown model name or a bad RBMRecommender setting.
-    """
-    params = {"verbose": False, **dict(rbm_params or {})}
-    try:
-        RBMRecommender(**params)._validate_params()
-    except (TypeError, ValueError) as exc:
-        raise EvaluationError(f"bad RBM settings: {exc}") from None
-    available: dict[str, ModelFactory] = {
-        "rbm": lambda: RBMRecommender(**params),
-        "ease": EASE,
-        "item_quality": ItemQualityPopularity,
-        "bias": BiasBaseline,
-        "global_mean": GlobalMean,
-        "popularity": Popularity,
-    }
-    for part in PART_ENTRIES:
-        available[part] = functools.partial(PartOf, "rbm", part)
-    unknown = [n for n in names if n not in available]
-    if unknown:
-        raise EvaluationError(f"unknown model {unknown[0]!r}; choose from {', '.join(MODEL_NAMES)}")
-    if not names:
-        raise EvaluationError("no models to evaluate")
-    if len(set(names)) != len(names):
-        raise EvaluationError("a model is listed twice")
-    for name in names:
-        if name in PART_ENTRIES and ("rbm" not in names or names.index("rbm") > names.index(name)):
-            raise EvaluationError(f"{name} reports a part of rbm: list rbm before it")
-    return {name: available[name] for name in names}
-
-
-@dataclass(frozen=True)
-class PartOf:
-    """A model entry that is a part of another entry's fitted model (reported alone)."""
-
-    model: str
-    part: str
 
 
 # -- one split ----------------------------------------------------------------------------
@@ -401,7 +306,7 @@ def evaluate_split(
     test : pandas.DataFrame
         Test ratings: columns ``user_id``, ``item_id``, ``rating``.
     models : mapping of str to callable
-        Name -> factory of an unfitted model (see :func:`default_models`).
+        Name -> factory of an unfitted model (see :func:`rbm_core.lineup.default_models`).
     fold : int
         The fold number written into each result.
     k : int
@@ -557,7 +462,7 @@ def evaluate(
     splits : sequence of RatingSplit
         The folds.
     models : mapping of str to callable
-        Name -> factory of an unfitted model (see :func:`default_models`).
+        Name -> factory of an unfitted model (see :func:`rbm_core.lineup.default_models`).
     scale : RatingScale, optional
         The rating scale; detected from all the ratings of all splits by default (see
         :func:`infer_scale`).

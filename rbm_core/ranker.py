@@ -34,7 +34,7 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 from scipy.special import expit
 
-from rbm_core.base import Recommender, nearest_items, unit_rows
+from rbm_core.base import Recommender
 from rbm_core.bernoulli import BernoulliRBM
 from rbm_core.checks import (
     check_number,
@@ -44,6 +44,7 @@ from rbm_core.checks import (
 )
 from rbm_core.data import RatingMatrix
 from rbm_core.metrics import ndcg_of_scores
+from rbm_core.similarity import nearest_items, unit_rows
 from rbm_core.softmax_inference import DTYPE
 from rbm_core.training import aligned_rows, blas_thread_limit
 

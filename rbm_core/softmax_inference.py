@@ -18,9 +18,10 @@ from numpy.typing import NDArray
 from scipy.special import expit
 
 from rbm_core import functional as fn
-from rbm_core.base import Prediction, Recommender, is_user_batch, nearest_items, unit_rows
+from rbm_core.base import Prediction, Recommender, is_user_batch
 from rbm_core.checks import check_positive_int
 from rbm_core.data import UserRatings, find_sorted
+from rbm_core.similarity import nearest_items, unit_rows
 
 __all__ = ["DTYPE", "PredictionMode", "RankingScore", "SoftmaxRBMInference"]
 

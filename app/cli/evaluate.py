@@ -83,7 +83,7 @@ def evaluate(
     Either --data DIR [--folds 1,2,3,4,5] for the ML-100K canonical folds, or
     --train FILE --test FILE for one split (reported as fold 1).
     """
-    from rbm_core import datasets, evaluation
+    from rbm_core import datasets, evaluation, lineup
     from rbm_core.movielens import DataFormatError
     from rbm_core.scale import RatingScale, RatingScaleError
 
@@ -111,7 +111,7 @@ def evaluate(
         typer.echo(line, err=True)
 
     try:
-        factories = evaluation.default_models(params, names=names)
+        factories = lineup.default_models(params, names=names)
         if train is not None and test is not None:
             splits = [datasets.load_train_test(train, test)]
         else:
@@ -129,6 +129,7 @@ def evaluate(
         DataFormatError,
         datasets.DatasetError,
         evaluation.EvaluationError,
+        lineup.LineupError,
     ) as exc:
         fail(str(exc))
     result = report.to_dict()

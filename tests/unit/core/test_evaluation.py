@@ -17,11 +17,11 @@ from rbm_core.baselines import BiasBaseline, GlobalMean, Popularity
 from rbm_core.datasets import RatingSplit, load_ml100k_folds, load_train_test
 from rbm_core.evaluation import (
     EvaluationError,
-    default_models,
     evaluate,
     evaluate_split,
     metric_names,
 )
+from rbm_core.lineup import LineupError, default_models
 
 SCALE = RatingScale((1.0, 2.0, 3.0, 4.0, 5.0))
 
@@ -109,13 +109,13 @@ def test_default_models_refuses_unknown_names_and_parameters() -> None:
         "global_mean",
     ]
     assert list(default_models(names=["bias"])) == ["bias"]
-    with pytest.raises(EvaluationError, match="unknown model 'svd'"):
+    with pytest.raises(LineupError, match="unknown model 'svd'"):
         default_models(names=["svd"])
-    with pytest.raises(EvaluationError, match="bad RBM settings"):
+    with pytest.raises(LineupError, match="bad RBM settings"):
         default_models({"n_hiden": 3})
-    with pytest.raises(EvaluationError, match="bad RBM settings: user_rbm: unknown setting"):
+    with pytest.raises(LineupError, match="bad RBM settings: user_rbm: unknown setting"):
         default_models({"user_rbm_params": {"n_hiden": 3}})
-    with pytest.raises(EvaluationError, match="list rbm before it"):
+    with pytest.raises(LineupError, match="list rbm before it"):
         default_models(names=["ranker", "rbm"])
 
 
@@ -124,7 +124,7 @@ def test_off_scale_ratings_and_failing_fits_are_evaluation_errors() -> None:
     with pytest.raises(EvaluationError, match=r"fold 1 \(mem\).*4\.5"):
         evaluate([split], {"global_mean": GlobalMean}, scale=SCALE)
     split = RatingSplit(1, TRAIN, TEST, "mem")
-    with pytest.raises(EvaluationError, match="bad RBM settings: user_rbm: n_hidden must be"):
+    with pytest.raises(LineupError, match="bad RBM settings: user_rbm: n_hidden must be"):
         default_models({"user_rbm_params": {"n_hidden": -1}}, names=["rbm"])
     # a model whose training fails says which model, which fold and why
     diverging = {
