@@ -22,11 +22,19 @@ longer profile, its input is scaled by ``kappa_u = max(1, n_ref / n_u)^alpha``
 the served model chooses ``alpha`` on held-out ratings of users folded in from their
 whole profile and from ten of their ratings (docs/model.md). The number of epochs is
 chosen by early stopping on held-out NDCG@10 when validation ratings are given.
+
+**Low ratings.** The machine is trained on what users rated; a rating says "I watched
+this", however low. Read that way, a new user who rates four horror films 1 is folded
+in as a horror watcher and gets horror. At fold-in the rated unit of an item rated at
+or below the low rating (2 on 1..5) is read as ``1 - dislike_weight``: 0 by default (a
+low rating is no evidence of interest), below 0 for evidence against. Training is
+unchanged; the cost on held-out NDCG is measured in docs/model.md.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -65,7 +73,12 @@ _MACHINE_PARAMS = (
 """Hyperparameters passed unchanged to the BernoulliRBM."""
 
 
-def visible_matrix(codes: sp.csr_matrix, liked_code: int) -> sp.csr_matrix:
+def visible_matrix(
+    codes: sp.csr_matrix,
+    liked_code: int,
+    disliked_code: int = 0,
+    dislike_weight: float = 0.0,
+) -> sp.csr_matrix:
     """The ranker's visible rows ``[rated | liked]`` of level codes, shape (n, 2M), float32.
 
     Parameters
@@ -74,13 +87,21 @@ def visible_matrix(codes: sp.csr_matrix, liked_code: int) -> sp.csr_matrix:
         Level codes (level index + 1).
     liked_code : int
         The lowest code that counts as liked.
+    disliked_code, dislike_weight
+        The fold-in input: the rated unit of an item whose code is at most
+        ``disliked_code`` holds ``1 - dislike_weight`` (see the module docstring). By
+        default every rated unit holds 1, as in training.
     """
     n, m = codes.shape
     liked = codes.data >= liked_code
+    rated = np.ones(len(codes.data), dtype=DTYPE)
+    if disliked_code >= 1 and dislike_weight:
+        rated[codes.data <= disliked_code] = 1.0 - dislike_weight
     rows = np.repeat(np.arange(n), np.diff(codes.indptr))
     cols = np.concatenate([codes.indices, codes.indices[liked] + m])
+    values = np.concatenate([rated, np.ones(int(liked.sum()), dtype=DTYPE)])
     all_rows = np.concatenate([rows, rows[liked]])
-    visible = sp.csr_matrix((np.ones(len(cols), dtype=DTYPE), (all_rows, cols)), shape=(n, 2 * m))
+    visible = sp.csr_matrix((values, (all_rows, cols)), shape=(n, 2 * m))
     visible.sort_indices()
     return visible
 
@@ -99,6 +120,13 @@ class RBMRanker(Recommender):
         :attr:`~rbm_core.scale.RatingScale.high_rating`.
     evidence_exponent : float
         ``alpha`` of the evidence scaling (see the module docstring), >= 0.
+    disliked_rating : float or None
+        A rating at or below it is "low"; by default the scale's
+        :attr:`~rbm_core.scale.RatingScale.low_rating`.
+    dislike_weight : float
+        At fold-in the rated unit of a low rating holds ``1 - dislike_weight``: 1 (the
+        default) reads a low rating as no evidence of interest, 0 as any other rating,
+        above 1 as evidence against (see the module docstring). >= 0.
     evaluate_every : int
         With validation ratings, the held-out NDCG@10 is measured every this many
         epochs, and training stops when it has not improved ``n_iter_no_change`` times
@@ -123,6 +151,8 @@ class RBMRanker(Recommender):
         pseudo-ratings (the ``predicted_rating`` of the ranker alone).
     liked_level_ : int
         Index of the lowest liked level.
+    disliked_level_ : int
+        Index of the highest low level (-1: none, as in artifacts saved before it).
     reference_count_ : float
         ``n_ref``, the mean number of ratings of a training user.
     n_epochs_ : int
@@ -142,6 +172,7 @@ class RBMRanker(Recommender):
     _metadata_attributes = (
         *Recommender._metadata_attributes,
         "liked_level_",
+        "disliked_level_",
         "reference_count_",
         "n_epochs_",
         "history_",
@@ -160,6 +191,8 @@ class RBMRanker(Recommender):
         persistent: bool = False,
         liked_rating: float | None = None,
         evidence_exponent: float = 0.5,
+        disliked_rating: float | None = None,
+        dislike_weight: float = 1.0,
         evaluate_every: int = 5,
         n_iter_no_change: int = 3,
         relevance_threshold: float | None = None,
@@ -177,6 +210,8 @@ class RBMRanker(Recommender):
         self.persistent = persistent
         self.liked_rating = liked_rating
         self.evidence_exponent = evidence_exponent
+        self.disliked_rating = disliked_rating
+        self.dislike_weight = dislike_weight
         self.evaluate_every = evaluate_every
         self.n_iter_no_change = n_iter_no_change
         self.relevance_threshold = relevance_threshold
@@ -194,7 +229,8 @@ class RBMRanker(Recommender):
         check_positive_int("evaluate_every", self.evaluate_every)
         check_positive_int("n_iter_no_change", self.n_iter_no_change)
         check_number("evidence_exponent", self.evidence_exponent, low=0.0)
-        for name in ("liked_rating", "relevance_threshold"):
+        check_number("dislike_weight", self.dislike_weight, low=0.0)
+        for name in ("liked_rating", "disliked_rating", "relevance_threshold"):
             if getattr(self, name) is not None:
                 check_number(name, getattr(self, name))
         check_random_state(self.random_state)
@@ -221,6 +257,12 @@ class RBMRanker(Recommender):
             check_rating_matrix(validation, "validation")
         liked = train.scale.high_rating if self.liked_rating is None else self.liked_rating
         self.liked_level_ = int(np.searchsorted(train.scale.values, float(liked) - 1e-9))
+        low = train.scale.low_rating if self.disliked_rating is None else self.disliked_rating
+        self.disliked_level_ = int(np.searchsorted(train.scale.values, float(low) + 1e-9)) - 1
+        if self.disliked_level_ >= self.liked_level_:
+            raise ValueError(
+                f"disliked_rating ({low:g}) must be below liked_rating ({float(liked):g})"
+            )
         self._store_catalog(train)
         visible = visible_matrix(train.codes, self.liked_level_ + 1)
         machine = self._machine()
@@ -273,7 +315,7 @@ class RBMRanker(Recommender):
         )
         relevant = sp.csr_matrix(validation.values >= threshold - 1e-9, dtype=DTYPE)
         relevant.eliminate_zeros()
-        return visible_matrix(codes, self.liked_level_ + 1), codes, relevant
+        return self._evidence(codes), codes, relevant
 
     # -- scoring ----------------------------------------------------------------------------
     @property
@@ -305,18 +347,29 @@ class RBMRanker(Recommender):
     ) -> NDArray[np.floating]:
         """The personal term of every item for each user of ``codes``, (n_users, n_items_)."""
         self._check_fitted()
-        visible = visible_matrix(codes, self.liked_level_ + 1)
+        visible = self._evidence(codes)
         kappa = self._evidence_scale(np.diff(codes.indptr), self._exponent(evidence_exponent))
         hidden = expit(kappa[:, None] * (visible @ self.weights_) + self.hidden_bias_)
         return self._personal(hidden)
 
-    def _rows_of_one(self, items: NDArray[np.int64], levels: NDArray[np.int64]) -> NDArray[Any]:
-        """The visible rows a user's ratings switch on: rated, and liked where liked."""
-        liked = items[levels >= self.liked_level_] + self.n_items_
-        return np.concatenate([items, liked])
+    def _evidence(self, codes: sp.csr_matrix) -> sp.csr_matrix:
+        """The fold-in input rows of ``codes`` (:func:`visible_matrix` with low ratings)."""
+        return visible_matrix(
+            codes, self.liked_level_ + 1, self.disliked_level_ + 1, float(self.dislike_weight)
+        )
+
+    def _own_inputs(self, items: NDArray[np.int64], levels: NDArray[np.int64]) -> NDArray[Any]:
+        """Each rating's input to the hidden units, ``(n_rated, n_hidden)``: the rated
+        unit (held at ``1 - dislike_weight`` for a low rating) and the liked one."""
+        m = self.n_items_
+        rated = np.where(levels <= self.disliked_level_, 1.0 - float(self.dislike_weight), 1.0)
+        own: NDArray[Any] = rated.astype(DTYPE)[:, None] * self.weights_[items] + np.where(
+            (levels >= self.liked_level_)[:, None], self.weights_[items + m], 0.0
+        )
+        return own
 
     def _input_one(self, items: NDArray[np.int64], levels: NDArray[np.int64]) -> NDArray[Any]:
-        total: NDArray[Any] = self.weights_[self._rows_of_one(items, levels)].sum(axis=0)
+        total: NDArray[Any] = self._own_inputs(items, levels).sum(axis=0)
         return total
 
     def personal_scores_one(
@@ -339,11 +392,8 @@ class RBMRanker(Recommender):
         evidence_exponent: float | None = None,
     ) -> NDArray[np.floating]:
         """The personal term of ``targets`` with each rating left out, (n_rated, T)."""
-        m = self.n_items_
-        total = self._input_one(items, levels)
-        own = self.weights_[items] + np.where(
-            (levels >= self.liked_level_)[:, None], self.weights_[items + m], 0.0
-        )
+        own = self._own_inputs(items, levels)
+        total = own.sum(axis=0)
         kappa = self._evidence_scale(np.array([len(items) - 1]), self._exponent(evidence_exponent))
         hidden = expit(kappa[0] * (total[None, :] - own) + self.hidden_bias_)
         return self._personal(hidden, targets)
@@ -381,6 +431,12 @@ class RBMRanker(Recommender):
 
         found = nearest_items(self._cached("item_units", units), col, n)
         return [(str(self.item_ids_[c]), sim) for c, sim in found]
+
+    def _restore_artifact_state(
+        self, arrays: Mapping[str, NDArray[Any]], metadata: Mapping[str, Any]
+    ) -> None:
+        # artifacts saved before low ratings were read at fold-in: every rating counts
+        super()._restore_artifact_state(arrays, {"disliked_level": -1, **metadata})
 
     def _check_restored(self) -> None:
         super()._check_restored()

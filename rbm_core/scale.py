@@ -112,6 +112,17 @@ class RatingScale:
         values = self.values
         return float(values[np.searchsorted(values, cut - 1e-9)])
 
+    @property
+    def low_rating(self) -> float:
+        """The highest level below the middle of the scale: a "low" rating by default.
+
+        2 on 1..5, 2.5 on 0.5..5, 2 on 0.5..4, 5 on 1..10, the lower level of a
+        two-level scale.
+        """
+        middle = (self.min + self.max) / 2.0
+        values = self.values
+        return float(values[max(0, int(np.searchsorted(values, middle - 1e-9)) - 1)])
+
     def __str__(self) -> str:
         return ",".join(_fmt(v) for v in self.levels)
 

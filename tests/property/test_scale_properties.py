@@ -51,6 +51,26 @@ def test_levels_map_to_their_indices_and_back(scale: RatingScale) -> None:
     assert all(scale.contains(v) for v in scale.levels)
 
 
+@given(scales)
+def test_low_ratings_lie_below_the_middle_and_high_ones_above(scale: RatingScale) -> None:
+    middle = (scale.min + scale.max) / 2
+    assert scale.low_rating in scale.levels
+    assert scale.high_rating in scale.levels
+    assert scale.low_rating < scale.high_rating
+    # the low rating is the highest level below the middle (the lowest level at least)
+    below = [v for v in scale.levels if v < middle]
+    assert scale.low_rating == (max(below) if below else scale.min)
+
+
+@pytest.mark.parametrize(
+    ("spec", "low", "high"),
+    [("1..5", 2, 4), ("0.5..4:0.5", 2, 3.5), ("0.5..5:0.5", 2.5, 4), ("1..10", 5, 8)],
+)
+def test_low_and_high_ratings_of_common_scales(spec: str, low: float, high: float) -> None:
+    scale = RatingScale.parse(spec)
+    assert (scale.low_rating, scale.high_rating) == (low, high)
+
+
 @given(scales, st.data())
 def test_floating_point_noise_snaps_to_the_level(scale: RatingScale, data: st.DataObject) -> None:
     index = data.draw(st.integers(0, scale.n_levels - 1))

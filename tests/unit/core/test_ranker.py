@@ -86,6 +86,68 @@ def test_liking_an_item_changes_the_scores_rating_it_low_does_not_like(
     assert not np.allclose(liked, disliked)
 
 
+def test_low_ratings_are_read_as_no_evidence_of_interest(ranker: RBMRanker, data) -> None:
+    kept, _ = data
+    assert ranker.disliked_level_ == 1  # 2 on 1..5
+    items = kept.codes[0].indices.astype(np.int64)[:9]
+    liked = items[:6]
+    # three more items rated 1 or 2 leave the personal scores of six liked ones as they
+    # were (evidence scaling aside: the profile length counts every rating)
+    alone = ranker.personal_scores_one(liked, np.full(6, 4), evidence_exponent=0.0)
+    levels = np.array([4] * 6 + [0, 1, 0])
+    with_low = ranker.personal_scores_one(items, levels, evidence_exponent=0.0)
+    np.testing.assert_allclose(with_low, alone, rtol=1e-5, atol=1e-5)
+    # ... and a rating of 3 is evidence of interest, as is any rating with weight 0
+    assert not np.allclose(
+        ranker.personal_scores_one(items, np.array([4] * 6 + [2, 2, 2]), evidence_exponent=0.0),
+        alone,
+    )
+    plain = RBMRanker(**{**ranker.get_params(), "dislike_weight": 0.0})
+    plain.__dict__.update({k: v for k, v in vars(ranker).items() if k.endswith("_")})
+    assert not np.allclose(plain.personal_scores_one(items, levels, evidence_exponent=0.0), alone)
+    # the batched path reads low ratings the same way
+    codes = sp.csr_matrix(
+        ((levels + 1).astype(np.int8), (np.zeros(9, dtype=int), items)),
+        shape=(1, ranker.n_items_),
+    )
+    batch = ranker.personal_scores(codes, evidence_exponent=0.0)[0]
+    np.testing.assert_allclose(batch, with_low, rtol=1e-4, atol=1e-4)
+
+
+def test_the_fold_in_input_reads_low_ratings_as_less() -> None:
+    codes = sp.csr_matrix(np.array([[5, 0, 2], [1, 4, 0]], dtype=np.int8))
+    visible = visible_matrix(codes, liked_code=4, disliked_code=2, dislike_weight=1.0)
+    np.testing.assert_array_equal(visible.toarray(), [[1, 0, 0, 1, 0, 0], [0, 1, 0, 0, 1, 0]])
+    against = visible_matrix(codes, liked_code=4, disliked_code=2, dislike_weight=2.0)
+    np.testing.assert_array_equal(against.toarray()[1], [-1, 1, 0, 0, 1, 0])
+
+
+def test_artifacts_saved_before_low_ratings_were_read_count_every_rating(
+    ranker: RBMRanker, data
+) -> None:
+    arrays, metadata = ranker._artifact_state()
+    del metadata["disliked_level"]
+    old = RBMRanker(**ranker.get_params())
+    old._restore_artifact_state(arrays, metadata)
+    assert old.disliked_level_ == -1
+    kept, _ = data
+    items = kept.codes[0].indices.astype(np.int64)[:6]
+    levels = np.array([4, 4, 4, 0, 0, 1])
+    plain = RBMRanker(**{**ranker.get_params(), "dislike_weight": 0.0})
+    plain.__dict__.update({k: v for k, v in vars(ranker).items() if k.endswith("_")})
+    np.testing.assert_allclose(
+        old.personal_scores_one(items, levels), plain.personal_scores_one(items, levels)
+    )
+
+
+def test_bad_low_rating_settings_are_refused(data) -> None:
+    kept, _ = data
+    with pytest.raises(ValueError, match="dislike_weight"):
+        RBMRanker(dislike_weight=-1.0).fit(kept)
+    with pytest.raises(ValueError, match="disliked_rating"):
+        RBMRanker(disliked_rating=4.0, n_epochs=1).fit(kept)
+
+
 def test_similar_items_leave_the_item_out(ranker: RBMRanker) -> None:
     item = str(ranker.item_ids_[0])
     similar = ranker.similar_items(item, n=5)

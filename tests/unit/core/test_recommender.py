@@ -64,10 +64,9 @@ def test_opposite_tastes_get_lists_that_favour_each_taste(model: RBMRecommender,
     fan_list = [r.item_id for r in model.recommend(fan, n=20)]
     assert _count(kid_list, "Children's", films) > _count(fan_list, "Children's", films)
     assert _count(fan_list, "Horror", films) > _count(kid_list, "Horror", films)
-    # the lists are the users' own: the issue's target is at most 5 in common, see
-    # docs/model.md for how far the model is from it (measured by
-    # benchmarks/experiments/new_user_tastes.py)
-    assert len(set(kid_list) & set(fan_list)) < 15
+    # the lists are the users' own: at most a quarter in common (measured for more pairs
+    # of genres by benchmarks/experiments/new_user_tastes.py)
+    assert len(set(kid_list) & set(fan_list)) <= 5
 
 
 def test_a_few_high_ratings_raise_the_predictions_of_similar_items(
