@@ -52,6 +52,7 @@ from app.services import movielens_download
 from app.services.importer import import_movielens
 from app.services.retrain import train_and_activate
 from app.settings import Settings
+from rbm_core.recommender import PART_CLASSES
 
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
@@ -169,9 +170,11 @@ def prepare(settings: Settings, movielens_dir: str | None, epochs: int, seed: in
                 **{f"{part}.n_epochs": epochs for part in ("user_rbm", "item_rbm", "ranker")},
             },
         )
+        # the parts' sizes: chosen settings over their classes' defaults
         sizes = {
-            part: settings_.get("n_hidden")
+            part: {**PART_CLASSES[part]().get_params(), **settings_}["n_hidden"]
             for part, settings_ in version.hyperparameters.get("chosen", {}).items()
+            if "n_hidden" in PART_CLASSES[part]().get_params()
         }
         print(
             f"trained model {version.id} (hidden units {sizes}, {version.n_items} items) "
