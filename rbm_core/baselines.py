@@ -60,6 +60,22 @@ class _Baseline(RatingEstimator):
                 )
 
 
+class NonPersonalised(_Baseline, Recommender):
+    """A ranking that is the same for every user: one score and one mean per item."""
+
+    _array_attributes = (*_Baseline._array_attributes, "item_score_", "item_mean_")
+
+    item_score_: NDArray[np.float64]
+    item_mean_: NDArray[np.float64]
+
+    def _score_codes(self, codes: sp.csr_matrix) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        n = codes.shape[0]
+        return (
+            np.broadcast_to(self.item_score_, (n, self.n_items_)).copy(),
+            np.broadcast_to(self.item_mean_, (n, self.n_items_)).copy(),
+        )
+
+
 class GlobalMean(_Baseline):
     """Predicts the mean training rating for every user and item.
 
@@ -247,7 +263,7 @@ class BiasBaseline(_Baseline, Recommender):
         return RatingPrediction(names, expected, unknown, ignored)
 
 
-class Popularity(_Baseline, Recommender):
+class Popularity(NonPersonalised):
     """Recommends the most popular items the user has not rated (the same list for all).
 
     Parameters
@@ -272,8 +288,6 @@ class Popularity(_Baseline, Recommender):
     scale_ : RatingScale
     n_items_, n_users_ : int
     """
-
-    _array_attributes = (*_Baseline._array_attributes, "item_score_", "item_mean_")
 
     def __init__(self, *, by: PopularityScore = "count", damping: float = 10.0) -> None:
         self.by = by
@@ -300,9 +314,3 @@ class Popularity(_Baseline, Recommender):
         self.item_score_ = counts.copy() if self.by == "count" else self.item_mean_.copy()
         return self
 
-    def _score_codes(self, codes: sp.csr_matrix) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        n = codes.shape[0]
-        return (
-            np.broadcast_to(self.item_score_, (n, self.n_items_)).copy(),
-            np.broadcast_to(self.item_mean_, (n, self.n_items_)).copy(),
-        )

@@ -21,7 +21,7 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from rbm_core.base import Recommender
-from rbm_core.baselines import _Baseline
+from rbm_core.baselines import NonPersonalised, _Baseline
 from rbm_core.checks import check_number, check_random_state
 from rbm_core.data import RatingMatrix
 from rbm_core.metrics import ndcg_of_scores
@@ -131,7 +131,7 @@ class EASE(_Baseline, Recommender):
         return scores, np.broadcast_to(self.item_mean_, scores.shape)
 
 
-class ItemQualityPopularity(_Baseline, Recommender):
+class ItemQualityPopularity(NonPersonalised):
     """Item count times smoothed share of high ratings (non-personalised; see the module).
 
     Parameters
@@ -141,8 +141,6 @@ class ItemQualityPopularity(_Baseline, Recommender):
     high_rating : float or None
         A rating at or above it is high; by default the upper quarter of the scale.
     """
-
-    _array_attributes = (*_Baseline._array_attributes, "item_score_", "item_mean_")
 
     def __init__(self, *, prior_count: float = 5.0, high_rating: float | None = None) -> None:
         self.prior_count = prior_count
@@ -168,9 +166,3 @@ class ItemQualityPopularity(_Baseline, Recommender):
         self.item_mean_ = (sums + 10.0 * self.global_mean_) / (counts + 10.0)
         return self
 
-    def _score_codes(self, codes: sp.csr_matrix) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        n = codes.shape[0]
-        return (
-            np.broadcast_to(self.item_score_, (n, self.n_items_)).copy(),
-            np.broadcast_to(self.item_mean_, (n, self.n_items_)).copy(),
-        )
