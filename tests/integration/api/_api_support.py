@@ -48,6 +48,17 @@ def load_subset(session_factory: sessionmaker[Session], subset: Subset) -> None:
     import_movielens(engine, subset.directory, scale=SCALE)
 
 
+SMALL_TRAINING: dict[str, object] = {
+    "search": False,
+    **{
+        f"{part}.{name}": value
+        for part in ("user_rbm", "item_rbm", "ranker")
+        for name, value in (("n_hidden", 16), ("n_epochs", 4))
+    },
+}
+"""Settings of a served model that trains on the subset in about a second."""
+
+
 def register(session_factory: sessionmaker[Session], artifact: Path, *, active: bool) -> str:
     """Register an artifact as a model version (activated if asked); returns its id."""
     with session_factory.begin() as session:
