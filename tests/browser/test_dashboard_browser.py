@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 from conftest import ADMIN_KEY, SCREENSHOTS, Served
 
@@ -72,6 +73,10 @@ def _charts_rendered(driver: Any) -> list[Any]:
 def test_every_page_at_1280_and_390_pixels(served: Served, browser: Any) -> None:
     driver = browser
     driver.get_log("browser")  # drop what earlier tests left
+    with httpx.Client(base_url=served.url, timeout=10) as api:  # traffic for the overview
+        for user in ("1", "2", "3", "new-user"):
+            assert api.get(f"/users/{user}/recommendations").status_code == 200
+        assert api.get("/items", params={"q": "star"}).status_code == 200
     for width in WIDTHS:
         _viewport(driver, width)
         for name, path in PAGES:
