@@ -16,6 +16,7 @@ included (vendored from npm with its licence), are served by the app from
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -61,10 +62,20 @@ PAGES: Final = (
 )
 
 
+@dataclass(frozen=True)
+class _StaticRoute:
+    path: str = "/static/{path}"
+
+
 class _StaticFiles(StaticFiles):
     """The static assets; browsers revalidate them (ETag) rather than keep stale copies."""
 
+    _route: Final = _StaticRoute()
+
     async def get_response(self, path: str, scope: Scope) -> Response:
+        # the request metrics label requests by the matched route's template; a mount
+        # names none, and the assets would count as unmatched paths
+        scope["route"] = self._route
         response = await super().get_response(path, scope)
         response.headers.setdefault("cache-control", "no-cache")
         return response
