@@ -84,6 +84,13 @@ def test_every_page_at_1280_and_390_pixels(served: Served, browser: Any) -> None
             if name == "models":
                 _charts_rendered(driver)
             assert driver.find_element("tag name", "h1").text
+            unlabelled = driver.execute_script(
+                "return Array.from(document.querySelectorAll('input, select, button'))"
+                ".filter(function (c) { return !(c.labels && c.labels.length) && "
+                "!c.getAttribute('aria-label') && !c.textContent.trim(); })"
+                ".map(function (c) { return c.outerHTML; })"
+            )
+            assert unlabelled == [], path
             overflow = driver.execute_script(
                 "return document.documentElement.scrollWidth - window.innerWidth"
             )
@@ -140,6 +147,16 @@ def test_try_it_rates_in_the_page_and_explains(served: Served, browser: Any) -> 
     assert {support.get_attribute("data-item") for support in supports} <= rated
     assert "predicted rating" in items[0].text
     _screenshot(driver, f"{served.database}-try-results-1280", 1280)
+
+    # written to the store when asked
+    saved_as = driver.find_element("id", "save-user")
+    saved_as.send_keys("browser-visitor")
+    saved_as.submit()
+    _wait(driver, lambda d: "Saved" in d.find_element("id", "flash").text)
+    with httpx.Client(base_url=served.url, timeout=10) as api:
+        stored = api.get("/users/browser-visitor/ratings").json()["items"]
+    assert {r["item_id"] for r in stored} == rated
+    assert {r["rating"] for r in stored} == {5.0}
 
     # an existing user of the store
     user = driver.find_element("id", "user-id")
