@@ -13,6 +13,10 @@ import httpx
 import pytest
 from conftest import ADMIN_KEY, SCREENSHOTS, Served
 
+Keys = pytest.importorskip(
+    "selenium.webdriver.common.keys", reason="selenium is not installed (pip install -e '.[dev]')"
+).Keys
+
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
 PAGES = [
@@ -167,6 +171,37 @@ def test_try_it_rates_in_the_page_and_explains(served: Served, browser: Any) -> 
     assert _console_errors(driver) == []
 
 
+def test_keyboard_reaches_the_skip_link_and_the_navigation(served: Served, browser: Any) -> None:
+    driver = browser
+    _viewport(driver, 390)
+    _open(driver, served.url + "/dashboard")
+    body = driver.find_element("tag name", "body")
+    body.send_keys(Keys.TAB)
+    skip = driver.switch_to.active_element
+    assert skip.text == "Skip to content"
+    skip.send_keys(Keys.TAB)
+    assert driver.switch_to.active_element.text == "rbmrec"
+    driver.switch_to.active_element.send_keys(Keys.TAB)
+    first = driver.switch_to.active_element
+    assert first.text == "Overview"
+    assert first.get_attribute("aria-current") == "page"
+
+
+def test_api_docs_render_offline_under_their_policy(served: Served, browser: Any) -> None:
+    driver = browser
+    _viewport(driver, 1280)
+    driver.get_log("browser")
+    driver.get(served.url + "/docs")
+    operations = _wait(driver, lambda d: d.find_elements("css selector", ".swagger-ui .opblock"))
+    assert len(operations) > 10
+    assert "/dashboard" in driver.find_element("css selector", ".swagger-ui .info").text
+    loaded = driver.execute_script(
+        "return performance.getEntriesByType('resource').map(function (e) { return e.name; })"
+    )
+    assert all(url.startswith(served.url) or url.startswith("data:") for url in loaded), loaded
+    assert _console_errors(driver) == []
+
+
 def test_rollback_needs_the_admin_key(served: Served, browser: Any) -> None:
     driver = browser
     _viewport(driver, 1280)
@@ -193,7 +228,11 @@ def test_rollback_needs_the_admin_key(served: Served, browser: Any) -> None:
     # kept in this tab's session storage, never in the URL or a cookie
     assert ADMIN_KEY not in driver.current_url
     assert driver.get_cookies() == []
-    driver.find_element("css selector", f'button.activate[data-version="{older.id}"]').click()
+    # by keyboard: focus the button and press Enter
+    button = driver.find_element("css selector", f'button.activate[data-version="{older.id}"]')
+    driver.execute_script("arguments[0].focus()", button)
+    assert driver.switch_to.active_element == button
+    button.send_keys(Keys.ENTER)
     _wait(driver, lambda d: "Activated" in d.find_element("id", "flash").text)
     with served.admin() as api:
         assert api.get("/models").json()["active_version"] == older.id
