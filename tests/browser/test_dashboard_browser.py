@@ -56,6 +56,7 @@ def _console_errors(driver: Any) -> list[str]:
 
 
 def _screenshot(driver: Any, name: str, width: int) -> None:
+    _viewport(driver, width)
     height = int(driver.execute_script("return document.documentElement.scrollHeight"))
     _viewport(driver, width, min(max(height, 600), 6000))
     driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
@@ -151,6 +152,8 @@ def test_try_it_rates_in_the_page_and_explains(served: Served, browser: Any) -> 
     assert {support.get_attribute("data-item") for support in supports} <= rated
     assert "predicted rating" in items[0].text
     _screenshot(driver, f"{served.database}-try-results-1280", 1280)
+    _screenshot(driver, f"{served.database}-try-results-390", 390)
+    _viewport(driver, 1280)
 
     # written to the store when asked
     saved_as = driver.find_element("id", "save-user")
