@@ -98,6 +98,11 @@ class Settings(BaseSettings):
         "looked up as their addresses change); other peers' are ignored.",
     )
     docs_enabled: bool = Field(default=True, description="Serve /docs and /openapi.json.")
+    dashboard_enabled: bool = Field(
+        default=True,
+        description="Serve the operator dashboard at /dashboard (read-only pages; its "
+        "actions need the admin key as the JSON API does).",
+    )
     log_level: str = Field(default="INFO", description="Logging level.")
     retrain_cron: str = Field(
         default="0 3 * * *", description="Cron schedule (UTC) of the worker's retrain."

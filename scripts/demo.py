@@ -6,15 +6,20 @@ Steps, each skipped when already done (so a second run starts in seconds):
 2. import MovieLens 100K, from ``RBMREC_MOVIELENS_DIR`` when set, else the official
    GroupLens download (SHA-256 verified, cached), unless the store has ratings;
 3. train and activate the first model, unless a usable one is active;
-4. print example ``curl`` commands and replace this process with ``rbmrec serve``.
+4. print where the dashboard is and example ``curl`` commands, then run the API
+   (``rbmrec serve``) and the retrain worker (``rbmrec worker``, so that
+   ``POST /admin/retrain`` and the dashboard's "Retrain now" are carried out) until
+   Ctrl-C or ``SIGTERM``, which stops both.
 """
 
 from __future__ import annotations
 
-import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
+from types import FrameType
 from typing import NoReturn
 
 from sqlalchemy.exc import DBAPIError
@@ -81,7 +86,12 @@ def prepare(settings: Settings) -> None:
         if active is not None and Path(active.artifact_path).is_dir():
             step(f"model version {active.id} is active: skipping training")
         else:
-            step("training the first model (about half a minute on 2 cores)")
+            # measured: 43-48 s for one ML-100K fold with other jobs on the 2 cores
+            # (docs/model.md), 145 s for the demo's 100,000 ratings at load average 7-10
+            step(
+                "training the first model, its settings search included: about a minute "
+                "on 2 free cores, a few minutes on a busy machine"
+            )
             started = time.perf_counter()
             try:
                 version = train_and_activate(session_factory, settings, trigger="cli")
@@ -104,7 +114,12 @@ def examples(settings: Settings) -> str:
     if settings.api_keys:
         auth = " -H 'Authorization: Bearer $RBMREC_KEY'"
     return f"""
-Try it (OpenAPI docs: {base}/docs):
+Dashboard: {base}/dashboard    API docs: {base}/docs
+
+Running here: the API (rbmrec serve) and the retrain worker (rbmrec worker, which
+carries out POST /admin/retrain and the dashboard's "Retrain now"). Ctrl-C stops both.
+
+Try it:
 
   curl -s '{base}/users/196/recommendations?n=5'
   curl -s -X POST {base}/ratings{auth} -H 'Content-Type: application/json' \\
@@ -120,15 +135,59 @@ Try it (OpenAPI docs: {base}/docs):
 """
 
 
+def rbmrec_command() -> list[str]:
+    """The ``rbmrec`` command of this interpreter's environment."""
+    rbmrec = Path(sys.executable).with_name("rbmrec")
+    if rbmrec.is_file():
+        return [str(rbmrec)]
+    return [sys.executable, "-c", "from app.cli import main; main()"]
+
+
+def serve_with_worker(command: list[str]) -> int:
+    """Run the API and the retrain worker until either ends, Ctrl-C or ``SIGTERM``.
+
+    Returns the API server's exit status (0 when stopped on purpose).
+    """
+    worker = subprocess.Popen([*command, "worker", "--poll-seconds", "2"])
+    server = subprocess.Popen([*command, "serve"])
+    children = (server, worker)
+    stopping = False
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        while not stopping and all(child.poll() is None for child in children):
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        stopping = True  # the terminal sent SIGINT to the children as well
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        signal.signal(signal.SIGTERM, previous)
+    if stopping:
+        return 0
+    for name, child in (("rbmrec serve", server), ("rbmrec worker", worker)):
+        if child.returncode not in (0, None):
+            print(f"error: {name} exited with status {child.returncode}", file=sys.stderr)
+    return server.returncode or worker.returncode or 0
+
+
 def main() -> None:
     settings = get_settings()
     configure_logging(settings.log_level)
     prepare(settings)
     print(examples(settings), flush=True)
-    rbmrec = Path(sys.executable).with_name("rbmrec")
-    if rbmrec.is_file():
-        os.execv(rbmrec, [str(rbmrec), "serve"])
-    os.execv(sys.executable, [sys.executable, "-c", "from app.cli import main; main()", "serve"])
+    raise SystemExit(serve_with_worker(rbmrec_command()))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ from app.api.deps import (
 )
 from app.api.errors import TYPE_NO_MODEL, TYPE_UNKNOWN_ITEM, ProblemError, problem_responses
 from app.api.security import require_write_key
-from app.schemas.fields import MAX_N
+from app.db.items import ItemOrder
+from app.schemas.fields import MAX_N, NO_NUL_PATTERN
 from app.schemas.items import ItemOut, ItemPage, ItemUpsert, SimilarItems
 from app.services import items as items_service
 from app.services import recommend as recommend_service
@@ -75,7 +76,11 @@ def get_item(item_id: ItemIdPath, session: ReadSessionDep) -> Response:
 
 @router.get(
     "",
-    summary="The catalog, by id",
+    summary="Search the catalog",
+    description="A page of the items whose title contains `q` (case-insensitive) and "
+    "that list `genre`, with how many match. Ordered by `sort`: `id` (numeric ids in "
+    "numeric order: 1, 2, ..., 10), `title`, or `popularity` (most rated first); ties "
+    "by id. A genre no item lists is a 422 naming the catalog's genres.",
     response_model=ItemPage,
     responses=problem_responses(422, 503),
 )
@@ -83,9 +88,35 @@ def list_items(
     session: ReadSessionDep,
     offset: Annotated[int, Query(ge=0, le=10_000_000, description="Items to skip.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 100,
+    q: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=200,
+            pattern=NO_NUL_PATTERN,
+            description="Text the title contains (case-insensitive).",
+            examples=["star wars"],
+        ),
+    ] = None,
+    genre: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=64,
+            pattern=NO_NUL_PATTERN,
+            description="Only items of this genre (case-insensitive).",
+            examples=["Comedy"],
+        ),
+    ] = None,
+    sort: Annotated[ItemOrder, Query(description="The order of the page.")] = "id",
 ) -> Response:
-    """A page of items ordered by id, with the catalog's size."""
-    items, total = items_service.item_page(session, offset=offset, limit=limit)
+    """A page of matching items and how many match."""
+    try:
+        items, total = items_service.item_page(
+            session, offset=offset, limit=limit, q=q, genre=genre, order=sort
+        )
+    except items_service.UnknownGenreError as exc:
+        raise ProblemError(422, str(exc), title="Unknown genre") from None
     page = ItemPage(
         total=total,
         offset=offset,

@@ -23,7 +23,18 @@ from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from threadpoolctl import threadpool_limits
 
-from app.api import admin, health, items, model, model_versions, ratings, users
+from app.api import (
+    admin,
+    dashboard,
+    docs,
+    health,
+    items,
+    model,
+    model_versions,
+    ratings,
+    recommendations,
+    users,
+)
 from app.api.deps import Recommender
 from app.api.errors import PROBLEM_MEDIA_TYPE, install_error_handlers
 from app.api.metrics import ApiMetrics, MetricsMiddleware
@@ -69,6 +80,8 @@ each user's current ratings at request time.
   `Authorization: Bearer <key>` when `RBMREC_API_KEYS` is set; admin routes need a
   key from `RBMREC_ADMIN_API_KEYS`.
 * Every error is an RFC 9457 problem document (`application/problem+json`).
+* The operator dashboard (models, training curves, retrain runs, "try it") is at
+  [/dashboard](/dashboard).
 """
 
 _TAGS: list[dict[str, Any]] = [
@@ -82,15 +95,21 @@ _TAGS: list[dict[str, Any]] = [
 ]
 
 
-def _routers() -> list[APIRouter]:
+def _routers(settings: Settings) -> list[APIRouter]:
+    optional = [
+        *([docs.router] if settings.docs_enabled else []),
+        *([dashboard.router] if settings.dashboard_enabled else []),
+    ]
     return [
         ratings.router,
         users.router,
+        recommendations.router,
         items.router,
         model.router,
         model_versions.router,
         admin.router,
         health.router,
+        *optional,
     ]
 
 
@@ -116,8 +135,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=_DESCRIPTION,
         openapi_tags=_TAGS,
         lifespan=_lifespan,
-        docs_url="/docs" if docs else None,
-        redoc_url="/redoc" if docs else None,
+        # Swagger UI with its assets served by the app (app.api.docs), so it works
+        # offline; ReDoc would load from a CDN and is not offered.
+        docs_url=None,
+        redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
     )
     replica = replica_name()
@@ -126,8 +147,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.replica = replica
     install_error_handlers(app)
-    for router in _routers():
+    for router in _routers(settings):
         app.include_router(router)
+    if docs or settings.dashboard_enabled:
+        dashboard.mount_static(app)
     # Added innermost first: the last one added wraps all the others.
     if settings.cors_origins:
         app.add_middleware(

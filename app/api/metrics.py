@@ -19,7 +19,10 @@ The numbers are per process: with ``--workers N`` each worker reports its own.
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
@@ -28,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.services.model_holder import LoadedModel
 
-__all__ = ["CONTENT_TYPE", "ApiMetrics", "MetricsMiddleware"]
+__all__ = ["CONTENT_TYPE", "ApiMetrics", "MetricsMiddleware", "RouteTraffic"]
 
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
 
@@ -53,10 +56,49 @@ MAX_CLIENT_LABELS: Final = 100
 """Distinct client addresses with a series of their own; bounds the metric's size."""
 
 
+@dataclass(frozen=True)
+class RouteTraffic:
+    """What this process's metrics say about one route since it started.
+
+    Quantiles are estimated from the latency histogram's buckets as Prometheus's
+    ``histogram_quantile`` does (linear within a bucket), so they are only as fine
+    as the buckets; ``None`` when no request was timed or the quantile lies in the
+    open last bucket.
+    """
+
+    method: str
+    route: str
+    requests: int
+    client_errors: int
+    server_errors: int
+    per_second: float
+    mean_ms: float | None
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+
+
+def _quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float | None:
+    """``histogram_quantile`` over cumulative ``(upper bound, count)`` pairs, sorted."""
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    rank = q * buckets[-1][1]
+    lower, below = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if math.isinf(bound):
+                return None
+            inside = count - below
+            return lower + (bound - lower) * ((rank - below) / inside if inside else 1.0)
+        lower, below = bound, count
+    return None
+
+
 class ApiMetrics:
     """The metrics of one app instance, in their own registry."""
 
     def __init__(self, replica: str = "") -> None:
+        self.started = time.monotonic()
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "rbmrec_http_requests",
@@ -129,6 +171,58 @@ class ApiMetrics:
     def render(self) -> bytes:
         """The text exposition format."""
         return generate_latest(self.registry)
+
+    def uptime(self) -> float:
+        """Seconds since this app instance was built (at least a microsecond)."""
+        return max(time.monotonic() - self.started, 1e-6)
+
+    def traffic(self) -> list[RouteTraffic]:
+        """Requests, errors, rate and latency of each route, read from the registry.
+
+        The rate is the mean since this app instance started (``per_second``); the
+        figures are this process's alone, like ``GET /metrics``.
+        """
+        counts: dict[tuple[str, str], list[int]] = {}
+        buckets: dict[tuple[str, str], list[tuple[float, float]]] = {}
+        sums: dict[tuple[str, str], float] = {}
+        for family in self.registry.collect():
+            for sample in family.samples:
+                labels = sample.labels
+                key = (labels.get("method", ""), labels.get("route", ""))
+                if sample.name == "rbmrec_http_requests_total":
+                    status = int(labels.get("status", "0") or 0)
+                    tally = counts.setdefault(key, [0, 0, 0])
+                    tally[0] += int(sample.value)
+                    tally[1] += int(sample.value) if 400 <= status < 500 else 0
+                    tally[2] += int(sample.value) if status >= 500 else 0
+                elif sample.name == "rbmrec_http_request_duration_seconds_bucket":
+                    buckets.setdefault(key, []).append((float(labels["le"]), sample.value))
+                elif sample.name == "rbmrec_http_request_duration_seconds_sum":
+                    sums[key] = sample.value
+        elapsed = self.uptime()
+        out = []
+        for key, (total, client, server) in counts.items():
+            timed = sorted(buckets.get(key, []))
+            n_timed = timed[-1][1] if timed else 0.0
+
+            def ms(value: float | None) -> float | None:
+                return None if value is None else value * 1000.0
+
+            out.append(
+                RouteTraffic(
+                    method=key[0],
+                    route=key[1],
+                    requests=total,
+                    client_errors=client,
+                    server_errors=server,
+                    per_second=total / elapsed,
+                    mean_ms=ms(sums.get(key, 0.0) / n_timed) if n_timed else None,
+                    p50_ms=ms(_quantile(0.5, timed)),
+                    p95_ms=ms(_quantile(0.95, timed)),
+                    p99_ms=ms(_quantile(0.99, timed)),
+                )
+            )
+        return sorted(out, key=lambda t: (-t.requests, t.route, t.method))
 
 
 class MetricsMiddleware:

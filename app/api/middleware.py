@@ -28,11 +28,10 @@ from app.api.errors import internal_error, problem_response
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DOCS_PATHS", "BodySizeLimitMiddleware", "BodyTooLargeError", "ResponseGuard"]
+__all__ = ["BodySizeLimitMiddleware", "BodyTooLargeError", "ResponseGuard"]
 
 CONTENT_SECURITY_POLICY: Final = "default-src 'none'; frame-ancestors 'none'"
 HSTS: Final = "max-age=63072000; includeSubDomains"
-DOCS_PATHS: Final = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
 
 _ALWAYS: Final = (
     ("x-content-type-options", "nosniff"),
@@ -53,8 +52,8 @@ class ResponseGuard:
       neither browsers nor shared proxies keep them;
     * ``Content-Security-Policy: default-src 'none'; frame-ancestors 'none'``: a
       JSON API loads nothing and is framed by nobody; should a browser ever render
-      one of its responses, no script runs. The documentation pages (``/docs``,
-      ``/redoc``) are left without it, since they load Swagger UI and ReDoc from a CDN;
+      one of its responses, no script runs. Pages that load scripts (``/docs``,
+      ``/dashboard``) set a policy of their own that allows this origin only;
     * ``Strict-Transport-Security`` when the request came over HTTPS (directly, or
       through a proxy listed in ``RBMREC_TRUSTED_PROXIES``: :mod:`app.api.proxy`).
 
@@ -71,7 +70,6 @@ class ResponseGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        docs = scope.get("path") in DOCS_PATHS
         https = scope.get("scheme") == "https"
         started = False
 
@@ -82,8 +80,7 @@ class ResponseGuard:
                 headers = MutableHeaders(scope=message)
                 for name, value in _ALWAYS:
                     headers.setdefault(name, value)
-                if not docs:
-                    headers.setdefault("content-security-policy", CONTENT_SECURITY_POLICY)
+                headers.setdefault("content-security-policy", CONTENT_SECURITY_POLICY)
                 if https:
                     headers.setdefault("strict-transport-security", HSTS)
             await send(message)

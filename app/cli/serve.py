@@ -82,7 +82,8 @@ def serve(
 
     The database must be migrated (`rbmrec db upgrade`); the active model is loaded
     at start and followed as it changes (every RBMREC_MODEL_POLL_SECONDS, and on
-    SIGHUP, which reaches every worker). OpenAPI docs at /docs.
+    SIGHUP, which reaches every worker). OpenAPI docs at /docs, the operator
+    dashboard at /dashboard. Retrains run in `rbmrec worker`, not here.
     """
     import uvicorn
 
@@ -94,7 +95,8 @@ def serve(
     n_workers = workers or settings.workers
     typer.echo(
         f"serving rbmrec on http://{bind_host}:{bind_port} "
-        f"({n_workers} worker{'s' if n_workers > 1 else ''}; docs at /docs)",
+        f"({n_workers} worker{'s' if n_workers > 1 else ''}; docs at /docs, "
+        "dashboard at /dashboard)",
         err=True,
     )
     options: dict[str, Any] = {

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, cast
+from typing import Any, Final, Literal, cast
 
-from sqlalchemy import Connection, Table, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnClause, ColumnElement, Connection, Table, column, exists, func, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from app.db.dialect import WRITE_CHUNK, chunks, dialect_insert
-from app.db.tables import Item
+from app.db.tables import Item, Rating
 from app.db.types import utcnow
 from app.domain import validate_id
 
@@ -23,12 +23,18 @@ __all__ = [
     "catalog_entries",
     "count_items",
     "existing_item_ids",
+    "genre_names",
     "get_item",
     "insert_missing_items",
     "item_titles",
     "list_items",
+    "search_items",
     "upsert_items",
 ]
+
+ItemOrder = Literal["id", "title", "popularity"]
+"""Orders of a catalog page: ``id`` (numeric ids in numeric order), ``title``, or
+``popularity`` (most rated first)."""
 
 _IN_CHUNK: Final = 10_000
 """Ids per ``IN (...)`` list (SQLite caps the number of bound parameters)."""
@@ -115,6 +121,78 @@ def list_items(session: Session, *, offset: int = 0, limit: int = 100) -> list[I
     if offset < 0 or limit < 0:
         raise ValueError("offset and limit must not be negative")
     return list(session.scalars(select(Item).order_by(Item.id).offset(offset).limit(limit)))
+
+
+def _natural_id_order() -> list[ColumnElement[Any] | InstrumentedAttribute[str]]:
+    # Shorter ids first, then the text: numeric ids (the usual case) come in numeric
+    # order (2 before 10), and the order is the same on both backends.
+    return [func.length(Item.id), Item.id]
+
+
+def _has_genre(session: Session, genre: str) -> ColumnElement[bool]:
+    """Whether the item lists ``genre`` (case-insensitive) among its genres."""
+    if session.get_bind().dialect.name == "postgresql":
+        elements = func.jsonb_array_elements_text(Item.genres).table_valued("value")
+    else:
+        elements = func.json_each(Item.genres).table_valued("value")
+    value: ColumnClause[str] = column("value")
+    return exists(select(1).select_from(elements).where(func.lower(value) == genre.casefold()))
+
+
+def search_items(
+    session: Session,
+    *,
+    q: str | None = None,
+    genre: str | None = None,
+    order: ItemOrder = "id",
+    offset: int = 0,
+    limit: int = 100,
+) -> tuple[list[Item], int]:
+    """A page of the items matching a search, and how many match.
+
+    Parameters
+    ----------
+    session : Session
+        Where to read.
+    q : str, optional
+        Only items whose title contains this text (case-insensitive; ``%`` and ``_``
+        are plain characters).
+    genre : str, optional
+        Only items listing this genre (case-insensitive).
+    order : {"id", "title", "popularity"}
+        ``id``: numeric ids in numeric order; ``title``: by title; ``popularity``:
+        most ratings first. Ties by id.
+    offset, limit : int
+        The page.
+    """
+    if offset < 0 or limit < 0:
+        raise ValueError("offset and limit must not be negative")
+    conditions: list[ColumnElement[bool]] = []
+    if q:
+        conditions.append(Item.title.icontains(q, autoescape=True))
+    if genre is not None:
+        conditions.append(_has_genre(session, genre))
+    total = int(session.scalar(select(func.count()).select_from(Item).where(*conditions)) or 0)
+    stmt = select(Item).where(*conditions)
+    if order == "title":
+        stmt = stmt.order_by(func.lower(Item.title), *_natural_id_order())
+    elif order == "popularity":
+        counts = select(Rating.item_id, func.count().label("n")).group_by(Rating.item_id).subquery()
+        stmt = stmt.outerjoin(counts, counts.c.item_id == Item.id).order_by(
+            func.coalesce(counts.c.n, 0).desc(), *_natural_id_order()
+        )
+    else:
+        stmt = stmt.order_by(*_natural_id_order())
+    return list(session.scalars(stmt.offset(offset).limit(limit))), total
+
+
+def genre_names(session: Session) -> list[str]:
+    """Every genre some item lists, as spelled by the first item listing it, sorted."""
+    names: dict[str, str] = {}
+    for genres in session.scalars(select(Item.genres)):
+        for name in genres or ():
+            names.setdefault(str(name).casefold(), str(name))
+    return sorted(names.values(), key=str.casefold)
 
 
 def count_items(session: Session) -> int:

@@ -32,6 +32,7 @@ __all__ = [
     "delete_rating",
     "get_user_ratings",
     "item_rating_counts",
+    "item_rating_summary",
     "store_fingerprint",
     "upsert_rating",
     "upsert_ratings",
@@ -282,6 +283,13 @@ def user_rating_map(db: Session | Connection, user_id: str) -> dict[str, float]:
 def count_ratings(session: Session) -> int:
     """How many ratings the store holds."""
     return int(session.scalar(select(func.count()).select_from(Rating)) or 0)
+
+
+def item_rating_summary(session: Session | Connection, item_id: str) -> tuple[int, float | None]:
+    """How many ratings an item has and their mean (``None`` without ratings)."""
+    stmt = select(func.count(), func.avg(Rating.rating)).where(Rating.item_id == item_id)
+    count, mean = session.execute(stmt).one()
+    return int(count), None if mean is None else float(mean)
 
 
 def item_rating_counts(

@@ -91,7 +91,7 @@ class ItemOut(BaseModel):
 
 
 class ItemPage(BaseModel):
-    """One page of the catalog, ordered by id."""
+    """One page of the catalog (or of a search of it)."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -115,7 +115,7 @@ class ItemPage(BaseModel):
         }
     )
 
-    total: int
+    total: int = Field(description="How many items match (the whole catalog without a search).")
     offset: int
     limit: int
     items: list[ItemOut]

@@ -6,10 +6,18 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.schemas.fields import MAX_N, Genre, IdStr, RatingValue
+
+MAX_GIVEN_RATINGS = 1000
+"""Most ratings in one ``POST /recommendations``."""
+
 __all__ = [
     "Explanation",
+    "GivenRating",
     "ItemPrediction",
     "Predictions",
+    "RatingsRecommendationRequest",
+    "RatingsRecommendations",
     "Recommendations",
     "RecommendedItem",
 ]
@@ -138,3 +146,63 @@ class Predictions(BaseModel):
     unknown_items: list[str] = Field(
         description="Items asked for that the model does not know (no prediction)."
     )
+
+
+class GivenRating(BaseModel):
+    """One rating passed in the request (not stored)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: IdStr
+    rating: RatingValue = Field(description="A value of the rating scale (default 1-5).")
+
+
+class RatingsRecommendationRequest(BaseModel):
+    """Ratings to recommend from, and the options of ``GET /users/{id}/recommendations``."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "ratings": [
+                        {"item_id": "1", "rating": 5},
+                        {"item_id": "50", "rating": 4},
+                    ],
+                    "n": 5,
+                    "explain": True,
+                }
+            ]
+        },
+    )
+
+    ratings: list[GivenRating] = Field(
+        max_length=MAX_GIVEN_RATINGS,
+        description="The ratings, one per item; items the model does not know are ignored.",
+    )
+    n: int = Field(default=10, ge=1, le=MAX_N, description="How many items.")
+    offset: int = Field(default=0, ge=0, le=10_000, description="Ranks to skip.")
+    genre: Genre | None = Field(
+        default=None, description="Only items of this genre (case-insensitive)."
+    )
+    exclude: list[IdStr] = Field(
+        default_factory=list, max_length=1000, description="Item ids never to return."
+    )
+    explain: bool = Field(
+        default=False,
+        description="Add to each item the given ratings that most support it, with their "
+        "contribution to its score, and a reason in words.",
+    )
+
+
+class RatingsRecommendations(BaseModel):
+    """Top items for the ratings given, never one of the rated items."""
+
+    strategy: Literal["rbm", "popular"] = Field(
+        description="rbm: the model folded in the ratings; popular: the most rated items "
+        "(the model knows none of the rated items, or no model has been trained yet)."
+    )
+    model_version: str | None = Field(description="The model version used (null: none).")
+    offset: int
+    n: int
+    items: list[RecommendedItem]

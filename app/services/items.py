@@ -13,7 +13,17 @@ from sqlalchemy.orm import Session
 from app.db import items as item_store
 from app.db.tables import Item
 
-__all__ = ["find_item", "item_page", "save_item"]
+__all__ = ["UnknownGenreError", "find_item", "item_page", "save_item"]
+
+
+class UnknownGenreError(LookupError):
+    """No item of the catalog lists the genre asked for."""
+
+    def __init__(self, genre: str, known: list[str]) -> None:
+        self.genre = genre
+        self.known = known
+        listed = ", ".join(known) if known else "none: no item has genres"
+        super().__init__(f"unknown genre {genre!r}; the catalog's genres are: {listed}")
 
 
 def find_item(session: Session, item_id: str) -> Item | None:
@@ -21,11 +31,30 @@ def find_item(session: Session, item_id: str) -> Item | None:
     return item_store.get_item(session, item_id)
 
 
-def item_page(session: Session, *, offset: int, limit: int) -> tuple[list[Item], int]:
-    """One page of the catalog (ordered by id) and the catalog's size."""
-    return item_store.list_items(session, offset=offset, limit=limit), item_store.count_items(
-        session
+def item_page(
+    session: Session,
+    *,
+    offset: int,
+    limit: int,
+    q: str | None = None,
+    genre: str | None = None,
+    order: item_store.ItemOrder = "id",
+) -> tuple[list[Item], int]:
+    """One page of the items matching ``q`` (in the title) and ``genre``, and how many match.
+
+    Raises
+    ------
+    UnknownGenreError
+        No item lists ``genre`` (a typo should not look like an empty result).
+    """
+    items, total = item_store.search_items(
+        session, q=q, genre=genre, order=order, offset=offset, limit=limit
     )
+    if genre is not None and total == 0:
+        _, in_genre = item_store.search_items(session, genre=genre, limit=0)
+        if in_genre == 0:
+            raise UnknownGenreError(genre, item_store.genre_names(session))
+    return items, total
 
 
 def save_item(

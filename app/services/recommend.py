@@ -41,6 +41,7 @@ __all__ = [
     "RecommendationResult",
     "predict",
     "recommend",
+    "recommend_from_ratings",
     "similar_items",
 ]
 
@@ -189,6 +190,36 @@ def recommend(
         Never an item the user rated or excluded.
     """
     ratings = user_rating_map(session, user_id)
+    return recommend_from_ratings(
+        session,
+        loaded,
+        catalog,
+        ratings,
+        n=n,
+        offset=offset,
+        genre=genre,
+        exclude=exclude,
+        explain=explain,
+    )
+
+
+def recommend_from_ratings(
+    session: Db,
+    loaded: LoadedModel | None,
+    catalog: CatalogCache,
+    ratings: dict[str, float],
+    *,
+    n: int = 10,
+    offset: int = 0,
+    genre: str | None = None,
+    exclude: Sequence[str] = (),
+    explain: bool = False,
+) -> RecommendationResult:
+    """Recommend items for a set of ratings (of a stored user, or passed in a request).
+
+    Parameters are those of :func:`recommend`, with the ratings (item id -> value)
+    in place of the user; ``session`` is only read for catalog facts.
+    """
     if loaded is not None:
         known = _usable_ratings(loaded, ratings)
         allowed = _allowed_mask(session, loaded, catalog, ratings, exclude, genre)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import socket
 import sys
 import threading
@@ -14,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.services import registry
 from app.services.importer import import_movielens
+from rbm_core.movielens import read_items, read_ratings
 from rbm_core.scale import RatingScale
 
 N_USERS = 60
@@ -39,6 +41,21 @@ class Subset:
         return set(self.items["id"])
 
 
+def make_subset(movielens_dir: Path, directory: Path) -> Subset:
+    """The ratings of ML-100K users 1..N_USERS and their items, also written to
+    ``directory`` in ML-100K layout."""
+    ratings = read_ratings(movielens_dir / "u.data")
+    items = read_items(movielens_dir / "u.item")
+    ratings = ratings[ratings["user_id"].astype(int) <= N_USERS].reset_index(drop=True)
+    items = items[items["id"].isin(set(ratings["item_id"]))].reset_index(drop=True)
+    lines = (movielens_dir / "u.data").read_text().splitlines()
+    kept = [line for line in lines if int(line.split("\t", 1)[0]) <= N_USERS]
+    (directory / "u.data").write_text("\n".join(kept) + "\n")
+    for name in ("u.item", "u.genre"):
+        shutil.copy(movielens_dir / name, directory / name)
+    return Subset(ratings, items, directory)
+
+
 def load_subset(session_factory: sessionmaker[Session], subset: Subset) -> None:
     """Import the subset (all ML-100K items, the subset's ratings) into a store.
 
@@ -46,6 +63,17 @@ def load_subset(session_factory: sessionmaker[Session], subset: Subset) -> None:
     """
     engine = session_factory.kw["bind"]
     import_movielens(engine, subset.directory, scale=SCALE)
+
+
+SMALL_TRAINING: dict[str, object] = {
+    "search": False,
+    **{
+        f"{part}.{name}": value
+        for part in ("user_rbm", "item_rbm", "ranker")
+        for name, value in (("n_hidden", 16), ("n_epochs", 4))
+    },
+}
+"""Settings of a served model that trains on the subset in about a second."""
 
 
 def register(session_factory: sessionmaker[Session], artifact: Path, *, active: bool) -> str:

@@ -8,13 +8,12 @@ database (SQLite and PostgreSQL, via ``database_url``) and starts the real app
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _api_support import N_USERS, SCALE, Subset, load_subset, register
+from _api_support import SCALE, Subset, load_subset, make_subset, register
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,23 +22,12 @@ from app.api.main import create_app
 from app.db.engine import make_engine, make_sessionmaker
 from app.settings import Settings
 from rbm_core import RatingMatrix, RBMRecommender, SoftmaxRBM, save_model
-from rbm_core.movielens import read_items, read_ratings
 
 
 @pytest.fixture(scope="session")
 def ml_subset(movielens_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Subset:
     """Ratings of ML-100K users 1..N_USERS and the items they rated."""
-    ratings = read_ratings(movielens_dir / "u.data")
-    items = read_items(movielens_dir / "u.item")
-    ratings = ratings[ratings["user_id"].astype(int) <= N_USERS].reset_index(drop=True)
-    items = items[items["id"].isin(set(ratings["item_id"]))].reset_index(drop=True)
-    directory = tmp_path_factory.mktemp("ml-subset")
-    lines = (movielens_dir / "u.data").read_text().splitlines()
-    kept = [line for line in lines if int(line.split("\t", 1)[0]) <= N_USERS]
-    (directory / "u.data").write_text("\n".join(kept) + "\n")
-    for name in ("u.item", "u.genre"):
-        shutil.copy(movielens_dir / name, directory / name)
-    return Subset(ratings, items, directory)
+    return make_subset(movielens_dir, tmp_path_factory.mktemp("ml-subset"))
 
 
 @pytest.fixture(scope="session")

@@ -96,3 +96,17 @@ def test_service_recovers_by_itself_when_the_database_returns(
             assert ready.json()["database"]["ok"] is True
     finally:
         proxy.stop()
+
+
+def test_the_dashboard_overview_says_the_database_does_not_answer(
+    dead_client: TestClient,
+) -> None:
+    started = time.monotonic()
+    page = dead_client.get("/dashboard")
+    assert time.monotonic() - started < 6.0
+    assert page.status_code == 200
+    assert "does not answer" in page.text
+    assert "127.0.0.1" not in page.text
+    # the pages that need the store answer as the API does
+    started = time.monotonic()
+    assert_unavailable(dead_client.get("/dashboard/models"), 3.0, started)

@@ -90,3 +90,60 @@ def test_list_items_pages_by_id(client: TestClient) -> None:
     assert [i["id"] for i in second["items"]] == ["c"]
     assert client.get("/items", params={"limit": 1001}).status_code == 422
     assert client.get("/items", params={"offset": -5}).status_code == 422
+
+
+def _put(client: TestClient, item: str, title: str, genres: list[str]) -> None:
+    response = client.put(f"/items/{item}", json={"title": title, "genres": genres})
+    assert response.status_code == 201, response.text
+
+
+def _ids(client: TestClient, **params: Any) -> list[str]:
+    response = client.get("/items", params=params)
+    assert response.status_code == 200, response.text
+    return [i["id"] for i in response.json()["items"]]
+
+
+def test_numeric_ids_come_in_numeric_order(client: TestClient) -> None:
+    for item in ("100", "2", "10", "1"):
+        _put(client, item, f"Film {item}", [])
+    assert _ids(client) == ["1", "2", "10", "100"]
+    assert _ids(client, offset=1, limit=2) == ["2", "10"]
+
+
+def test_search_by_title_and_genre(client: TestClient) -> None:
+    _put(client, "1", "Star Wars (1977)", ["Action", "Sci-Fi"])
+    _put(client, "2", "Return of the Jedi (1983)", ["Action", "Sci-Fi"])
+    _put(client, "3", "Stargate (1994)", ["Sci-Fi"])
+    _put(client, "4", "100% Wolf", ["Comedy"])
+    _put(client, "5", "Toy Story (1995)", ["Comedy", "Animation"])
+    assert _ids(client, q="STAR") == ["1", "3"]
+    page = client.get("/items", params={"q": "star", "limit": 1}).json()
+    assert page["total"] == 2
+    assert _ids(client, genre="sci-fi") == ["1", "2", "3"]
+    assert _ids(client, q="star", genre="Action") == ["1"]
+    assert _ids(client, q="toy", genre="Action") == []  # a known genre: just no match
+    # % and _ are text, not wildcards
+    assert _ids(client, q="100%") == ["4"]
+    assert _ids(client, q="_") == []
+    assert _ids(client, sort="title") == ["4", "2", "1", "3", "5"]
+
+
+def test_an_unknown_genre_says_so(client: TestClient) -> None:
+    _put(client, "1", "Star Wars (1977)", ["Action", "Sci-Fi"])
+    response = client.get("/items", params={"genre": "Westren"})
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    detail = response.json()["detail"]
+    assert "unknown genre 'Westren'" in detail
+    assert "Action, Sci-Fi" in detail
+
+
+def test_popularity_order_puts_the_most_rated_first(client: TestClient) -> None:
+    for item in ("1", "2", "3"):
+        _put(client, item, f"Film {item}", [])
+    ratings = [("u1", "3"), ("u2", "3"), ("u1", "2")]
+    for user, item in ratings:
+        body = {"user_id": user, "item_id": item, "rating": 4}
+        assert client.post("/ratings", json=body).status_code == 201
+    assert _ids(client, sort="popularity") == ["3", "2", "1"]
+    assert client.get("/items", params={"sort": "price"}).status_code == 422

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _api_support import Subset, load_subset, register
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
+
+from app.db.ratings import count_ratings, count_user_ratings
+from rbm_core.recommender import RBMRecommender
 
 # Popular movies of the subset, rated by the new users of these tests.
 FIRST_RATINGS = {"50": 5, "181": 5, "1": 4, "100": 2, "98": 1}
@@ -376,3 +380,130 @@ def test_a_version_trained_before_the_served_model_had_parts_still_serves(
     assert client.get("/model").json()["parts"] == {}
     predictions = client.get("/users/old-model/predictions", params={"item_id": ["181"]})
     assert predictions.status_code == 200
+
+
+def _score(client: TestClient, user_id: str, item_id: str) -> float:
+    body = client.get(f"/users/{user_id}/recommendations", params={"n": 100}).json()
+    scores = {item["item_id"]: item["score"] for item in body["items"]}
+    assert item_id in scores, "the item left the top 100"
+    return float(scores[item_id])
+
+
+def test_removing_or_lowering_the_strongest_support_lowers_the_score(
+    model_client: TestClient,
+) -> None:
+    ratings = {"1": 5.0, "50": 5.0, "181": 4.0, "172": 5.0, "100": 2.0}
+    post_ratings(model_client, "supported", ratings)
+    body = model_client.get(
+        "/users/supported/recommendations", params={"n": 5, "explain": "true"}
+    ).json()
+    explained = [item for item in body["items"] if item["explanations"]]
+    assert explained
+    item = explained[0]
+    strongest = item["explanations"][0]
+    before = _score(model_client, "supported", item["item_id"])
+    assert before == pytest.approx(item["score"])
+
+    # lowered to the bottom of the scale
+    post_ratings(model_client, "supported", {strongest["item_id"]: 1.0})
+    lowered = _score(model_client, "supported", item["item_id"])
+    assert lowered < before
+    # left out: the score drops by the contribution the explanation gave
+    deleted = model_client.delete(f"/users/supported/ratings/{strongest['item_id']}")
+    assert deleted.status_code == 204
+    removed = _score(model_client, "supported", item["item_id"])
+    assert removed < before
+    assert before - removed == pytest.approx(strongest["contribution"], rel=1e-3, abs=1e-4)
+
+
+def test_explanations_are_not_computed_unless_asked(
+    model_client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    real = RBMRecommender.explain
+
+    def counted(self: RBMRecommender, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real(self, *args, **kwargs)
+
+    # a spy: the real method still answers, the test only counts its calls
+    monkeypatch.setattr(RBMRecommender, "explain", counted)
+    post_ratings(model_client, "thrifty", FIRST_RATINGS)
+    plain = model_client.get("/users/thrifty/recommendations", params={"n": 10}).json()
+    given = model_client.post(
+        "/recommendations",
+        json={"ratings": [{"item_id": k, "rating": v} for k, v in FIRST_RATINGS.items()]},
+    ).json()
+    assert calls == []
+    for answer in (plain, given):
+        assert answer["strategy"] == "rbm"
+        assert all("explanations" not in item and "reason" not in item for item in answer["items"])
+    model_client.get("/users/thrifty/recommendations", params={"n": 10, "explain": "true"})
+    assert len(calls) == 1
+
+
+# -- POST /recommendations: ratings given in the body ---------------------------------
+def test_ratings_in_the_body_get_what_a_stored_user_gets(
+    model_client: TestClient, store: sessionmaker[Session]
+) -> None:
+    post_ratings(model_client, "stored", FIRST_RATINGS)
+    stored = model_client.get(
+        "/users/stored/recommendations", params={"n": 8, "explain": "true", "genre": "Drama"}
+    ).json()
+    response = model_client.post(
+        "/recommendations",
+        json={
+            "ratings": [{"item_id": k, "rating": v} for k, v in FIRST_RATINGS.items()],
+            "n": 8,
+            "explain": True,
+            "genre": "Drama",
+        },
+    )
+    assert response.status_code == 200, response.text
+    given = response.json()
+    assert given["strategy"] == "rbm"
+    assert given["model_version"] == stored["model_version"]
+    assert given["items"] == stored["items"]
+    # nothing was written
+    with store() as session:
+        assert count_ratings(session) == count_ratings_before(session, "stored")
+
+
+def count_ratings_before(session: Session, user_id: str) -> int:
+    """All ratings but the ones these tests posted for ``user_id``."""
+    return count_ratings(session) - count_user_ratings(session, user_id) + len(FIRST_RATINGS)
+
+
+def test_ratings_in_the_body_are_checked(model_client: TestClient) -> None:
+    cases = [
+        {"ratings": [{"item_id": "1", "rating": 5}, {"item_id": "1", "rating": 4}]},
+        {"ratings": [{"item_id": "1", "rating": 7}]},
+        {"ratings": [{"item_id": "1", "rating": 5}], "n": 0},
+        {"ratings": [{"item_id": "bad id", "rating": 5}]},
+        {"ratings": [], "surprise": True},
+        {},
+    ]
+    for payload in cases:
+        response = model_client.post("/recommendations", json=payload)
+        assert response.status_code == 422, (payload, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+    twice = model_client.post(
+        "/recommendations",
+        json={"ratings": [{"item_id": "1", "rating": 5}, {"item_id": "1", "rating": 4}]},
+    ).json()
+    assert twice["errors"][0]["loc"] == ["body", "ratings", 1, "item_id"]
+    assert model_client.post("/recommendations", content=b"x=1").status_code in (415, 422)
+
+
+def test_ratings_the_model_cannot_use_get_popular_items(model_client: TestClient) -> None:
+    nothing_known = model_client.post(
+        "/recommendations", json={"ratings": [{"item_id": "not-in-model", "rating": 5}], "n": 3}
+    ).json()
+    assert nothing_known["strategy"] == "popular"
+    assert len(nothing_known["items"]) == 3
+
+
+def test_ratings_in_the_body_without_a_model_get_popular_items(client: TestClient) -> None:
+    no_model = client.post("/recommendations", json={"ratings": [{"item_id": "1", "rating": 5}]})
+    assert no_model.status_code == 200
+    assert no_model.json()["model_version"] is None
