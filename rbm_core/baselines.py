@@ -313,4 +313,3 @@ class Popularity(NonPersonalised):
         )
         self.item_score_ = counts.copy() if self.by == "count" else self.item_mean_.copy()
         return self
-

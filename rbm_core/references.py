@@ -165,4 +165,3 @@ class ItemQualityPopularity(NonPersonalised):
         sums = np.asarray(values.sum(axis=0), dtype=np.float64).ravel()
         self.item_mean_ = (sums + 10.0 * self.global_mean_) / (counts + 10.0)
         return self
-
