@@ -345,8 +345,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
 # -- OpenAPI -------------------------------------------------------------------------
 _RESPONSE_DESCRIPTIONS: Final = {
-    401: "No API key (``Authorization: Bearer <key>``) was sent.",
-    403: "The API key is not valid for this operation.",
+    400: "The request body is not valid JSON (e.g. not UTF-8).",
+    401: "No API key (``Authorization: Bearer <key>``) was sent, or it is not a configured key.",
+    403: "The API key is a configured key, but its role does not cover this operation.",
     404: "Not found.",
     409: "A concurrent write conflicted; retry.",
     413: "The request body is too large.",
@@ -378,3 +379,43 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
             "description": _RESPONSE_DESCRIPTIONS.get(status, _phrase(status)),
         }
     return out
+
+
+_WRITE_METHODS: Final = frozenset({"post", "put", "patch", "delete"})
+_PROBLEM_REF: Final = "#/components/schemas/Problem"
+_VALIDATION_PROBLEM_REF: Final = "#/components/schemas/ValidationProblem"
+
+
+def document_common_statuses(schema: dict[str, Any]) -> None:
+    """Add to each operation of an OpenAPI document the errors that the layers around
+    its handler can answer, so that every status the server sends is documented.
+
+    * an operation with a body: 400 (not JSON, or not UTF-8: FastAPI's parser), 413
+      (:class:`app.api.middleware.BodySizeLimitMiddleware`), 415 (``require_json``) and
+      422;
+    * every write method: 413 (the size limit reads any body) and 409 (a concurrent
+      write's integrity error, see ``_handle_database``).
+
+    Parameters
+    ----------
+    schema : dict
+        The document, changed in place; its components must hold ``Problem`` and
+        ``ValidationProblem``.
+    """
+    for item in schema.get("paths", {}).values():
+        for method, operation in item.items():
+            statuses: set[int] = set()
+            if "requestBody" in operation:
+                statuses |= {400, 413, 415, 422}
+            if method in _WRITE_METHODS:
+                statuses |= {409, 413}
+            responses = operation.setdefault("responses", {})
+            for status in sorted(statuses):
+                ref = _VALIDATION_PROBLEM_REF if status == 422 else _PROBLEM_REF
+                responses.setdefault(
+                    str(status),
+                    {
+                        "description": _RESPONSE_DESCRIPTIONS[status],
+                        "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": ref}}},
+                    },
+                )

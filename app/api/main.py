@@ -25,7 +25,7 @@ from threadpoolctl import threadpool_limits
 
 from app.api import admin, health, items, model, model_versions, ratings, users
 from app.api.deps import Recommender
-from app.api.errors import PROBLEM_MEDIA_TYPE, install_error_handlers
+from app.api.errors import PROBLEM_MEDIA_TYPE, document_common_statuses, install_error_handlers
 from app.api.metrics import ApiMetrics, MetricsMiddleware
 from app.api.middleware import BodySizeLimitMiddleware, ResponseGuard
 from app.api.openapi_links import add_openapi_links
@@ -36,7 +36,7 @@ from app.api.proxy import (
     TrustedProxies,
     replica_name,
 )
-from app.api.security import log_security_posture
+from app.api.security import document_security, log_security_posture
 from app.db.engine import engine_from_settings, is_sqlite, make_sessionmaker
 from app.services.catalog import CatalogCache
 from app.services.model_holder import ModelHolder, poll_forever
@@ -146,6 +146,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ForwardedHeadersMiddleware, trusted=TrustedProxies(settings.trusted_proxies))
     _document_problems(app)
     add_openapi_links(app)
+    document_security(app, settings)
     return app
 
 
@@ -269,6 +270,7 @@ def _document_problems(app: FastAPI) -> None:
                     # FastAPI's default 422 schema is not what the handler answers.
                     if body.get("schema", {}).get("$ref", "").endswith("/HTTPValidationError"):
                         body["schema"] = {"$ref": _VALIDATION_PROBLEM_REF}
+        document_common_statuses(schema)
         app.openapi_schema = schema
         return schema
 
