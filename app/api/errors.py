@@ -12,6 +12,7 @@ stack trace ever reaches a client.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any, Final
@@ -29,6 +30,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from app.domain import ID_PATTERN, ID_RULE, InvalidIdError, InvalidRatingError, ItemsNotInStoreError
 from app.schemas.problems import Problem, ValidationProblem
@@ -189,9 +191,32 @@ async def _handle_http(request: Request, exc: Exception) -> JSONResponse:
     # Starlette's own 404/405 details are just the status phrase: say more.
     if detail == _phrase(exc.status_code):
         detail = _HTTP_DETAILS.get(exc.status_code, detail)
-    return problem_response(
-        exc.status_code, detail, instance=_instance(request), headers=exc.headers
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405 and (allowed := _allowed_methods(request)):
+        headers["Allow"] = ", ".join(allowed)
+    return problem_response(exc.status_code, detail, instance=_instance(request), headers=headers)
+
+
+_HTTP_METHODS: Final = frozenset({"get", "put", "post", "delete", "options", "head", "patch"})
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method the OpenAPI document lists for this path.
+
+    Starlette's own ``Allow`` names the methods of the first route whose path
+    matched, where ``GET`` and ``POST`` of one path are two routes.
+    """
+    table: list[tuple[re.Pattern[str], set[str]]] | None = getattr(
+        request.app.state, "allowed_methods", None
     )
+    if table is None:
+        table = [
+            (compile_path(path)[0], {m.upper() for m in item if m in _HTTP_METHODS})
+            for path, item in request.app.openapi().get("paths", {}).items()
+        ]
+        request.app.state.allowed_methods = table
+    path = request.url.path
+    return sorted({m for regex, methods in table if regex.match(path) for m in methods})
 
 
 def _message(err: Mapping[str, Any]) -> str:

@@ -24,6 +24,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from threadpoolctl import threadpool_limits
 
 from app.api import admin, health, items, model, model_versions, ratings, users
+from app.api.contract import document_contract
 from app.api.deps import Recommender
 from app.api.errors import PROBLEM_MEDIA_TYPE, document_common_statuses, install_error_handlers
 from app.api.metrics import ApiMetrics, MetricsMiddleware
@@ -36,7 +37,7 @@ from app.api.proxy import (
     TrustedProxies,
     replica_name,
 )
-from app.api.security import document_security, log_security_posture
+from app.api.security import log_security_posture
 from app.db.engine import engine_from_settings, is_sqlite, make_sessionmaker
 from app.services.catalog import CatalogCache
 from app.services.model_holder import ModelHolder, poll_forever
@@ -146,7 +147,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ForwardedHeadersMiddleware, trusted=TrustedProxies(settings.trusted_proxies))
     _document_problems(app)
     add_openapi_links(app)
-    document_security(app, settings)
+    document_contract(app, settings)
     return app
 
 

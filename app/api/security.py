@@ -27,7 +27,7 @@ never logged or echoed.
 The OpenAPI document says the same thing as the server: each protected operation
 names its role's HTTP bearer scheme (``ReadKey``, ``WriteKey``, ``AdminKey``) and
 documents 401 and 403; an operation that the configuration leaves open declares no
-security at all (:func:`document_security`).
+security at all (:func:`apply_security`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import logging
 from collections.abc import Sequence
 from typing import Annotated, Any, Final, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 
@@ -51,8 +51,8 @@ __all__ = [
     "AuthMode",
     "Role",
     "admin_router",
+    "apply_security",
     "auth_mode",
-    "document_security",
     "key_matches",
     "log_security_posture",
     "protected",
@@ -250,7 +250,13 @@ def _auth_response(status: int, schema_ref: str) -> dict[str, Any]:
     return response
 
 
-def _apply_security(schema: dict[str, Any], settings: Settings) -> None:
+def apply_security(schema: dict[str, Any], settings: Settings) -> None:
+    """Declare in an OpenAPI document exactly the keys ``settings`` require.
+
+    Each operation names the bearer scheme of its role and documents 401 and 403 when
+    that role needs a key; an operation left open declares no security and neither
+    status. Schemes no operation uses are dropped.
+    """
     used: set[str] = set()
     for item in schema.get("paths", {}).values():
         for operation in item.values():
@@ -275,29 +281,6 @@ def _apply_security(schema: dict[str, Any], settings: Settings) -> None:
         del schemes[name]
     if not schemes:
         schema.get("components", {}).pop("securitySchemes", None)
-
-
-def document_security(app: FastAPI, settings: Settings) -> None:
-    """Make ``app``'s OpenAPI document declare exactly the keys ``settings`` require.
-
-    Parameters
-    ----------
-    app : FastAPI
-        The app, with all its routers included.
-    settings : Settings
-        Its configuration (which roles need keys).
-    """
-    build = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is not None:
-            return app.openapi_schema
-        schema = build()
-        _apply_security(schema, settings)
-        app.openapi_schema = schema
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def log_security_posture(settings: Settings) -> None:
