@@ -208,6 +208,15 @@ def test_the_rating_scale_is_part_of_the_document() -> None:
     assert rating["enum"] == [1 + 0.5 * i for i in range(19)]
 
 
+def test_item_attributes_are_described_as_storable_json() -> None:
+    schema = _schema(Settings(database_url="sqlite://"))
+    attributes = schema["components"]["schemas"]["ItemUpsert"]["properties"]["attributes"]
+    assert attributes["propertyNames"] == {"pattern": "^[^\\x00]*$"}
+    assert attributes["additionalProperties"] == {"$ref": "#/components/schemas/StorableJson"}
+    storable = schema["components"]["schemas"]["StorableJson"]
+    assert {"type": "string", "pattern": "^[^\\x00]*$"} in storable["anyOf"]
+
+
 def test_the_schema_declares_links_for_stateful_runs() -> None:
     operations = _operations(_schema(Settings(database_url="sqlite://")))
     links = {

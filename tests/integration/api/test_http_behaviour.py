@@ -104,6 +104,24 @@ def test_security_headers(client: TestClient) -> None:
         assert response.headers["x-frame-options"] == "DENY"
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("OPTIONS", "/admin/retrain", "GET, POST"),
+        ("PATCH", "/items/m1", "GET, PUT"),
+        ("POST", "/users/u1/ratings/m1", "DELETE"),
+        ("DELETE", "/items", "GET"),
+    ],
+)
+def test_405_lists_every_method_of_the_path(
+    client: TestClient, method: str, path: str, allow: str
+) -> None:
+    response = client.request(method, path)
+    assert response.status_code == 405
+    assert response.headers["content-type"] == PROBLEM
+    assert response.headers["allow"] == allow
+
+
 # -- API keys ---------------------------------------------------------------------------
 # (every combination of roles and keys: test_api_key_roles.py)
 WRITE_1 = "write-key-1-Qm4x9TzL"
