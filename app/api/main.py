@@ -66,9 +66,10 @@ _DESCRIPTION = """\
 Recommendations from a softmax-visible Restricted Boltzmann Machine, folded in from
 each user's current ratings at request time.
 
-* Writes (`POST /ratings`, `PUT /items/...`, `DELETE ...`) need
-  `Authorization: Bearer <key>` when `RBMREC_API_KEYS` is set; admin routes need a
-  key from `RBMREC_ADMIN_API_KEYS`.
+* API keys (`Authorization: Bearer <key>`): read keys read users' data, write keys
+  also write, admin keys may do everything. Each operation that needs a key in this
+  server's configuration names its scheme (`ReadKey`, `WriteKey`, `AdminKey`);
+  one that names none is open here.
 * Every error is an RFC 9457 problem document (`application/problem+json`).
 """
 
