@@ -55,6 +55,7 @@ __all__ = [
     "auth_mode",
     "key_matches",
     "log_security_posture",
+    "presented_role",
     "protected",
     "require_admin_key",
     "require_read_key",
@@ -65,6 +66,7 @@ Role = Literal["read", "write", "admin"]
 AuthMode = Literal["open", "keyed"]
 
 _RANK: Final[dict[Role, int]] = {"read": 0, "write": 1, "admin": 2}
+_HIGHEST_FIRST: Final[tuple[Role, ...]] = ("admin", "write", "read")
 _SCHEME: Final[dict[Role, str]] = {"read": "ReadKey", "write": "WriteKey", "admin": "AdminKey"}
 _ROLE_OF_SCHEME: Final[dict[str, Role]] = {name: role for role, name in _SCHEME.items()}
 _WHAT: Final[dict[Role, str]] = {
@@ -148,9 +150,9 @@ def presented_role(presented: str, settings: Settings) -> Role | None:
         key_matches(presented, _plain(settings.api_keys)),
         key_matches(presented, _plain(settings.read_api_keys)),
     ]
-    for role, hit in zip(("admin", "write", "read"), matched, strict=True):
+    for role, hit in zip(_HIGHEST_FIRST, matched, strict=True):
         if hit:
-            return role  # type: ignore[return-value]
+            return role
     return None
 
 
