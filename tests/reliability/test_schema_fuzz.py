@@ -121,6 +121,7 @@ def run_schemathesis(served: Served, *extra: str) -> subprocess.CompletedProcess
     )
 
 
+@pytest.mark.e2e
 def test_schemathesis_finds_no_failure_with_every_check_and_phase(served: Served) -> None:
     done = run_schemathesis(served)
     output = done.stdout + done.stderr
@@ -131,6 +132,7 @@ def test_schemathesis_finds_no_failure_with_every_check_and_phase(served: Served
         assert f"✅  {phase}" in output, output[-5000:]
 
 
+@pytest.mark.e2e
 def test_the_served_document_declares_exactly_the_keys_the_server_enforces(
     served: Served,
 ) -> None:
