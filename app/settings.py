@@ -162,7 +162,7 @@ class Settings(BaseSettings):
     @field_validator("api_keys", "admin_api_keys", "read_api_keys")
     @classmethod
     def _long_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
-        # Only positions and lengths are named: the error text must not reveal a key.
+        # Only positions are named: the error text must not reveal a key.
         short = [
             i + 1 for i, key in enumerate(value) if len(key.get_secret_value()) < MIN_KEY_LENGTH
         ]
