@@ -208,7 +208,7 @@ users=$(psql_db "SELECT string_agg(DISTINCT usename, ',') FROM pg_stat_activity 
 [[ $users == rbmrec_app ]] || die "api and worker should connect as rbmrec_app only, not: $users"
 denied=$(dc exec -T -e PGPASSWORD="$(sed -n 's/^POSTGRES_APP_PASSWORD=//p' "$work/compose.env")" db psql -h 127.0.0.1 -U rbmrec_app -d rbmrec -Atc "CREATE TABLE intruder (a int)" 2>&1 || true)
 [[ $denied == *"permission denied"* ]] || die "rbmrec_app could create a table: $denied"
-log "api and worker connect as rbmrec_app (no superuser, no DDL: $denied)"
+log "api and worker connect as rbmrec_app (no superuser, no DDL: ${denied%%$'\n'*})"
 
 # -- 2. seed: import MovieLens 100K, train the first model ---------------------------
 start=$SECONDS
