@@ -45,6 +45,9 @@ ARG APP_GID=10001
 # The API binds all interfaces inside the container (the host decides what to publish);
 # artifacts go to /var/lib/rbmrec/models, which compose mounts as a named volume. A new
 # named volume copies this directory's owner, so the non-root user can write to it.
+# On 0.0.0.0 `rbmrec serve` refuses to run without API keys: pass them
+# (-e RBMREC_ADMIN_API_KEYS=... -e RBMREC_API_KEYS=... -e RBMREC_READ_API_KEYS=...) or,
+# for an open API on purpose, -e RBMREC_ALLOW_OPEN=true. The image sets neither.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

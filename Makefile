@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast lint format typecheck demo serve bench migrate clean
+.PHONY: help install test test-fast lint format typecheck demo serve bench migrate env clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ serve: $(STAMP) ## Serve the API with the current configuration
 
 bench: $(STAMP) ## Run the benchmarks (prints numbers; see docs/benchmarks.md)
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+env: ## Write .env from .env.example with fresh database passwords and API keys
+	$(PYTHON) scripts/make_env.py
 
 clean: ## Remove caches and build output (keeps .venv, data and models)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BeforeValidator, Field, field_validator
+from pydantic import BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.api.proxy import parse_proxy_entry
@@ -22,6 +22,9 @@ def _split_csv(value: object) -> object:
 def _parse_scale(value: object) -> object:
     return RatingScale.parse(value) if isinstance(value, str) else value
 
+
+MIN_KEY_LENGTH = 16
+"""Shortest API key accepted: shorter ones are guessable, and refused at start-up."""
 
 ScaleSetting = Annotated[
     RatingScale,
@@ -39,8 +42,13 @@ class Settings(BaseSettings):
     (or a ``.env`` file in the working directory). README.md lists them.
     """
 
+    # hide_input_in_errors: a refused setting is named in the error, never echoed (keys).
     model_config = SettingsConfigDict(
-        env_prefix="RBMREC_", env_file=".env", extra="ignore", frozen=True
+        env_prefix="RBMREC_",
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+        hide_input_in_errors=True,
     )
 
     database_url: str = Field(
@@ -61,11 +69,24 @@ class Settings(BaseSettings):
     auto_create_items: bool = Field(
         default=False, description="Create unknown items on POST /ratings instead of 404."
     )
-    api_keys: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Keys accepted for writes (comma separated)."
+    # -- API keys and open mode (app/api/security.py, docs/security.md) ------------
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Keys accepted for writes and per-user reads (comma separated, "
+        f"each at least {MIN_KEY_LENGTH} characters).",
     )
-    admin_api_keys: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Keys accepted for admin routes (comma separated)."
+    admin_api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Keys accepted for everything, admin routes included (comma separated).",
+    )
+    read_api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Keys accepted for per-user reads (comma separated); once any key is "
+        "set here, every /users/{id} read needs a read, write or admin key.",
+    )
+    allow_open: bool = Field(
+        default=False,
+        description="Let `rbmrec serve` bind a non-loopback address with no API keys set.",
     )
     model_mmap: bool = Field(
         default=True,
@@ -131,10 +152,32 @@ class Settings(BaseSettings):
         "`SO_REUSEPORT` socket on Linux).",
     )
 
-    @field_validator("api_keys", "admin_api_keys", "cors_origins", "trusted_proxies", mode="before")
+    @field_validator(
+        "api_keys",
+        "admin_api_keys",
+        "read_api_keys",
+        "cors_origins",
+        "trusted_proxies",
+        mode="before",
+    )
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("api_keys", "admin_api_keys", "read_api_keys")
+    @classmethod
+    def _long_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
+        # Only positions are named: the error text must not reveal a key.
+        short = [
+            i + 1 for i, key in enumerate(value) if len(key.get_secret_value()) < MIN_KEY_LENGTH
+        ]
+        if short:
+            raise ValueError(
+                f"API keys must be at least {MIN_KEY_LENGTH} characters; key number(s) "
+                f"{', '.join(map(str, short))} of the list are shorter (generate one with "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+            )
+        return value
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -80,9 +80,15 @@ cat >"$work/app.env" <<EOF
 RBMREC_MODEL_POLL_SECONDS=$poll_s
 RBMREC_MAX_BODY_BYTES=$body_limit
 RBMREC_LOG_LEVEL=INFO
+# The proxy publishes on 127.0.0.1 only and the checks send no key: open on purpose.
+RBMREC_ALLOW_OPEN=true
 EOF
 export APP_ENV_FILE="$work/app.env"
-: >"$work/compose.env"
+# The passwords compose requires, fresh for this run's own volume.
+cat >"$work/compose.env" <<EOF
+POSTGRES_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')
+POSTGRES_APP_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')
+EOF
 dc() { docker compose --env-file "$work/compose.env" "$@"; }
 
 # -- the checks and their summary ----------------------------------------------------

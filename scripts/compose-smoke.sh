@@ -52,9 +52,15 @@ work=$(mktemp -d)
 cat >"$work/app.env" <<'EOF'
 RBMREC_MODEL_POLL_SECONDS=2
 RBMREC_LOG_LEVEL=INFO
+# The proxy publishes on 127.0.0.1 only and the checks send no key: open on purpose.
+RBMREC_ALLOW_OPEN=true
 EOF
 export APP_ENV_FILE="$work/app.env"
-: >"$work/compose.env"
+# The passwords compose requires, fresh for this run's own volume.
+cat >"$work/compose.env" <<EOF
+POSTGRES_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')
+POSTGRES_APP_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')
+EOF
 dc() { docker compose --env-file "$work/compose.env" "$@"; }
 
 cleanup() {
@@ -196,6 +202,13 @@ expect 200 GET /health/ready
 log "ready before seeding: $(cat "$work/body")"
 expect 200 GET "/users/$user/recommendations?n=5"
 [[ $(jq_py 'd["strategy"]') == popular ]] || die "expected the popular fallback without a model"
+# api and worker connect as the app role, which may not change the schema
+[[ $(psql_db "SELECT rolsuper FROM pg_roles WHERE rolname = 'rbmrec_app'") == f ]] || die "rbmrec_app is missing or a superuser"
+users=$(psql_db "SELECT string_agg(DISTINCT usename, ',') FROM pg_stat_activity WHERE datname = 'rbmrec' AND pid <> pg_backend_pid()")
+[[ $users == rbmrec_app ]] || die "api and worker should connect as rbmrec_app only, not: $users"
+denied=$(dc exec -T -e PGPASSWORD="$(sed -n 's/^POSTGRES_APP_PASSWORD=//p' "$work/compose.env")" db psql -h 127.0.0.1 -U rbmrec_app -d rbmrec -Atc "CREATE TABLE intruder (a int)" 2>&1 || true)
+[[ $denied == *"permission denied"* ]] || die "rbmrec_app could create a table: $denied"
+log "api and worker connect as rbmrec_app (no superuser, no DDL: ${denied%%$'\n'*})"
 
 # -- 2. seed: import MovieLens 100K, train the first model ---------------------------
 start=$SECONDS

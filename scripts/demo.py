@@ -24,6 +24,7 @@ from typing import NoReturn
 
 from sqlalchemy.exc import DBAPIError
 
+from app.api.security import protected
 from app.db import migrate
 from app.db.engine import engine_from_settings, make_sessionmaker
 from app.db.ratings import count_ratings
@@ -110,9 +111,9 @@ def prepare(settings: Settings) -> None:
 def examples(settings: Settings) -> str:
     """Example requests against the demo server."""
     base = f"http://{settings.host}:{settings.port}"
-    auth = ""
-    if settings.api_keys:
-        auth = " -H 'Authorization: Bearer $RBMREC_KEY'"
+    header = " -H 'Authorization: Bearer $RBMREC_KEY'"
+    auth = header if protected(settings, "write") else ""
+    read = header if protected(settings, "read") else ""
     return f"""
 Dashboard: {base}/dashboard    API docs: {base}/docs
 
@@ -121,14 +122,14 @@ carries out POST /admin/retrain and the dashboard's "Retrain now"). Ctrl-C stops
 
 Try it:
 
-  curl -s '{base}/users/196/recommendations?n=5'
+  curl -s{read} '{base}/users/196/recommendations?n=5'
   curl -s -X POST {base}/ratings{auth} -H 'Content-Type: application/json' \\
        -d '{{"user_id": "alice", "item_id": "50", "rating": 5}}'
   curl -s -X POST {base}/ratings/batch{auth} -H 'Content-Type: application/json' \\
        -d '{{"ratings": [{{"user_id": "alice", "item_id": "181", "rating": 5}},
                         {{"user_id": "alice", "item_id": "98", "rating": 2}}]}}'
-  curl -s '{base}/users/alice/recommendations?n=5&genre=Comedy'
-  curl -s '{base}/users/alice/predictions?item_id=172&item_id=1'
+  curl -s{read} '{base}/users/alice/recommendations?n=5&genre=Comedy'
+  curl -s{read} '{base}/users/alice/predictions?item_id=172&item_id=1'
   curl -s '{base}/items/50/similar?n=5'
   curl -s {base}/model
   curl -s {base}/health/ready

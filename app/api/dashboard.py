@@ -34,7 +34,7 @@ from app.api.deps import (
     ReadSessionDep,
     SettingsDep,
 )
-from app.api.security import admin_keys, write_keys
+from app.api.security import auth_mode, protected
 from app.services import dashboard as dashboard_service
 
 __all__ = ["DASHBOARD_CSP", "STATIC_DIR", "mount_static", "router"]
@@ -121,8 +121,10 @@ def overview_page(
         request.app.state.session_factory,
         holder,
         metrics,
-        writes_open=not write_keys(settings),
-        admin_open=not admin_keys(settings),
+        auth_mode=auth_mode(settings),
+        reads_open=not protected(settings, "read"),
+        writes_open=not protected(settings, "write"),
+        admin_open=not protected(settings, "admin"),
     )
     return _render(request, "overview", {"view": view})
 

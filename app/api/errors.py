@@ -12,6 +12,7 @@ stack trace ever reaches a client.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any, Final
@@ -29,6 +30,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from app.domain import ID_PATTERN, ID_RULE, InvalidIdError, InvalidRatingError, ItemsNotInStoreError
 from app.schemas.problems import Problem, ValidationProblem
@@ -189,9 +191,32 @@ async def _handle_http(request: Request, exc: Exception) -> JSONResponse:
     # Starlette's own 404/405 details are just the status phrase: say more.
     if detail == _phrase(exc.status_code):
         detail = _HTTP_DETAILS.get(exc.status_code, detail)
-    return problem_response(
-        exc.status_code, detail, instance=_instance(request), headers=exc.headers
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405 and (allowed := _allowed_methods(request)):
+        headers["Allow"] = ", ".join(allowed)
+    return problem_response(exc.status_code, detail, instance=_instance(request), headers=headers)
+
+
+_HTTP_METHODS: Final = frozenset({"get", "put", "post", "delete", "options", "head", "patch"})
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method the OpenAPI document lists for this path.
+
+    Starlette's own ``Allow`` names the methods of the first route whose path
+    matched, where ``GET`` and ``POST`` of one path are two routes.
+    """
+    table: list[tuple[re.Pattern[str], set[str]]] | None = getattr(
+        request.app.state, "allowed_methods", None
     )
+    if table is None:
+        table = [
+            (compile_path(path)[0], {m.upper() for m in item if m in _HTTP_METHODS})
+            for path, item in request.app.openapi().get("paths", {}).items()
+        ]
+        request.app.state.allowed_methods = table
+    path = request.url.path
+    return sorted({m for regex, methods in table if regex.match(path) for m in methods})
 
 
 def _message(err: Mapping[str, Any]) -> str:
@@ -345,8 +370,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
 # -- OpenAPI -------------------------------------------------------------------------
 _RESPONSE_DESCRIPTIONS: Final = {
-    401: "No API key (``Authorization: Bearer <key>``) was sent.",
-    403: "The API key is not valid for this operation.",
+    400: "The request body is not valid JSON (e.g. not UTF-8).",
+    401: "No API key (``Authorization: Bearer <key>``) was sent, or it is not a configured key.",
+    403: "The API key is a configured key, but its role does not cover this operation.",
     404: "Not found.",
     409: "A concurrent write conflicted; retry.",
     413: "The request body is too large.",
@@ -378,3 +404,43 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
             "description": _RESPONSE_DESCRIPTIONS.get(status, _phrase(status)),
         }
     return out
+
+
+_WRITE_METHODS: Final = frozenset({"post", "put", "patch", "delete"})
+_PROBLEM_REF: Final = "#/components/schemas/Problem"
+_VALIDATION_PROBLEM_REF: Final = "#/components/schemas/ValidationProblem"
+
+
+def document_common_statuses(schema: dict[str, Any]) -> None:
+    """Add to each operation of an OpenAPI document the errors that the layers around
+    its handler can answer, so that every status the server sends is documented.
+
+    * an operation with a body: 400 (not JSON, or not UTF-8: FastAPI's parser), 413
+      (:class:`app.api.middleware.BodySizeLimitMiddleware`), 415 (``require_json``) and
+      422;
+    * every write method: 413 (the size limit reads any body) and 409 (a concurrent
+      write's integrity error, see ``_handle_database``).
+
+    Parameters
+    ----------
+    schema : dict
+        The document, changed in place; its components must hold ``Problem`` and
+        ``ValidationProblem``.
+    """
+    for item in schema.get("paths", {}).values():
+        for method, operation in item.items():
+            statuses: set[int] = set()
+            if "requestBody" in operation:
+                statuses |= {400, 413, 415, 422}
+            if method in _WRITE_METHODS:
+                statuses |= {409, 413}
+            responses = operation.setdefault("responses", {})
+            for status in sorted(statuses):
+                ref = _VALIDATION_PROBLEM_REF if status == 422 else _PROBLEM_REF
+                responses.setdefault(
+                    str(status),
+                    {
+                        "description": _RESPONSE_DESCRIPTIONS[status],
+                        "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": ref}}},
+                    },
+                )

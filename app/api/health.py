@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.api.deps import MetricsDep, ModelHolderDep
 from app.api.errors import PROBLEM_MEDIA_TYPE
 from app.api.metrics import CONTENT_TYPE
+from app.api.security import auth_mode
 from app.db.engine import ping
 from app.schemas.health import DatabaseStatus, Liveness, ModelStatus, NotReady, Readiness
 
@@ -58,9 +59,15 @@ def ready(request: Request, holder: ModelHolderDep) -> Response:
     )
     strategy = "rbm" if status.loaded is not None else "popular"
     replica: str = request.app.state.replica
+    auth = auth_mode(request.app.state.settings)
     if database.ok:
         body = Readiness(
-            status="ready", database=database, model=model, strategy=strategy, replica=replica
+            status="ready",
+            database=database,
+            model=model,
+            strategy=strategy,
+            replica=replica,
+            auth=auth,
         )
         return JSONResponse(body.model_dump(mode="json"))
     problem = NotReady(
@@ -73,6 +80,7 @@ def ready(request: Request, holder: ModelHolderDep) -> Response:
         model=model,
         strategy=strategy,
         replica=replica,
+        auth=auth,
     )
     return JSONResponse(
         problem.model_dump(mode="json"),

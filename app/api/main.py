@@ -35,8 +35,9 @@ from app.api import (
     recommendations,
     users,
 )
+from app.api.contract import document_contract
 from app.api.deps import Recommender
-from app.api.errors import PROBLEM_MEDIA_TYPE, install_error_handlers
+from app.api.errors import PROBLEM_MEDIA_TYPE, document_common_statuses, install_error_handlers
 from app.api.metrics import ApiMetrics, MetricsMiddleware
 from app.api.middleware import BodySizeLimitMiddleware, ResponseGuard
 from app.api.openapi_links import add_openapi_links
@@ -76,9 +77,10 @@ _DESCRIPTION = """\
 Recommendations from a softmax-visible Restricted Boltzmann Machine, folded in from
 each user's current ratings at request time.
 
-* Writes (`POST /ratings`, `PUT /items/...`, `DELETE ...`) need
-  `Authorization: Bearer <key>` when `RBMREC_API_KEYS` is set; admin routes need a
-  key from `RBMREC_ADMIN_API_KEYS`.
+* API keys (`Authorization: Bearer <key>`): read keys read users' data, write keys
+  also write, admin keys may do everything. Each operation that needs a key in this
+  server's configuration names its scheme (`ReadKey`, `WriteKey`, `AdminKey`);
+  one that names none is open here.
 * Every error is an RFC 9457 problem document (`application/problem+json`).
 * The operator dashboard (models, training curves, retrain runs, "try it") is at
   [/dashboard](/dashboard).
@@ -169,6 +171,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ForwardedHeadersMiddleware, trusted=TrustedProxies(settings.trusted_proxies))
     _document_problems(app)
     add_openapi_links(app)
+    document_contract(app, settings)
     return app
 
 
@@ -292,6 +295,7 @@ def _document_problems(app: FastAPI) -> None:
                     # FastAPI's default 422 schema is not what the handler answers.
                     if body.get("schema", {}).get("$ref", "").endswith("/HTTPValidationError"):
                         body["schema"] = {"$ref": _VALIDATION_PROBLEM_REF}
+        document_common_statuses(schema)
         app.openapi_schema = schema
         return schema
 

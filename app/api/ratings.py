@@ -13,6 +13,7 @@ from app.api.errors import (
     validation_problem,
 )
 from app.api.security import require_write_key
+from app.schemas.problems import ValidationProblem
 from app.schemas.ratings import RatingBatch, RatingBatchResult, RatingCreate, RatingOut
 from app.services import ratings as ratings_service
 from app.services.ratings import RatingIn, RatingsRejected
@@ -21,10 +22,19 @@ router = APIRouter(tags=["ratings"], dependencies=[Depends(require_write_key)])
 
 
 def rejection(exc: RatingsRejected, *, single: bool) -> ProblemError:
-    """The problem answered for rejected ratings: 404 for one unknown item, else 422."""
+    """The problem answered for rejected ratings: 404 when the only fault is unknown
+    items (a request valid by the schema, about things that do not exist), else 422."""
     if single and exc.unknown_items_only:
         return ProblemError(404, str(exc), title="Unknown item", type=TYPE_UNKNOWN_ITEM)
     errors = [field_error(["body", *p.loc], p.msg, p.type) for p in exc.problems]
+    if exc.unknown_items_only:
+        return ProblemError(
+            404,
+            f"{exc.total} of the ratings name unknown items; nothing was written",
+            title="Unknown item",
+            type=TYPE_UNKNOWN_ITEM,
+            errors=errors,
+        )
     if exc.total > len(exc.problems):
         detail = f"{exc.total} entries are invalid (the first {len(exc.problems)} are listed)"
     elif single:
@@ -79,10 +89,17 @@ def post_rating(
     summary="Store up to 10,000 ratings in one transaction",
     description="All or nothing: when any entry is invalid (off-scale value, unknown "
     "item, bad id) nothing is written and the 422 answer lists each wrong entry by "
-    "its position (`errors[].loc` = `['body', 'ratings', <index>, <field>]`).",
+    "its position (`errors[].loc` = `['body', 'ratings', <index>, <field>]`): 404 "
+    "when unknown items are the only fault, else 422.",
     response_model=RatingBatchResult,
     dependencies=[Depends(require_json)],
-    responses=problem_responses(401, 403, 413, 415, 422, 503),
+    responses={
+        404: {
+            "model": ValidationProblem,
+            "description": "Unknown items (and nothing else wrong): `errors` lists them.",
+        },
+        **problem_responses(401, 403, 413, 415, 422, 503),
+    },
 )
 def post_ratings_batch(
     body: RatingBatch,

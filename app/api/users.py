@@ -19,7 +19,7 @@ from app.api.deps import (
     model_response,
 )
 from app.api.errors import ProblemError, problem_responses
-from app.api.security import require_write_key
+from app.api.security import require_read_key, require_write_key
 from app.domain import ID_MAX_LENGTH, ID_PATTERN
 from app.schemas.fields import MAX_N
 from app.schemas.ratings import RatingOut, RatingPage
@@ -38,6 +38,7 @@ ItemIdQuery = Annotated[str, Query(min_length=1, max_length=ID_MAX_LENGTH, patte
 @router.get(
     "/{user_id}/ratings",
     summary="A user's ratings, newest first",
+    dependencies=[Depends(require_read_key)],
     response_model=RatingPage,
     responses=problem_responses(422, 503),
 )
@@ -87,6 +88,7 @@ def delete_user_rating(
     "active model and ranks the items the user has not rated. Strategy `popular` "
     "(most-rated items) when the user has no rating the model knows or no model has "
     "been trained yet; an unknown user is not an error.",
+    dependencies=[Depends(require_read_key)],
     response_model=Recommendations,
     responses=problem_responses(422, 503),
 )
@@ -158,6 +160,7 @@ async def get_recommendations(
     description="The expected rating and the probability of each rating level, from "
     "the user's current ratings. Items the model does not know are listed in "
     "`unknown_items` (all of them when no model has been trained yet).",
+    dependencies=[Depends(require_read_key)],
     response_model=Predictions,
     responses=problem_responses(422, 503),
 )

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Any
 
 import typer
 
-from app.cli.common import load_settings
+from app.api.security import auth_mode
+from app.cli.common import fail, load_settings
+from app.settings import Settings
 
 APP_FACTORY = "app.api.main:create_app"
 
@@ -45,6 +48,47 @@ def log_config(level: str) -> dict[str, Any]:
             "uvicorn.access": {"level": level},
         },
     }
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` only accepts connections from this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def auth_banner(settings: Settings) -> str:
+    """The line of the start banner that says who may use the API (never a key)."""
+    if auth_mode(settings) == "open":
+        return (
+            "auth: OPEN - no API key is set: anyone who can reach this address can read "
+            "every user's ratings, write, activate models and retrain (docs/security.md)"
+        )
+    roles = [
+        f"{what} ({len(keys)})"
+        for what, keys in (
+            ("admin", settings.admin_api_keys),
+            ("write", settings.api_keys),
+            ("read", settings.read_api_keys),
+        )
+        if keys
+    ]
+    reads = "keyed" if settings.read_api_keys else "public (RBMREC_READ_API_KEYS is not set)"
+    return f"auth: keyed - keys for {', '.join(roles)}; per-user reads {reads}"
+
+
+def check_open_bind(settings: Settings, host: str) -> None:
+    """Refuse to serve an open API beyond loopback unless ``RBMREC_ALLOW_OPEN`` says so."""
+    if auth_mode(settings) == "open" and not is_loopback(host) and not settings.allow_open:
+        fail(
+            f"refusing to serve an open API on {host}: no API key is set, so anyone who "
+            "can reach that address could read and change everything. Set "
+            "RBMREC_ADMIN_API_KEYS / RBMREC_API_KEYS / RBMREC_READ_API_KEYS, bind "
+            "127.0.0.1, or set RBMREC_ALLOW_OPEN=true to serve it open on purpose"
+        )
 
 
 def serve(
@@ -93,10 +137,11 @@ def serve(
     bind_host = host or settings.host
     bind_port = port or settings.port
     n_workers = workers or settings.workers
+    check_open_bind(settings, bind_host)
     typer.echo(
         f"serving rbmrec on http://{bind_host}:{bind_port} "
         f"({n_workers} worker{'s' if n_workers > 1 else ''}; docs at /docs, "
-        "dashboard at /dashboard)",
+        f"dashboard at /dashboard)\n{auth_banner(settings)}",
         err=True,
     )
     options: dict[str, Any] = {

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.schemas.fields import EXAMPLE_TIME
 from app.schemas.problems import Problem
+
+AuthModeField = Annotated[
+    Literal["open", "keyed"],
+    Field(
+        description="open: no API key is configured, anyone who reaches the API may read "
+        "and change everything; keyed: API keys are required (docs/security.md)."
+    ),
+]
 
 __all__ = ["DatabaseStatus", "Liveness", "ModelStatus", "NotReady", "Readiness"]
 
@@ -63,6 +71,7 @@ class Readiness(BaseModel):
                     },
                     "strategy": "rbm",
                     "replica": "3f2a9c1d7e4b",
+                    "auth": "keyed",
                 }
             ]
         }
@@ -79,6 +88,7 @@ class Readiness(BaseModel):
         "header of every response).",
         examples=["3f2a9c1d7e4b"],
     )
+    auth: AuthModeField
 
 
 class NotReady(Problem):
@@ -104,6 +114,7 @@ class NotReady(Problem):
                     },
                     "strategy": "rbm",
                     "replica": "3f2a9c1d7e4b",
+                    "auth": "keyed",
                 }
             ]
         }
@@ -114,3 +125,4 @@ class NotReady(Problem):
     model: ModelStatus
     strategy: Literal["rbm", "popular"]
     replica: str
+    auth: AuthModeField

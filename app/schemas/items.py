@@ -7,11 +7,18 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Final
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, WithJsonSchema
 
 from app.schemas.fields import EXAMPLE_TIME, NO_NUL_PATTERN, Genre
 
-__all__ = ["ItemOut", "ItemPage", "ItemUpsert", "SimilarItem", "SimilarItems"]
+__all__ = [
+    "STORABLE_JSON_SCHEMA",
+    "ItemOut",
+    "ItemPage",
+    "ItemUpsert",
+    "SimilarItem",
+    "SimilarItems",
+]
 
 
 _UNSTORABLE_TEXT: Final = re.compile("[\x00\ud800-\udfff]")
@@ -40,6 +47,40 @@ def _storable_json(value: dict[str, JsonValue]) -> dict[str, JsonValue]:
     return value
 
 
+STORABLE_TEXT_PATTERN: Final = NO_NUL_PATTERN
+"""Texts and keys of ``attributes`` hold no NUL. (Nor an unpaired surrogate, which the
+pattern cannot name: UTF-8 cannot carry one, and validators that compile patterns as
+Unicode scalar values, Rust's among them, cannot spell one.)"""
+
+STORABLE_JSON_SCHEMA: Final[dict[str, Any]] = {
+    "description": "Any JSON value whose texts and keys hold no NUL character and no "
+    "unpaired surrogate (neither store can keep them).",
+    "anyOf": [
+        {"type": "string", "pattern": STORABLE_TEXT_PATTERN},
+        {"type": "number"},
+        {"type": "boolean"},
+        {"type": "null"},
+        {"type": "array", "items": {"$ref": "#/components/schemas/StorableJson"}},
+        {
+            "type": "object",
+            "propertyNames": {"pattern": STORABLE_TEXT_PATTERN},
+            "additionalProperties": {"$ref": "#/components/schemas/StorableJson"},
+        },
+    ],
+}
+"""``components.schemas.StorableJson`` of the OpenAPI document (recursive, so it is
+added there by :func:`app.api.contract.document_contract`): what ``_storable_json``
+accepts."""
+
+_ATTRIBUTES_SCHEMA: Final[dict[str, Any]] = {
+    "type": "object",
+    "maxProperties": 100,
+    "propertyNames": {"pattern": STORABLE_TEXT_PATTERN},
+    "additionalProperties": {"$ref": "#/components/schemas/StorableJson"},
+    "description": "Free-form JSON metadata.",
+}
+
+
 class ItemUpsert(BaseModel):
     """An item's display metadata (``PUT`` replaces all of it)."""
 
@@ -58,9 +99,11 @@ class ItemUpsert(BaseModel):
 
     title: str = Field(default="", max_length=500, pattern=NO_NUL_PATTERN)
     genres: list[Genre] = Field(default_factory=list, max_length=50)
-    attributes: Annotated[dict[str, JsonValue], AfterValidator(_storable_json)] = Field(
-        default_factory=dict, max_length=100, description="Free-form JSON metadata."
-    )
+    attributes: Annotated[
+        dict[str, JsonValue],
+        AfterValidator(_storable_json),
+        WithJsonSchema(_ATTRIBUTES_SCHEMA, mode="validation"),
+    ] = Field(default_factory=dict, max_length=100, description="Free-form JSON metadata.")
 
 
 class ItemOut(BaseModel):

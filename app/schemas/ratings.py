@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from app.schemas.fields import EXAMPLE_TIME, MAX_BATCH, IdStr, RatingValue
 
 __all__ = ["RatingBatch", "RatingBatchResult", "RatingCreate", "RatingOut", "RatingPage"]
+
+
+def _date_time_text(value: object) -> object:
+    # pydantic would also take a number (Unix time), which the documented
+    # ``format: date-time`` does not allow: one form only.
+    if value is not None and not isinstance(value, str):
+        raise ValueError("rated_at must be an ISO 8601 date-time string")
+    return value
+
+
+RatedAt = Annotated[datetime | None, BeforeValidator(_date_time_text)]
 
 
 class RatingCreate(BaseModel):
@@ -27,7 +39,7 @@ class RatingCreate(BaseModel):
     user_id: IdStr = Field(description="The user (no registration needed).")
     item_id: IdStr = Field(description="A known item (or any, with RBMREC_AUTO_CREATE_ITEMS).")
     rating: RatingValue = Field(description="A value of the rating scale (default 1-5).")
-    rated_at: datetime | None = Field(
+    rated_at: RatedAt = Field(
         default=None, description="When it was given (ISO 8601; naive = UTC); default: now."
     )
 

@@ -92,6 +92,8 @@ class Overview:
     model_checked: datetime | None
     versions: list[VersionRow]
     database_ok: bool
+    auth_mode: str
+    reads_open: bool
     writes_open: bool
     admin_open: bool
     traffic: list[RouteTraffic]
@@ -211,6 +213,8 @@ def overview(
     holder: ModelHolder,
     metrics: ApiMetrics,
     *,
+    auth_mode: str,
+    reads_open: bool,
     writes_open: bool,
     admin_open: bool,
 ) -> Overview:
@@ -234,6 +238,8 @@ def overview(
         model_checked=status.last_check,
         versions=versions,
         database_ok=database_ok,
+        auth_mode=auth_mode,
+        reads_open=reads_open,
         writes_open=writes_open,
         admin_open=admin_open,
         traffic=traffic,

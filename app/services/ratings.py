@@ -55,7 +55,7 @@ class RatingsRejected(ValueError):
     total : int
         How many entries are wrong in all.
     unknown_items_only : bool
-        Every problem is an unknown item (a single rating then answers 404).
+        Every problem is an unknown item (the API then answers 404).
     """
 
     def __init__(self, problems: list[FieldProblem], total: int) -> None:

@@ -14,10 +14,8 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 import uvicorn
 from sqlalchemy import text
@@ -25,15 +23,13 @@ from sqlalchemy import text
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration" / "api"))
 
 from _api_support import SMALL_TRAINING, free_port, load_subset, make_subset
+from _browser_support import ADMIN_KEY, SCREENSHOTS, Served
 
 from app.api.main import create_app
 from app.db.engine import make_engine, make_sessionmaker
-from app.services.registry import ModelVersionInfo
 from app.services.retrain import train_and_activate
 from app.settings import Settings
 
-ADMIN_KEY = "browser-admin-key"
-SCREENSHOTS = Path(__file__).resolve().parents[2] / ".pytest_screenshots"
 CHROMIUM = ("chromium", "chromium-browser", "google-chrome")
 _TABLES = ["ratings", "items", "training_runs", "model_versions"]
 
@@ -42,20 +38,6 @@ def _find_browser() -> tuple[str, str] | None:
     binary = next((path for name in CHROMIUM if (path := shutil.which(name))), None)
     driver = shutil.which("chromedriver")
     return (binary, driver) if binary and driver else None
-
-
-@dataclass(frozen=True)
-class Served:
-    """A running server: its URL, database and the versions trained for it."""
-
-    url: str
-    database: str
-    versions: list[ModelVersionInfo]
-
-    def admin(self) -> httpx.Client:
-        return httpx.Client(
-            base_url=self.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10
-        )
 
 
 @pytest.fixture(

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ADMIN_KEY, SCREENSHOTS, Served
+from _browser_support import ADMIN_KEY, SCREENSHOTS, Served
 
 Keys = pytest.importorskip(
     "selenium.webdriver.common.keys", reason="selenium is not installed (pip install -e '.[dev]')"
@@ -155,11 +155,22 @@ def test_try_it_rates_in_the_page_and_explains(served: Served, browser: Any) -> 
     _screenshot(driver, f"{served.database}-try-results-390", 390)
     _viewport(driver, 1280)
 
-    # written to the store when asked
+    # written to the store when asked, and only with a key: this server is keyed
+    driver.find_element("id", "forget-key").click()
     saved_as = driver.find_element("id", "save-user")
     saved_as.send_keys("browser-visitor")
     saved_as.submit()
+    _wait(driver, lambda d: "401" in d.find_element("id", "flash").text)
+    with httpx.Client(base_url=served.url, timeout=10) as api:
+        assert api.get("/users/browser-visitor/ratings").json()["items"] == []
+    driver.get_log("browser")  # the refused call is logged by the browser as an error
+    key = driver.find_element("id", "api-key")
+    key.send_keys(ADMIN_KEY)
+    key.submit()
+    _wait(driver, lambda d: "is set" in d.find_element("id", "key-state").text)
+    driver.find_element("id", "save-user").submit()
     _wait(driver, lambda d: "Saved" in d.find_element("id", "flash").text)
+    driver.find_element("id", "forget-key").click()
     with httpx.Client(base_url=served.url, timeout=10) as api:
         stored = api.get("/users/browser-visitor/ratings").json()["items"]
     assert {r["item_id"] for r in stored} == rated

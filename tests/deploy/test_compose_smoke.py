@@ -29,6 +29,7 @@ def test_compose_deployment_end_to_end(movielens_dir: Path) -> None:
     for step in (
         "cold start from empty volumes",
         "migrate: database at revision",
+        "api and worker connect as rbmrec_app (no superuser, no DDL",
         "the api serves model",
         "it is excluded and the list changed",
         "after restarting api and worker (both stopped cleanly on SIGTERM): same model",

@@ -338,10 +338,15 @@ def test_every_rbmrec_variable_in_compose_is_a_setting() -> None:
     assert not unknown, f"not fields of app.settings.Settings: {unknown}"
 
 
+# what `make env` puts in .env: compose requires both passwords
+PASSWORDS = {"POSTGRES_PASSWORD": "owner-pw", "POSTGRES_APP_PASSWORD": "app-pw"}
+
+
 def test_compose_environment_values_are_valid_settings() -> None:
     for name in APP_SERVICES:
         env = {
-            k: interpolate(v, {}) for k, v in environment_of(compose()["services"][name]).items()
+            k: interpolate(v, PASSWORDS)
+            for k, v in environment_of(compose()["services"][name]).items()
         }
         values = {setting_name(k): v for k, v in env.items() if k.startswith(PREFIX)}
         settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]
@@ -514,3 +519,111 @@ def test_dockerfile_copies_only_what_the_build_context_keeps() -> None:
 def test_smoke_scripts_are_valid_bash(script: Path) -> None:
     result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+# -- secrets and database roles --------------------------------------------------------
+@pytest.mark.parametrize("password", sorted(PASSWORDS))
+def test_compose_requires_the_database_passwords(password: str) -> None:
+    services = compose()["services"]
+    without = {k: v for k, v in PASSWORDS.items() if k != password}
+    refused = 0
+    for service in services.values():
+        for value in environment_of(service).values():
+            if password not in referenced_variables(value):
+                continue
+            with pytest.raises(AssertionError, match="see README"):
+                interpolate(value, without)
+            refused += 1
+    assert refused, f"no service uses {password}"
+    # no fallback password anywhere in the file
+    assert not re.search(rf"\$\{{{password}:?-", COMPOSE_FILE.read_text())
+
+
+def test_api_worker_and_seed_connect_as_the_app_role_and_migrate_as_the_owner() -> None:
+    services = compose()["services"]
+
+    def user_of(name: str) -> str:
+        url = interpolate(environment_of(services[name])["RBMREC_DATABASE_URL"], PASSWORDS)
+        return url.split("://", 1)[1].split(":", 1)[0]
+
+    for name in ("api", "worker", "seed"):
+        assert user_of(name) == "rbmrec_app", name
+    assert user_of("migrate") == "rbmrec"
+    db_env = {k: interpolate(v, PASSWORDS) for k, v in environment_of(services["db"]).items()}
+    assert db_env["POSTGRES_USER"] == "rbmrec"
+    assert db_env["POSTGRES_APP_USER"] == "rbmrec_app"
+    assert db_env["POSTGRES_APP_PASSWORD"] == PASSWORDS["POSTGRES_APP_PASSWORD"]
+
+
+def test_db_creates_the_app_role_when_its_volume_is_created() -> None:
+    volumes = compose()["services"]["db"]["volumes"]
+    assert "./deploy/postgres:/docker-entrypoint-initdb.d:ro" in volumes
+    script = ROOT / "deploy" / "postgres" / "10-app-role.sh"
+    text = script.read_text()
+    assert "GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES" in text
+    assert "GRANT USAGE, SELECT ON SEQUENCES" in text
+    assert "REVOKE CREATE ON SCHEMA public FROM PUBLIC" in text
+    assert "NOSUPERUSER" in text
+    result = subprocess.run(["sh", "-n", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_nothing_serves_an_open_api_unless_told_so() -> None:
+    # keys (or RBMREC_ALLOW_OPEN=true) come from .env; neither the compose file nor
+    # the image lets the api bind 0.0.0.0 open by itself
+    for name in APP_SERVICES:
+        assert "RBMREC_ALLOW_OPEN" not in environment_of(compose()["services"][name]), name
+    env: dict[str, str] = {}
+    for keyword, args in runtime_stage():
+        if keyword == "ENV":
+            env.update(dict(re.findall(r"(\w+)=(\S+)", args)))
+    assert "RBMREC_ALLOW_OPEN" not in env
+    assert env["RBMREC_HOST"] == "0.0.0.0"
+
+
+@pytest.mark.parametrize("script", [SMOKE_SCRIPT, SCALE_SMOKE_SCRIPT], ids=lambda p: p.name)
+def test_smoke_scripts_give_compose_its_passwords_and_say_open_on_purpose(script: Path) -> None:
+    text = script.read_text()
+    assert "POSTGRES_PASSWORD=$(python3 -c 'import secrets" in text
+    assert "POSTGRES_APP_PASSWORD=$(python3 -c 'import secrets" in text
+    assert "RBMREC_ALLOW_OPEN=true" in text
+    assert "export API_BIND=127.0.0.1" in text  # open, but on loopback only
+
+
+def test_make_env_writes_fresh_secrets_that_compose_and_the_settings_accept(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / ".env"
+    for _ in range(2):
+        done = subprocess.run(
+            ["python3", str(ROOT / "scripts" / "make_env.py"), "--output", str(out), "--force"],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr
+    assert out.stat().st_mode & 0o777 == 0o600
+    values = {k: v or "" for k, v in dotenv_values(out).items()}
+    secrets = [
+        "POSTGRES_PASSWORD",
+        "POSTGRES_APP_PASSWORD",
+        "RBMREC_ADMIN_API_KEYS",
+        "RBMREC_API_KEYS",
+        "RBMREC_READ_API_KEYS",
+    ]
+    for name in secrets:
+        assert len(values[name]) >= 32, name
+        assert re.fullmatch(r"[A-Za-z0-9_-]+", values[name]), name
+    assert len({values[name] for name in secrets}) == len(secrets)
+    # compose interpolates with it, and the app accepts the keys
+    url = interpolate(environment_of(compose()["services"]["api"])["RBMREC_DATABASE_URL"], values)
+    assert values["POSTGRES_APP_PASSWORD"] in url
+    settings = Settings(_env_file=out)  # type: ignore[call-arg]
+    assert len(settings.admin_api_keys) == 1
+    # an existing .env (the volume's passwords) is kept
+    again = subprocess.run(
+        ["python3", str(ROOT / "scripts" / "make_env.py"), "--output", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert again.returncode == 1
+    assert dotenv_values(out)["POSTGRES_PASSWORD"] == values["POSTGRES_PASSWORD"]

@@ -1,225 +1,230 @@
-"""Schemathesis against the app's own OpenAPI schema: every operation, then its links.
+"""Schemathesis against a live ``rbmrec serve`` and the OpenAPI document it serves.
 
-The app runs for real (lifespan, a store holding an ML-100K subset, a model active)
-on SQLite and on PostgreSQL, with no API keys so that generated requests reach the
-handlers. Every generated request, valid or deliberately invalid, must get an
-answer that is not a server error and that conforms to the schema: a documented
-status, content type, headers and body; invalid data must be refused with a 4xx.
+The server runs for real (a store holding an ML-100K subset, a model active) on
+SQLite and on PostgreSQL, in both modes a deployment can run in:
 
-The default suite runs a bounded number of examples per operation; the on-demand
-run (``RBMREC_TEST_SOAK=1``) runs many more.
+* open: no API key set; the document must then declare no security at all;
+* keyed: admin, write and read keys set; every request carries the admin key (``-H``),
+  and Schemathesis' ``ignored_auth`` check resends each accepted request to a secured
+  operation without a key and with a made-up one, expecting 401 both times.
+
+``st run --checks all`` runs every phase (examples, coverage, fuzzing, stateful along
+the document's links) and every check: no server error, documented statuses,
+content types, headers and bodies, schema-violating data refused, schema-valid data
+accepted, ``Allow`` of 405 answers, authentication enforced, deleted things gone.
+These are the commands of docs/security.md with a bounded number of examples; the
+on-demand run (``RBMREC_TEST_SOAK=1``) runs as many as the documented ones.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import pytest
-import schemathesis
-from _reliability_support import empty_database, seed_store, soak_enabled
-from hypothesis import HealthCheck, given, settings
-from jsonschema import Draft202012Validator
-from schemathesis import DataGenerationMethod
-from schemathesis.checks import not_a_server_error
-from schemathesis.exceptions import SkipTest
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    negative_data_rejection,
-    response_headers_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
-from sqlalchemy import MetaData, create_engine
-from starlette_testclient import TestClient
+from _reliability_support import ApiServer, empty_database, seed_store, soak_enabled
 
 from app.api.main import create_app
 from app.settings import Settings
 
-EXAMPLES = 300 if soak_enabled() else 10
-"""Generated requests per operation, for valid and for invalid data each."""
+EXAMPLES = 100 if soak_enabled() else 8
+"""Examples per operation and phase (``st run -n``)."""
 
-STATEFUL_RUNS = 50 if soak_enabled() else 5
-STATEFUL_STEPS = 15 if soak_enabled() else 8
-
-ADMIN_KEY = "fuzz-admin-key-4d1c"
-AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
-
-_SETTINGS: dict[str, Any] = {
-    "deadline": None,
-    "database": None,
-    "suppress_health_check": list(HealthCheck),
+ADMIN_KEY = "fuzz-admin-key-4d1c9a7e02"
+WRITE_KEY = "fuzz-write-key-7e2b51c3f8"
+READ_KEY = "fuzz-read-key-9a3f06d2b4"
+KEYED = {
+    "RBMREC_ADMIN_API_KEYS": ADMIN_KEY,
+    "RBMREC_API_KEYS": WRITE_KEY,
+    "RBMREC_READ_API_KEYS": READ_KEY,
 }
 
 
-def _operations() -> list[str]:
-    schema = create_app(Settings(database_url="sqlite://")).openapi()
-    return sorted(
-        f"{method.upper()} {path}" for path, item in schema["paths"].items() for method in item
-    )
-
-
-OPERATIONS = _operations()
-
-
-def _coerce(text: str, schema: dict[str, Any]) -> Any:
-    """A query string value as the type its schema declares (the text if it is not one)."""
-    kinds = [schema.get("type")] + [option.get("type") for option in schema.get("anyOf", [])]
-    for kind, convert in (("integer", int), ("number", float)):
-        if kind in kinds:
-            try:
-                return convert(text)
-            except ValueError:
-                return text
-    return text
-
-
-def _sent_query_is_valid(case: Any, response: Any) -> bool:
-    """Whether the declared query parameters, as actually sent, match their schemas.
-
-    Judged on the request that went out: a generated value with no URL form (an
-    empty list, ``None``) is simply not sent.
-    """
-    sent = parse_qs(urlsplit(response.request.url).query, keep_blank_values=True)
-    for parameter in case.operation.query:
-        if parameter.name not in sent:
-            continue
-        schema = parameter.definition.get("schema", {})
-        texts = sent[parameter.name]
-        if schema.get("type") == "array":
-            value: Any = [_coerce(t, schema.get("items", {})) for t in texts]
-        else:
-            value = _coerce(texts[-1], schema)
-        if not Draft202012Validator(schema).is_valid(value):
-            return False
-    return True
-
-
-def negative_data_is_rejected(ctx: Any, response: Any, case: Any) -> bool | None:
-    """Schemathesis' ``negative_data_rejection``, judged on the request actually sent.
-
-    This Schemathesis release counts a request as invalid when its only flaws are
-    unknown query parameters (which HTTP APIs conventionally ignore, as this one
-    does) or values that have no URL form and are dropped (an empty list); such a
-    request is valid as sent, and may be accepted.
-    """
-    meta = case.meta
-    if meta is not None and not (meta.body and meta.body.is_negative):
-        path_negative = meta.path_parameters and meta.path_parameters.is_negative
-        if not (path_negative and case.operation.path_parameters) and _sent_query_is_valid(
-            case, response
-        ):
-            return None
-    return negative_data_rejection(ctx, response, case)
-
-
-CHECKS = (
-    not_a_server_error,
-    status_code_conformance,
-    content_type_conformance,
-    response_headers_conformance,
-    response_schema_conformance,
-    negative_data_is_rejected,
-)
-"""Everything Schemathesis checks, except ``ignored_auth``: it expects 401 for a wrong
-key, where this API answers 403 (401 is for no key at all); see
-:func:`_check_auth_is_enforced`."""
+def st_command() -> list[str]:
+    """Schemathesis' ``st`` of this interpreter's environment."""
+    script = Path(sys.executable).with_name("st")
+    if script.is_file():
+        return [str(script)]
+    return [sys.executable, "-m", "schemathesis.cli"]
 
 
 @dataclass
-class Fuzzed:
-    schema: Any
-    client: TestClient
+class Served:
+    server: ApiServer
+    mode: str
     url: str
 
 
 @pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+    scope="module",
+    params=[
+        pytest.param(("sqlite", "open"), id="sqlite-open"),
+        pytest.param(("sqlite", "keyed"), id="sqlite-keyed"),
+        pytest.param(("postgres", "open"), id="postgres-open", marks=pytest.mark.postgres),
+        pytest.param(("postgres", "keyed"), id="postgres-keyed", marks=pytest.mark.postgres),
+    ],
 )
-def fuzzed(
+def served(
     request: pytest.FixtureRequest,
     subset_dir: Path,
     small_artifact: Path,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Fuzzed]:
-    """The running app (API keys on) on a seeded store, and the schema it serves."""
-    url: str = request.getfixturevalue(f"{request.param}_url")
-    store = seed_store(url, subset_dir, small_artifact, tmp_path_factory.mktemp("fuzz-models"))
+) -> Iterator[Served]:
+    """``rbmrec serve`` on a seeded store, open or keyed."""
+    database, mode = request.param
+    url: str = request.getfixturevalue(f"{database}_url")
+    workdir = tmp_path_factory.mktemp(f"fuzz-{database}-{mode}")
+    store = seed_store(url, subset_dir, small_artifact, workdir / "models")
     store.session_factory.kw["bind"].dispose()
-    settings = Settings(
-        database_url=url,
-        model_dir=store.model_dir,
-        model_poll_seconds=30,
-        api_keys=["fuzz-write-key-7e2b"],  # writes need a key too; the admin key is one
-        admin_api_keys=[ADMIN_KEY],
-        auto_create_items=True,  # so that more generated ratings are stored and linked
+    env = {
+        "RBMREC_DATABASE_URL": url,
+        "RBMREC_MODEL_DIR": str(store.model_dir),
+        "RBMREC_MODEL_POLL_SECONDS": "30",
+        # so that more generated ratings are stored, and the stateful phase follows them
+        "RBMREC_AUTO_CREATE_ITEMS": "true",
+        **(KEYED if mode == "keyed" else {}),
+    }
+    server = ApiServer(env, workdir)
+    try:
+        server.start()
+        yield Served(server, mode, url)
+    finally:
+        server.stop()
+        empty_database(url)
+
+
+def run_schemathesis(served: Served, *extra: str) -> subprocess.CompletedProcess[str]:
+    """``st run --checks all`` against the server (admin key in keyed mode)."""
+    auth = ["-H", f"Authorization: Bearer {ADMIN_KEY}"] if served.mode == "keyed" else []
+    return subprocess.run(
+        [
+            *st_command(),
+            "run",
+            "--checks",
+            "all",
+            "-n",
+            str(EXAMPLES),
+            "--no-color",
+            *auth,
+            *extra,
+            f"{served.server.url}/openapi.json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
     )
-    # the requests-based test client Schemathesis' transport expects, started once
-    with TestClient(create_app(settings), base_url="http://testserver") as client:
-        raw = client.get("/openapi.json").json()
-        # FastAPI serves OpenAPI 3.1, which this Schemathesis major supports as an opt-in.
-        schemathesis.experimental.OPEN_API_3_1.enable()
-        schema = schemathesis.from_dict(raw, base_url="http://testserver")
-        yield Fuzzed(schema, client, url)
-    empty_database(url)
 
 
-def _operation(schema: Any, name: str) -> Any:
-    method, path = name.split(" ", 1)
-    return schema[path][method]
+@pytest.mark.e2e
+def test_schemathesis_finds_no_failure_with_every_check_and_phase(served: Served) -> None:
+    done = run_schemathesis(served)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-20000:]
+    assert "No issues found" in output, output[-5000:]
+    # every phase ran, the stateful one (along the links) included
+    for phase in ("Examples", "Coverage", "Fuzzing", "Stateful"):
+        assert f"✅  {phase}" in output, output[-5000:]
 
 
-def _send(fuzzed: Fuzzed, case: Any, auth: dict[str, str] | None = AUTH) -> Any:
-    headers = {k: v for k, v in (case.headers or {}).items() if k.lower() != "authorization"}
-    case.headers = {**headers, **(auth or {})}
-    response = case.call(session=fuzzed.client)
-    # JSON is UTF-8 (RFC 8259, RFC 9457); ``requests`` only assumes so for
-    # application/json and guesses for application/problem+json, which garbles
-    # problem documents that echo non-ASCII paths.
-    if response.encoding is None:
-        response.encoding = "utf-8"
-    return response
-
-
-def _check_auth_is_enforced(fuzzed: Fuzzed, case: Any, response: Any) -> None:
-    """A secured operation that accepted the key refuses no key (401) and a wrong one (403)."""
-    if not case.operation.definition.raw.get("security") or not 200 <= response.status_code < 300:
+@pytest.mark.e2e
+def test_the_served_document_declares_exactly_the_keys_the_server_enforces(
+    served: Served,
+) -> None:
+    document = httpx.get(f"{served.server.url}/openapi.json").json()
+    secured = {
+        f"{method.upper()} {path}": operation.get("security")
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+    }
+    if served.mode == "open":
+        assert not any(secured.values())
+        assert "securitySchemes" not in document.get("components", {})
         return
-    # refused before the handler runs: resending a write changes nothing
-    assert _send(fuzzed, case, auth=None).status_code == 401
-    assert _send(fuzzed, case, auth={"Authorization": "Bearer wrong-key"}).status_code == 403
+    assert secured["GET /users/{user_id}/recommendations"] == [{"ReadKey": []}]
+    assert secured["POST /ratings"] == [{"WriteKey": []}]
+    assert secured["POST /admin/retrain"] == [{"AdminKey": []}]
+    assert secured["GET /items"] is None
+    assert secured["GET /health/ready"] is None
+    schemes = document["components"]["securitySchemes"]
+    assert {scheme["scheme"] for scheme in schemes.values()} == {"bearer"}
 
 
-@pytest.mark.parametrize("name", OPERATIONS)
-def test_every_operation_answers_within_its_schema(fuzzed: Fuzzed, name: str) -> None:
-    operation = _operation(fuzzed.schema, name)
-    for method in (DataGenerationMethod.positive, DataGenerationMethod.negative):
-
-        @given(case=operation.as_strategy(data_generation_method=method))
-        @settings(max_examples=EXAMPLES, **_SETTINGS)
-        def run(case: Any) -> None:
-            response = _send(fuzzed, case)
-            case.validate_response(response, checks=CHECKS)
-            _check_auth_is_enforced(fuzzed, case, response)
-
-        try:
-            run()
-        except SkipTest:
-            # an operation without parameters or body has no invalid variant
-            assert method is DataGenerationMethod.negative
-            assert not operation.query
-            assert not operation.path_parameters
-            assert not operation.body
+def _schema(settings: Settings) -> dict[str, Any]:
+    schema: dict[str, Any] = create_app(settings).openapi()
+    return schema
 
 
-def test_the_schema_declares_links_for_stateful_runs(fuzzed: Fuzzed) -> None:
+def _operations(schema: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        f"{method.upper()} {path}": operation
+        for path, item in schema["paths"].items()
+        for method, operation in item.items()
+    }
+
+
+def test_no_operation_declares_a_required_authorization_header() -> None:
+    keyed = Settings(
+        database_url="sqlite://",
+        admin_api_keys=ADMIN_KEY,
+        api_keys=WRITE_KEY,
+        read_api_keys=READ_KEY,
+    )
+    for settings in (Settings(database_url="sqlite://"), keyed):
+        for name, operation in _operations(_schema(settings)).items():
+            headers = [p["name"].lower() for p in operation.get("parameters", []) if p]
+            assert "authorization" not in headers, name
+
+
+def test_only_the_reads_are_open_when_no_read_key_is_set() -> None:
+    settings = Settings(database_url="sqlite://", admin_api_keys=ADMIN_KEY, api_keys=WRITE_KEY)
+    operations = _operations(_schema(settings))
+    reads = operations["GET /users/{user_id}/ratings"]
+    assert "security" not in reads
+    assert "401" not in reads["responses"]
+    write = operations["DELETE /users/{user_id}/ratings/{item_id}"]
+    assert write["security"] == [{"WriteKey": []}]
+    assert {"401", "403"} <= set(write["responses"])
+    assert write["responses"]["401"]["headers"]["WWW-Authenticate"]["required"]
+
+
+def test_every_status_the_layers_answer_is_documented() -> None:
+    operations = _operations(_schema(Settings(database_url="sqlite://")))
+    for name, operation in operations.items():
+        statuses = set(operation["responses"])
+        if "requestBody" in operation:
+            # not JSON or not UTF-8, too large, not application/json, invalid
+            assert {"400", "413", "415", "422"} <= statuses, name
+        if name.split()[0] in ("POST", "PUT", "DELETE"):
+            assert {"409", "413"} <= statuses, name
+
+
+def test_the_rating_scale_is_part_of_the_document() -> None:
+    schema = _schema(Settings(database_url="sqlite://", rating_scale="1..10:0.5"))
+    rating = schema["components"]["schemas"]["RatingCreate"]["properties"]["rating"]
+    assert rating["enum"] == [1 + 0.5 * i for i in range(19)]
+
+
+def test_item_attributes_are_described_as_storable_json() -> None:
+    schema = _schema(Settings(database_url="sqlite://"))
+    attributes = schema["components"]["schemas"]["ItemUpsert"]["properties"]["attributes"]
+    assert attributes["propertyNames"] == {"pattern": "^[^\\x00]*$"}
+    assert attributes["additionalProperties"] == {"$ref": "#/components/schemas/StorableJson"}
+    storable = schema["components"]["schemas"]["StorableJson"]
+    assert {"type": "string", "pattern": "^[^\\x00]*$"} in storable["anyOf"]
+
+
+def test_the_schema_declares_links_for_stateful_runs() -> None:
+    operations = _operations(_schema(Settings(database_url="sqlite://")))
     links = {
         (source, name)
-        for source in OPERATIONS
-        for response in _operation(fuzzed.schema, source).definition.raw["responses"].values()
+        for source, operation in operations.items()
+        for response in operation["responses"].values()
         for name in response.get("links", {})
     }
     assert ("POST /ratings", "DeleteRating") in links
@@ -227,64 +232,3 @@ def test_the_schema_declares_links_for_stateful_runs(fuzzed: Fuzzed) -> None:
     assert ("POST /admin/retrain", "RetrainRun") in links
     assert ("GET /model", "Activate") in links
     assert len(links) >= 9
-
-
-class StoreSnapshot:
-    """Every row of every table but Alembic's, to put the store back as it was."""
-
-    def __init__(self, url: str) -> None:
-        self.engine = create_engine(url)
-        self.meta = MetaData()
-        self.meta.reflect(self.engine)
-        self.tables = [t for t in self.meta.sorted_tables if t.name != "alembic_version"]
-        with self.engine.connect() as conn:
-            self.rows = {
-                t.name: [dict(r) for r in conn.execute(t.select()).mappings()] for t in self.tables
-            }
-
-    def restore(self) -> None:
-        with self.engine.begin() as conn:
-            for table in reversed(self.tables):
-                conn.execute(table.delete())
-            for table in self.tables:
-                if self.rows[table.name]:
-                    conn.execute(table.insert(), self.rows[table.name])
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-
-def test_stateful_workflows_along_the_links(fuzzed: Fuzzed) -> None:
-    machine = fuzzed.schema.as_state_machine()
-    client = fuzzed.client
-    # Each run starts from the same store: what a step answers (201 or 200, 204 or
-    # 404) then depends on that run's own steps only, as Hypothesis requires.
-    snapshot = StoreSnapshot(fuzzed.url)
-
-    class Workflow(machine):  # type: ignore[misc,valid-type]
-        def setup(self) -> None:
-            snapshot.restore()
-
-        def before_call(self, case: Any) -> None:
-            headers = {
-                k: v for k, v in (case.headers or {}).items() if k.lower() != "authorization"
-            }
-            case.headers = {**headers, **AUTH}
-
-        def call(self, case: Any, **kwargs: Any) -> Any:
-            response = case.call(session=client, **kwargs)
-            if response.encoding is None:  # JSON is UTF-8: see _send
-                response.encoding = "utf-8"
-            return response
-
-        def validate_response(self, response: Any, case: Any, additional_checks: Any = ()) -> None:
-            case.validate_response(response, checks=CHECKS)
-
-    Workflow.TestCase.settings = settings(
-        max_examples=STATEFUL_RUNS, stateful_step_count=STATEFUL_STEPS, **_SETTINGS
-    )
-    try:
-        Workflow.TestCase().runTest()
-    finally:
-        snapshot.restore()
-        snapshot.close()

@@ -24,8 +24,9 @@ from app.api import security
 from app.api.main import create_app
 from app.settings import Settings, get_settings
 
-KEYS = ["first-key-Ax81", "second-key-Bq27", "third-key-Cz63"]
-ADMIN = "admin-key-Dm45"
+KEYS = ["first-key-Ax81-Rt5w", "second-key-Bq27-Np3d", "third-key-Cz63-Hs8k"]
+ADMIN = "admin-key-Dm45-Wf2y"
+READ = "read-key-Jv61-Qc4z"
 
 
 @pytest.fixture
@@ -76,7 +77,7 @@ def test_keys_are_compared_in_constant_time_against_every_key(
 def test_the_http_layer_uses_the_constant_time_check(
     monkeypatch: pytest.MonkeyPatch, env_app: Callable[..., TestClient]
 ) -> None:
-    client = env_app(api_keys=",".join(KEYS), admin_api_keys=ADMIN)
+    client = env_app(api_keys=",".join(KEYS), admin_api_keys=ADMIN, read_api_keys=READ)
     seen: list[int] = []
     real = security.key_matches
 
@@ -86,19 +87,22 @@ def test_the_http_layer_uses_the_constant_time_check(
 
     monkeypatch.setattr(security, "key_matches", spy)
     body = {"user_id": "u", "item_id": "nope", "rating": 4}
-    assert (
-        client.post("/ratings", json=body, headers={"Authorization": "Bearer x"}).status_code == 403
-    )
-    assert (
-        client.post(
-            "/ratings", json=body, headers={"Authorization": f"Bearer {KEYS[2]}"}
-        ).status_code
-        == 404
-    )
-    assert client.get("/models", headers={"Authorization": f"Bearer {KEYS[0]}"}).status_code == 403
-    assert client.get("/models", headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 200
-    # writes check the write and admin keys; admin routes the admin keys only
-    assert seen == [len(KEYS) + 1, len(KEYS) + 1, 1, 1]
+    for key, route, status in [
+        ("x", "/ratings", 401),
+        (KEYS[2], "/ratings", 404),
+        (KEYS[0], "/models", 403),
+        (ADMIN, "/models", 200),
+        (READ, "/users/u/ratings", 200),
+    ]:
+        headers = {"Authorization": f"Bearer {key}"}
+        if route == "/ratings":
+            response = client.post(route, json=body, headers=headers)
+        else:
+            response = client.get(route, headers=headers)
+        assert response.status_code == status, (key, route)
+    # every presented key is compared with every configured key of every role (admin,
+    # write, read), whichever matched: which one matched shows in no timing
+    assert seen == [1, len(KEYS), 1] * 5
 
 
 @pytest.mark.e2e
@@ -110,7 +114,7 @@ def test_keys_never_reach_the_logs_of_a_real_server(sqlite_url: str, tmp_path: P
         "RBMREC_ADMIN_API_KEYS": ADMIN,
         "RBMREC_LOG_LEVEL": "DEBUG",
     }
-    wrong = "wrong-key-Ez99"
+    wrong = "wrong-key-Ez99-Mn4b"
     with api_server(env, tmp_path) as server:
         for key in [*KEYS, ADMIN, wrong, KEYS[0][:-1]]:
             headers = {"Authorization": f"Bearer {key}"}
@@ -152,12 +156,90 @@ def test_a_bad_configuration_error_does_not_echo_the_keys(tmp_path: Path) -> Non
         assert secret not in done.stdout + done.stderr
 
 
+def _serve(tmp_path: Path, *args: str, **variables: str) -> subprocess.CompletedProcess[str]:
+    """``rbmrec serve ARGS`` with only ``RBMREC_*`` VARIABLES set, to its refusal (or 8 s)."""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "RBMREC_DATABASE_URL": "sqlite:///:memory:",
+        **{f"RBMREC_{k.upper()}": v for k, v in variables.items()},
+    }
+    try:
+        return subprocess.run(
+            [*rbmrec_command(), "serve", "--port", str(free_port()), *args],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=8,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        # still serving: what it printed until then
+        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout or ""
+        err = exc.stderr.decode() if isinstance(exc.stderr, bytes) else exc.stderr or ""
+        return subprocess.CompletedProcess(exc.cmd, -1, out, err)
+
+
+@pytest.mark.parametrize("short", ["", "x" * 15])
+def test_keys_shorter_than_16_characters_are_refused_at_start(tmp_path: Path, short: str) -> None:
+    for variable in ("api_keys", "admin_api_keys", "read_api_keys"):
+        keys = f"{KEYS[0]},short-key{short[:6]}"
+        done = _serve(tmp_path, **{variable: keys})
+        assert done.returncode not in (0, -1), done.stderr
+        assert "at least 16 characters" in done.stderr
+        assert "number(s) 2" in done.stderr
+        assert f"short-key{short[:6]}" not in done.stdout + done.stderr
+        assert KEYS[0] not in done.stdout + done.stderr
+    with pytest.raises(ValueError, match="at least 16"):
+        Settings(api_keys=["x" * 15])
+    assert Settings(api_keys=["x" * 16]).api_keys[0].get_secret_value() == "x" * 16
+
+
+def test_keys_never_show_in_the_settings_repr_or_dump() -> None:
+    settings = Settings(api_keys=KEYS, admin_api_keys=[ADMIN], read_api_keys=[READ])
+    for text in (repr(settings), str(settings), str(settings.model_dump())):
+        for secret in [*KEYS, ADMIN, READ]:
+            assert secret not in text
+
+
+def test_serve_refuses_an_open_api_on_a_non_loopback_address(tmp_path: Path) -> None:
+    for host in ("0.0.0.0", "::", "192.0.2.10", "example.org"):
+        done = _serve(tmp_path, "--host", host)
+        assert done.returncode == 1, done.stderr
+        assert f"refusing to serve an open API on {host}" in done.stderr
+        assert "RBMREC_ALLOW_OPEN=true" in done.stderr
+    # the same address through RBMREC_HOST, as the container images set it
+    done = _serve(tmp_path, host="0.0.0.0")
+    assert done.returncode == 1
+    assert "refusing to serve an open API on 0.0.0.0" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "variables", "banner"),
+    [
+        (("--host", "127.0.0.1"), {}, "auth: OPEN"),
+        (("--host", "0.0.0.0"), {"allow_open": "true"}, "auth: OPEN"),
+        (("--host", "0.0.0.0"), {"admin_api_keys": ADMIN}, "auth: keyed"),
+    ],
+)
+def test_serve_starts_on_loopback_with_keys_or_when_open_is_allowed(
+    tmp_path: Path, args: tuple[str, ...], variables: dict[str, str], banner: str
+) -> None:
+    done = _serve(tmp_path, *args, **variables)
+    assert done.returncode == -1, done.stderr  # still serving after 8 s
+    assert banner in done.stderr
+    assert ADMIN not in done.stderr
+    if banner == "auth: keyed":
+        assert "admin (1)" in done.stderr
+        assert "per-user reads public" in done.stderr
+
+
 def test_start_up_logs_say_the_api_is_open_without_keys(
     env_app: Callable[..., TestClient], caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING):
         env_app()
-    assert "RBMREC_API_KEYS is not set" in caplog.text
+    assert "auth: open" in caplog.text
 
 
 # -- SQL ----------------------------------------------------------------------------------------

@@ -121,8 +121,11 @@ def test_the_overview_shows_the_model_health_access_and_traffic(
     assert active.id in html
     assert trained[0].id in html
     assert f"{active.n_ratings:,} ratings" in html
+    # admin keys only: the API is keyed, writes and admin routes need a key, reads do not
+    assert 'API</dt><dd><span class="badge badge-ok">keyed' in html
     assert "admin key required" in html
-    assert 'Writes</dt><dd><span class="badge badge-warn">open' in html
+    assert 'Writes</dt><dd><span class="badge badge-ok">write key required' in html
+    assert "Users' data</dt><dd><span class=\"badge badge-warn\">public" in html
     assert "does not answer" not in html
     assert f"{active.metrics['validation_rmse']:.4f}" in html
     row = re.search(
@@ -138,7 +141,11 @@ def test_the_runs_page_and_the_gate_reason(
     store: sessionmaker[Session],
     make_settings: Callable[..., Settings],
 ) -> None:
-    rated = dashboard.post("/ratings", json={"user_id": "new", "item_id": "50", "rating": 5})
+    rated = dashboard.post(
+        "/ratings",
+        json={"user_id": "new", "item_id": "50", "rating": 5},
+        headers={"Authorization": f"Bearer {ADMIN}"},
+    )
     assert rated.status_code == 201
     run = run_retrain(store, make_settings(), trigger="cli", params=SMALL_TRAINING)
     assert run.status in {"activated", "rejected"}

@@ -104,10 +104,34 @@ def test_security_headers(client: TestClient) -> None:
         assert response.headers["x-frame-options"] == "DENY"
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("OPTIONS", "/admin/retrain", "GET, POST"),
+        ("PATCH", "/items/m1", "GET, PUT"),
+        ("POST", "/users/u1/ratings/m1", "DELETE"),
+        ("DELETE", "/items", "GET"),
+    ],
+)
+def test_405_lists_every_method_of_the_path(
+    client: TestClient, method: str, path: str, allow: str
+) -> None:
+    response = client.request(method, path)
+    assert response.status_code == 405
+    assert response.headers["content-type"] == PROBLEM
+    assert response.headers["allow"] == allow
+
+
 # -- API keys ---------------------------------------------------------------------------
+# (every combination of roles and keys: test_api_key_roles.py)
+WRITE_1 = "write-key-1-Qm4x9TzL"
+WRITE_2 = "write-key-2-Hc7p2WsN"
+ADMIN_KEY = "admin-key-Vb8r3KdJ"
+
+
 @pytest.fixture
 def keyed(make_client: Callable[..., TestClient], item: str) -> TestClient:
-    return make_client(api_keys=["write-key-1", "write-key-2"], admin_api_keys=["admin-key"])
+    return make_client(api_keys=[WRITE_1, WRITE_2], admin_api_keys=[ADMIN_KEY])
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -123,26 +147,26 @@ def test_writes_need_a_valid_key(keyed: TestClient, store: sessionmaker[Session]
         keyed.post("/ratings", json=RATING, headers={"Authorization": "Basic abc"}).status_code
         == 401
     )
-    wrong = keyed.post("/ratings", json=RATING, headers=bearer("write-key-3"))
-    assert wrong.status_code == 403
+    # a key that is none of the configured ones: 401 too (403 is for a known key's role)
+    wrong = keyed.post("/ratings", json=RATING, headers=bearer("write-key-3-Zr5t8YqP"))
+    assert wrong.status_code == 401
     assert wrong.headers["content-type"] == PROBLEM
+    assert 'error="invalid_token"' in wrong.headers["www-authenticate"]
     with store() as session:
         assert count_ratings(session) == 0
 
-    assert keyed.post("/ratings", json=RATING, headers=bearer("write-key-2")).status_code == 201
-    assert keyed.post("/ratings", json=RATING, headers=bearer("admin-key")).status_code == 200
-    assert keyed.put("/items/m2", json={}, headers=bearer("write-key-1")).status_code == 201
+    assert keyed.post("/ratings", json=RATING, headers=bearer(WRITE_2)).status_code == 201
+    assert keyed.post("/ratings", json=RATING, headers=bearer(ADMIN_KEY)).status_code == 200
+    assert keyed.put("/items/m2", json={}, headers=bearer(WRITE_1)).status_code == 201
     assert keyed.put("/items/m3", json={}).status_code == 401
     assert keyed.delete("/users/u1/ratings/m1").status_code == 401
-    assert keyed.delete("/users/u1/ratings/m1", headers=bearer("write-key-1")).status_code == 204
+    assert keyed.delete("/users/u1/ratings/m1", headers=bearer(WRITE_1)).status_code == 204
     batch = {"ratings": [RATING]}
     assert keyed.post("/ratings/batch", json=batch).status_code == 401
-    assert (
-        keyed.post("/ratings/batch", json=batch, headers=bearer("write-key-1")).status_code == 200
-    )
+    assert keyed.post("/ratings/batch", json=batch, headers=bearer(WRITE_1)).status_code == 200
 
 
-def test_reads_stay_open_with_keys(keyed: TestClient) -> None:
+def test_reads_stay_open_with_keys_but_no_read_keys(keyed: TestClient) -> None:
     assert keyed.get("/users/u1/recommendations").status_code == 200
     assert keyed.get("/users/u1/ratings").status_code == 200
     assert keyed.get("/items/m1").status_code == 200
@@ -150,17 +174,20 @@ def test_reads_stay_open_with_keys(keyed: TestClient) -> None:
 
 def test_admin_routes_need_an_admin_key(keyed: TestClient) -> None:
     assert keyed.get("/models").status_code == 401
-    assert keyed.get("/models", headers=bearer("write-key-1")).status_code == 403
-    assert keyed.get("/models", headers=bearer("admin-key")).status_code == 200
+    assert keyed.get("/models", headers=bearer(WRITE_1)).status_code == 403
+    assert keyed.get("/models", headers=bearer(ADMIN_KEY)).status_code == 200
 
 
-def test_admin_routes_take_write_keys_when_no_admin_keys_are_set(
+def test_a_write_key_is_not_an_admin_key_when_no_admin_keys_are_set(
     make_client: Callable[..., TestClient],
 ) -> None:
-    client = make_client(api_keys=["only-key"])
+    client = make_client(api_keys=[WRITE_1])
     assert client.get("/models").status_code == 401
-    assert client.get("/models", headers=bearer("wrong")).status_code == 403
-    assert client.get("/models", headers=bearer("only-key")).status_code == 200
+    assert client.get("/models", headers=bearer("wrong-key-Pq2m7XcB")).status_code == 401
+    refused = client.get("/models", headers=bearer(WRITE_1))
+    assert refused.status_code == 403
+    assert refused.headers["content-type"] == PROBLEM
+    assert client.post("/admin/retrain", headers=bearer(WRITE_1)).status_code == 403
 
 
 def test_open_api_warns_at_start_and_keys_are_never_logged(
@@ -169,14 +196,14 @@ def test_open_api_warns_at_start_and_keys_are_never_logged(
     with caplog.at_level(logging.DEBUG):
         open_client = make_client()
         assert open_client.post("/ratings", json=RATING).status_code == 201
-    assert "RBMREC_API_KEYS is not set" in caplog.text
+    assert "auth: open" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.DEBUG):
-        keyed = make_client(api_keys=["s3cret-write"], admin_api_keys=["s3cret-admin"])
-        keyed.post("/ratings", json=RATING, headers=bearer("s3cret-guess"))
-        keyed.post("/ratings", json=RATING, headers=bearer("s3cret-write"))
-        keyed.get("/models", headers=bearer("s3cret-admin"))
-    assert "RBMREC_API_KEYS is not set" not in caplog.text
+        keyed = make_client(api_keys=["s3cret-write-Lm3n"], admin_api_keys=["s3cret-admin-Kd9f"])
+        keyed.post("/ratings", json=RATING, headers=bearer("s3cret-guess-Tb4w"))
+        keyed.post("/ratings", json=RATING, headers=bearer("s3cret-write-Lm3n"))
+        keyed.get("/models", headers=bearer("s3cret-admin-Kd9f"))
+    assert "auth: open" not in caplog.text
     assert "s3cret" not in caplog.text
 
 

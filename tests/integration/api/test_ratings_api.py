@@ -126,6 +126,11 @@ def test_malformed_json_and_wrong_content_type(client: TestClient, items: list[s
         headers={"content-type": "text/plain"},
     )
     assert "application/json" in assert_problem(text, 415)["detail"]
+    # not UTF-8: FastAPI's parser answers 400, which the document lists
+    binary = client.post(
+        "/ratings", content=b'{"user_id": "\xff"}', headers={"content-type": "application/json"}
+    )
+    assert assert_problem(binary, 400)["status"] == 400
 
 
 def test_unknown_item_is_404(
@@ -189,6 +194,31 @@ def test_rejected_batch_names_each_wrong_entry_and_writes_nothing(
     assert "ghost" in body["errors"][0]["msg"]
     with store() as session:
         assert count_ratings(session) == 0
+
+
+def test_a_batch_whose_only_fault_is_unknown_items_is_404_naming_them(
+    client: TestClient, items: list[str], store: sessionmaker[Session]
+) -> None:
+    ratings = [
+        {"user_id": "u1", "item_id": "m1", "rating": 5},
+        {"user_id": "u1", "item_id": "ghost", "rating": 3},
+    ]
+    body = assert_problem(client.post("/ratings/batch", json={"ratings": ratings}), 404)
+    assert body["type"] == "urn:rbmrec:problem:unknown-item"
+    assert [e["loc"] for e in body["errors"]] == [["body", "ratings", 1, "item_id"]]
+    with store() as session:
+        assert count_ratings(session) == 0
+
+
+@pytest.mark.parametrize("rated_at", [0, 1_700_000_000, 1.5, True, ["2026-11-29T10:15:00Z"]])
+def test_rated_at_is_only_taken_as_a_date_time_string(
+    client: TestClient, items: list[str], rated_at: Any
+) -> None:
+    body = {"user_id": "u1", "item_id": "m1", "rating": 4, "rated_at": rated_at}
+    problem = assert_problem(client.post("/ratings", json=body), 422)
+    assert problem["errors"][0]["loc"] == ["body", "rated_at"]
+    stored = {**body, "rated_at": "2026-11-29T10:15:00Z"}
+    assert client.post("/ratings", json=stored).status_code == 201
 
 
 def test_batch_schema_errors_name_positions(client: TestClient, items: list[str]) -> None:
