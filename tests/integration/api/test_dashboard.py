@@ -125,7 +125,7 @@ def test_the_overview_shows_the_model_health_access_and_traffic(
     assert 'API</dt><dd><span class="badge badge-ok">keyed' in html
     assert "admin key required" in html
     assert 'Writes</dt><dd><span class="badge badge-ok">write key required' in html
-    assert "Users' data</dt><dd><span class=\"badge badge-warn\">public" in html
+    assert 'Users\' data</dt><dd><span class="badge badge-warn">public' in html
     assert "does not answer" not in html
     assert f"{active.metrics['validation_rmse']:.4f}" in html
     row = re.search(
