@@ -22,7 +22,7 @@ from app.settings import Settings
 
 __all__ = ["document_contract"]
 
-_RATING_REQUESTS = ("RatingCreate",)
+_RATING_REQUESTS = ("RatingCreate", "GivenRating")
 
 
 def _apply(schema: dict[str, Any], settings: Settings) -> None:

@@ -80,9 +80,9 @@ def get_item(item_id: ItemIdPath, session: ReadSessionDep) -> Response:
     description="A page of the items whose title contains `q` (case-insensitive) and "
     "that list `genre`, with how many match. Ordered by `sort`: `id` (numeric ids in "
     "numeric order: 1, 2, ..., 10), `title`, or `popularity` (most rated first); ties "
-    "by id. A genre no item lists is a 422 naming the catalog's genres.",
+    "by id. A genre no item lists is a 404 naming the catalog's genres.",
     response_model=ItemPage,
-    responses=problem_responses(422, 503),
+    responses=problem_responses(404, 422, 503),
 )
 def list_items(
     session: ReadSessionDep,
@@ -116,7 +116,7 @@ def list_items(
             session, offset=offset, limit=limit, q=q, genre=genre, order=sort
         )
     except items_service.UnknownGenreError as exc:
-        raise ProblemError(422, str(exc), title="Unknown genre") from None
+        raise ProblemError(404, str(exc), title="Unknown genre") from None
     page = ItemPage(
         total=total,
         offset=offset,

@@ -26,8 +26,8 @@ router = APIRouter(tags=["users"])
     description="Folds the ratings of the body into the active model, as "
     "`GET /users/{id}/recommendations` does with a stored user's, and ranks the items "
     "not rated. Nothing is stored. Strategy `popular` when the model knows none of the "
-    "rated items or no model has been trained yet. The same item twice, or a value off "
-    "the rating scale, is a 422.",
+    "rated items or no model has been trained yet. An item given twice counts with its "
+    "last rating; a value off the rating scale is a 422.",
     response_model=RatingsRecommendations,
     dependencies=[Depends(require_json)],
     responses=problem_responses(413, 415, 422, 503),
@@ -42,8 +42,6 @@ async def recommend_for_ratings(
     errors = []
     for position, given in enumerate(body.ratings):
         loc: list[str | int] = ["body", "ratings", position]
-        if given.item_id in ratings:
-            errors.append(field_error([*loc, "item_id"], "the item is rated twice", "duplicate"))
         try:
             ratings[given.item_id] = validate_rating(given.rating, settings.rating_scale)
         except InvalidRatingError as exc:

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from typing import Annotated, Final
 
-from pydantic import Field, StringConstraints
+from pydantic import BeforeValidator, Field, StringConstraints
 
 from app.domain import ID_MAX_LENGTH, ID_PATTERN
 
-__all__ = ["EXAMPLE_TIME", "MAX_BATCH", "MAX_N", "NO_NUL_PATTERN", "Genre", "IdStr", "RatingValue"]
+__all__ = [
+    "EXAMPLE_TIME",
+    "MAX_BATCH",
+    "MAX_N",
+    "NO_NUL_PATTERN",
+    "Genre",
+    "IdStr",
+    "JsonInteger",
+    "RatingValue",
+]
 
 
 MAX_BATCH: Final = 10_000
@@ -25,6 +34,16 @@ IdStr = Annotated[
 
 RatingValue = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 """A rating: a finite JSON number (its scale is checked by the service)."""
+
+def _not_a_boolean(value: object) -> object:
+    if isinstance(value, bool):
+        raise ValueError("must be an integer, not a boolean")
+    return value
+
+
+JsonInteger = Annotated[int, BeforeValidator(_not_a_boolean)]
+"""A JSON integer as JSON Schema reads one: ``90`` and ``90.0``, never ``true`` or ``90.5``
+(pydantic's lax ``int`` would take a boolean, its strict one would refuse ``90.0``)."""
 
 NO_NUL_PATTERN: Final = r"^[^\x00]*$"
 """Free text holds no NUL character (PostgreSQL cannot store one; SQLite would)."""

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.schemas.fields import MAX_N, Genre, IdStr, RatingValue
+from app.schemas.fields import MAX_N, Genre, IdStr, JsonInteger, RatingValue
 
 MAX_GIVEN_RATINGS = 1000
 """Most ratings in one ``POST /recommendations``."""
@@ -178,10 +178,12 @@ class RatingsRecommendationRequest(BaseModel):
 
     ratings: list[GivenRating] = Field(
         max_length=MAX_GIVEN_RATINGS,
-        description="The ratings, one per item; items the model does not know are ignored.",
+        description="The ratings; items the model does not know are ignored. An item given "
+        "twice counts with its last rating, as a second `POST /ratings` would replace the "
+        "first.",
     )
-    n: int = Field(default=10, ge=1, le=MAX_N, description="How many items.")
-    offset: int = Field(default=0, ge=0, le=10_000, description="Ranks to skip.")
+    n: JsonInteger = Field(default=10, ge=1, le=MAX_N, description="How many items.")
+    offset: JsonInteger = Field(default=0, ge=0, le=10_000, description="Ranks to skip.")
     genre: Genre | None = Field(
         default=None, description="Only items of this genre (case-insensitive)."
     )
@@ -190,6 +192,7 @@ class RatingsRecommendationRequest(BaseModel):
     )
     explain: bool = Field(
         default=False,
+        strict=True,
         description="Add to each item the given ratings that most support it, with their "
         "contribution to its score, and a reason in words.",
     )

@@ -476,9 +476,11 @@ def count_ratings_before(session: Session, user_id: str) -> int:
 
 def test_ratings_in_the_body_are_checked(model_client: TestClient) -> None:
     cases = [
-        {"ratings": [{"item_id": "1", "rating": 5}, {"item_id": "1", "rating": 4}]},
         {"ratings": [{"item_id": "1", "rating": 7}]},
         {"ratings": [{"item_id": "1", "rating": 5}], "n": 0},
+        {"ratings": [{"item_id": "1", "rating": 5}], "n": 5.5},
+        {"ratings": [{"item_id": "1", "rating": 5}], "offset": False},
+        {"ratings": [{"item_id": "1", "rating": 5}], "explain": 0},
         {"ratings": [{"item_id": "bad id", "rating": 5}]},
         {"ratings": [], "surprise": True},
         {},
@@ -487,11 +489,19 @@ def test_ratings_in_the_body_are_checked(model_client: TestClient) -> None:
         response = model_client.post("/recommendations", json=payload)
         assert response.status_code == 422, (payload, response.text)
         assert response.headers["content-type"] == "application/problem+json"
+    off_scale = model_client.post(
+        "/recommendations",
+        json={"ratings": [{"item_id": "1", "rating": 5}, {"item_id": "2", "rating": 7}]},
+    ).json()
+    assert off_scale["errors"][0]["loc"] == ["body", "ratings", 1, "rating"]
+    # an item given twice counts with its last rating, as a second POST /ratings would
     twice = model_client.post(
         "/recommendations",
-        json={"ratings": [{"item_id": "1", "rating": 5}, {"item_id": "1", "rating": 4}]},
-    ).json()
-    assert twice["errors"][0]["loc"] == ["body", "ratings", 1, "item_id"]
+        json={"ratings": [{"item_id": "50", "rating": 1}, {"item_id": "50", "rating": 5}]},
+    )
+    once = model_client.post("/recommendations", json={"ratings": [{"item_id": "50", "rating": 5}]})
+    assert twice.status_code == 200, twice.text
+    assert twice.json()["items"] == once.json()["items"]
     assert model_client.post("/recommendations", content=b"x=1").status_code in (415, 422)
 
 
