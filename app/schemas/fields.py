@@ -35,6 +35,7 @@ IdStr = Annotated[
 RatingValue = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 """A rating: a finite JSON number (its scale is checked by the service)."""
 
+
 def _not_a_boolean(value: object) -> object:
     if isinstance(value, bool):
         raise ValueError("must be an integer, not a boolean")
