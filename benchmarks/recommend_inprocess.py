@@ -6,7 +6,8 @@ the JSON answer), one after the other, so the CPU each costs is measured without
 noise of processes sharing the cores. Same throwaway database and ML-100K model as
 ``serve_latency.py``.
 
-It prints, for ``GET /users/{id}/recommendations``, ``POST /ratings`` and
+It prints, for ``GET /users/{id}/recommendations``, ``GET /users/{id}/predictions``
+(20 items), ``POST /ratings`` and
 ``GET /health/live`` (the floor of the stack), the CPU milliseconds per request and
 the number and longest pause of the collections of each generation. ``--unfreeze``
 undoes the ``gc.freeze()`` the app does at start-up, to show what full collections
@@ -19,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import gc
 import json
 import os
+import pstats
 import random
 import tempfile
 import time
@@ -90,24 +93,41 @@ Request = tuple[str, str, bytes, bytes]
 """(method, path, query string, JSON body)."""
 
 
-async def phase(app: Any, name: str, requests: list[Request]) -> None:
+async def phase(app: Any, name: str, requests: list[Request], profile: bool = False) -> None:
     pauses = GcPauses()
     gc.callbacks.append(pauses)
+    profiler = cProfile.Profile() if profile else None
     cpu = time.process_time()
+    if profiler is not None:
+        profiler.enable()
     for request in requests:
         await call(app, *request)
+    if profiler is not None:
+        profiler.disable()
     per_request = (time.process_time() - cpu) / len(requests)
     gc.callbacks.remove(pauses)
     collections = ", ".join(
         f"gen{g} {pauses.count[g]} (longest {pauses.longest[g] * 1000:.1f} ms)" for g in range(3)
     )
     print(f"{name}: {per_request * 1000:.3f} ms of CPU per request; collections: {collections}")
+    if profiler is not None:
+        # where the time goes (the profiler's own cost inflates the figures above)
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(40)
 
 
-async def measure(app: Any, requests: int, unfreeze: bool, seed: int) -> None:
+async def measure(app: Any, requests: int, unfreeze: bool, seed: int, profile: bool) -> None:
     rng = random.Random(seed)
     users = [str(rng.randint(1, 943)) for _ in range(requests)]
     recommend = [("GET", f"/users/{u}/recommendations", b"n=10", b"") for u in users]
+    predict = [
+        (
+            "GET",
+            f"/users/{u}/predictions",
+            "&".join(f"item_id={rng.randint(1, 1682)}" for _ in range(20)).encode(),
+            b"",
+        )
+        for u in users
+    ]
     rate = [
         (
             "POST",
@@ -124,7 +144,8 @@ async def measure(app: Any, requests: int, unfreeze: bool, seed: int) -> None:
             gc.unfreeze()
         for request in recommend[:200]:  # warm-up: caches, prepared statements
             await call(app, *request)
-        await phase(app, "GET /users/{id}/recommendations", recommend)
+        await phase(app, "GET /users/{id}/recommendations", recommend, profile)
+        await phase(app, "GET /users/{id}/predictions (20 items)", predict, profile)
         await phase(app, "POST /ratings", rate)
         await phase(app, "GET /health/live", [("GET", "/health/live", b"", b"")] * requests)
 
@@ -141,6 +162,11 @@ def main() -> None:
     parser.add_argument(
         "--unfreeze", action="store_true", help="Undo the app's gc.freeze() after start-up."
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="Profile the recommendations and predictions phases (cProfile, cumulative).",
+    )
     args = parser.parse_args()
     url, drop = create_database(args.postgres_url)
     with tempfile.TemporaryDirectory(prefix="rbmrec-bench-") as work:
@@ -152,7 +178,9 @@ def main() -> None:
                 log_level="WARNING",
             )
             prepare(settings, args.movielens_dir, args.epochs, args.seed)
-            asyncio.run(measure(create_app(settings), args.requests, args.unfreeze, args.seed))
+            asyncio.run(
+                measure(create_app(settings), args.requests, args.unfreeze, args.seed, args.profile)
+            )
         finally:
             drop()
 

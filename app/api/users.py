@@ -10,7 +10,6 @@ from fastapi import APIRouter, Depends, Query, Response, status
 from app.api.deps import (
     CatalogDep,
     ItemIdPath,
-    ModelHolderDep,
     ReadSessionDep,
     RecommenderDep,
     SessionDep,
@@ -164,10 +163,9 @@ async def get_recommendations(
     response_model=Predictions,
     responses=problem_responses(422, 503),
 )
-def get_predictions(
+async def get_predictions(
     user_id: UserIdPath,
-    session: ReadSessionDep,
-    holder: ModelHolderDep,
+    recommender: RecommenderDep,
     settings: SettingsDep,
     item_id: Annotated[
         list[ItemIdQuery],
@@ -175,23 +173,27 @@ def get_predictions(
     ],
 ) -> Response:
     """Predicted ratings and distributions for the items asked for."""
-    result = recommend_service.predict(
-        session,
-        holder.current,
-        user_id,
-        item_id,
-        levels=[float(v) for v in settings.rating_scale.values],
-    )
-    expected = result.expected.tolist()
-    distribution = result.distribution.tolist()
-    body = Predictions(
-        user_id=user_id,
-        model_version=result.model_version,
-        levels=list(result.levels),
-        items=[
-            ItemPrediction(item_id=item, predicted_rating=expected[i], distribution=distribution[i])
-            for i, item in enumerate(result.item_ids)
-        ],
-        unknown_items=result.unknown_items,
-    )
-    return model_response(body)
+    loaded = recommender.holder.current  # one reference for the request: swaps cannot tear it
+    levels = [float(v) for v in settings.rating_scale.values]
+
+    def work() -> Response:
+        # as for recommendations: a connection and one hop to the scoring threads
+        with recommender.read_engine.connect() as connection:
+            result = recommend_service.predict(connection, loaded, user_id, item_id, levels=levels)
+        expected = result.expected.tolist()
+        distribution = result.distribution.tolist()
+        body = Predictions(
+            user_id=user_id,
+            model_version=result.model_version,
+            levels=list(result.levels),
+            items=[
+                ItemPrediction(
+                    item_id=item, predicted_rating=expected[i], distribution=distribution[i]
+                )
+                for i, item in enumerate(result.item_ids)
+            ],
+            unknown_items=result.unknown_items,
+        )
+        return model_response(body)
+
+    return await asyncio.get_running_loop().run_in_executor(recommender.executor, work)

@@ -339,7 +339,7 @@ def _store_popular(
 
 # -- predictions and similar items -------------------------------------------------
 def predict(
-    session: Session,
+    session: Db,
     loaded: LoadedModel | None,
     user_id: str,
     item_ids: Sequence[str],
@@ -350,8 +350,8 @@ def predict(
 
     Parameters
     ----------
-    session : Session
-        The request's unit of work.
+    session : Session or Connection
+        Where to read the user's ratings.
     loaded : LoadedModel or None
         The model; without one, every item is reported unknown.
     user_id : str
