@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from email.message import Message
 from typing import Annotated
@@ -30,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from app.api.errors import ProblemError
+from app.api.load_shedding import ScoringPool
 from app.api.metrics import ApiMetrics
 from app.domain import ID_MAX_LENGTH, ID_PATTERN
 from app.services.catalog import CatalogCache
@@ -83,15 +83,16 @@ class Recommender:
     holder : ModelHolder
     catalog : CatalogCache
     metrics : ApiMetrics
-    executor : concurrent.futures.Executor
-        The few threads that score (see :data:`app.api.main.SCORING_THREADS`).
+    scoring : ScoringPool
+        The few threads that score (see :data:`app.api.main.SCORING_THREADS`), with
+        a bounded queue (``RBMREC_MAX_QUEUE``).
     """
 
     read_engine: Engine
     holder: ModelHolder
     catalog: CatalogCache
     metrics: ApiMetrics
-    executor: Executor
+    scoring: ScoringPool
 
 
 async def get_recommender(request: Request) -> Recommender:
