@@ -76,13 +76,17 @@ class ConcurrencyLimitMiddleware:
     """Answer 503 at once when ``limit`` requests are already in the app.
 
     Runs on the event loop only, so a plain counter is exact. The probes and the
-    metrics route pass without being counted.
+    metrics route pass without being counted. A recommendation request that finds
+    the scoring queue full is refused here too, before routing and validation: under
+    a flood, most requests are refused, and each refusal must cost next to nothing
+    (the route checks the queue again when it submits).
     """
 
-    def __init__(self, app: ASGIApp, limit: int, metrics: ApiMetrics) -> None:
+    def __init__(self, app: ASGIApp, limit: int, metrics: ApiMetrics, scoring: ScoringPool) -> None:
         self.app = app
         self.limit = limit
         self.metrics = metrics
+        self.scoring = scoring
         self.in_flight = 0
         metrics.in_flight.set_function(lambda: self.in_flight)
 
@@ -92,25 +96,40 @@ class ConcurrencyLimitMiddleware:
             return
         if self.in_flight >= self.limit:
             self.metrics.shed.labels(reason="concurrency").inc()
-            exc = overloaded(
+            await self._refuse(
+                scope,
+                receive,
+                send,
                 f"this server process is handling its limit of {self.limit} requests "
-                f"(RBMREC_MAX_CONCURRENCY); retry in {RETRY_AFTER_SECONDS} s"
+                f"(RBMREC_MAX_CONCURRENCY); retry in {RETRY_AFTER_SECONDS} s",
             )
-            response = problem_response(
-                exc.status,
-                exc.detail,
-                title=exc.title,
-                type=exc.type,
-                instance=scope["path"],
-                headers=exc.headers,
-            )
-            await response(scope, receive, send)
+            return
+        if self.scoring.full and _is_recommendation(scope["path"]):
+            self.metrics.shed.labels(reason="scoring_queue").inc()
+            await self._refuse(scope, receive, send, self.scoring.refusal())
             return
         self.in_flight += 1
         try:
             await self.app(scope, receive, send)
         finally:
             self.in_flight -= 1
+
+    @staticmethod
+    async def _refuse(scope: Scope, receive: Receive, send: Send, detail: str) -> None:
+        exc = overloaded(detail)
+        response = problem_response(
+            exc.status,
+            exc.detail,
+            title=exc.title,
+            type=exc.type,
+            instance=scope["path"],
+            headers=exc.headers,
+        )
+        await response(scope, receive, send)
+
+
+def _is_recommendation(path: str) -> bool:
+    return path.startswith("/users/") and path.endswith("/recommendations")
 
 
 class ScoringQueueFullError(Exception):
@@ -137,13 +156,22 @@ class ScoringPool:
         self._capacity = threads + max_queue
         self._pending = 0
         self._lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="rbmrec-scoring")
+        self._executor: ThreadPoolExecutor | None = None
         metrics.scoring_pending.set_function(lambda: self._pending)
 
     @property
     def pending(self) -> int:
         """Requests running or waiting now."""
         return self._pending
+
+    @property
+    def full(self) -> bool:
+        """Whether :meth:`submit` would refuse now."""
+        return self._pending >= self._capacity
+
+    def start(self) -> None:
+        """Start the threads (the app's lifespan begins)."""
+        self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="rbmrec-scoring")
 
     def submit(self, fn: Callable[[], T]) -> Future[T]:
         """Run ``fn`` in a scoring thread, or refuse at once when the queue is full.
@@ -155,13 +183,11 @@ class ScoringPool:
         """
         with self._lock:
             if self._pending >= self._capacity:
-                raise ScoringQueueFullError(
-                    f"all {self.threads} scoring threads of this server process are busy "
-                    f"and {self.max_queue} requests wait for one (RBMREC_MAX_QUEUE); "
-                    f"retry in {RETRY_AFTER_SECONDS} s"
-                )
+                raise ScoringQueueFullError(self.refusal())
             self._pending += 1
         try:
+            if self._executor is None:
+                raise RuntimeError("the scoring pool is not started")
             future = self._executor.submit(fn)
         except BaseException:
             self._release(None)
@@ -171,9 +197,19 @@ class ScoringPool:
         future.add_done_callback(self._release)
         return future
 
+    def refusal(self) -> str:
+        """What a request refused for a full queue is told."""
+        return (
+            f"all {self.threads} scoring threads of this server process are busy and "
+            f"{self.max_queue} requests wait for one (RBMREC_MAX_QUEUE); retry in "
+            f"{RETRY_AFTER_SECONDS} s"
+        )
+
     def shutdown(self) -> None:
         """Stop the threads; work not yet started is cancelled."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._executor is not None:
+            executor, self._executor = self._executor, None
+            executor.shutdown(wait=False, cancel_futures=True)
 
     def _release(self, _future: Future[Any] | None) -> None:
         with self._lock:

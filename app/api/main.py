@@ -140,7 +140,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     # Shed before anything else works on a request; a rate-limited one takes no slot.
-    app.add_middleware(ConcurrencyLimitMiddleware, limit=settings.max_concurrency, metrics=metrics)
+    scoring = ScoringPool(SCORING_THREADS, settings.max_queue, metrics)
+    app.state.scoring = scoring
+    app.add_middleware(
+        ConcurrencyLimitMiddleware,
+        limit=settings.max_concurrency,
+        metrics=metrics,
+        scoring=scoring,
+    )
     buckets = _rate_limit_buckets(settings, metrics)
     if buckets is not None:
         app.state.rate_limit_buckets = buckets
@@ -197,7 +204,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.read_session_factory = make_sessionmaker(read_engine)
     app.state.model_holder = holder
     app.state.catalog = CatalogCache()
-    scoring = ScoringPool(SCORING_THREADS, settings.max_queue, metrics)
+    scoring: ScoringPool = app.state.scoring
+    scoring.start()
     app.state.recommender = Recommender(
         read_engine=read_engine,
         holder=holder,
