@@ -128,13 +128,13 @@ class Settings(BaseSettings):
 
     # -- load shedding and rate limits (docs/reliability.md) --------------------------
     max_concurrency: int = Field(
-        default=32,
+        default=64,
         ge=1,
         description="Requests one worker process handles at once (health and metrics "
         "excepted); more are answered 503 with Retry-After at once.",
     )
     max_queue: int = Field(
-        default=2,
+        default=6,
         ge=0,
         description="Recommendation requests waiting for a scoring thread, per worker "
         "process; more are answered 503 with Retry-After at once.",

@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,7 +60,7 @@ from app.settings import Settings
 HOST = "127.0.0.1"
 MAX_CONNECTIONS = 1024
 """Connections the open-loop client may hold; past them, requests wait for one."""
-PREOPENED_CONNECTIONS = 64
+PREOPENED_CONNECTIONS = 256
 """Connections the open-loop client opens before it starts sending."""
 
 
@@ -75,6 +75,7 @@ class Outcome:
     server_cpu: float = 0.0
     offered: int = 0
     max_send_lag: float = 0.0
+    connections_opened: int = 0
 
     @property
     def admitted(self) -> int:
@@ -114,7 +115,7 @@ def parse_args() -> argparse.Namespace:
         "--capacity-concurrency",
         type=int,
         help="In flight while measuring capacity (default: the scoring threads and the "
-        "queue, so that none is shed).",
+        "queue, so that none is shed; at most 16).",
     )
     parser.add_argument("--max-concurrency", type=int, help="RBMREC_MAX_CONCURRENCY")
     parser.add_argument("--max-queue", type=int, help="RBMREC_MAX_QUEUE")
@@ -159,7 +160,7 @@ async def closed_loop(
 async def open_loop(port: int, server_pid: int, rate: float, seconds: float, seed: int) -> Outcome:
     """Send at ``rate`` per second for ``seconds``, whatever the server answers."""
     rng = random.Random(seed)
-    idle: list[RawConnection] = []
+    idle: deque[RawConnection] = deque()
     opened = 0
     available = asyncio.Condition()
     outcome = Outcome("overload", seconds)
@@ -171,9 +172,12 @@ async def open_loop(port: int, server_pid: int, rate: float, seconds: float, see
             while not idle and opened >= MAX_CONNECTIONS:
                 await available.wait()
             if idle:
-                connection = idle.pop()
+                # the longest idle first: every connection stays in use, so none
+                # reaches uvicorn's 5 s keep-alive timeout
+                connection = idle.popleft()
             else:
                 opened += 1
+                outcome.connections_opened += 1
                 connection = RawConnection(HOST, port)
         target = _target(rng)
         sent_at = time.perf_counter()
@@ -256,7 +260,9 @@ async def measure(port: int, server_pid: int, args: argparse.Namespace) -> list[
     print(overload.summary(), flush=True)
     print(
         f"sent {overload.offered} ({overload.offered / args.seconds:.0f}/s); "
-        f"the client was at most {1000 * overload.max_send_lag:.1f} ms behind its schedule; "
+        f"the client was at most {1000 * overload.max_send_lag:.1f} ms behind its schedule "
+        f"and opened {overload.connections_opened} connections beyond the "
+        f"{PREOPENED_CONNECTIONS} opened beforehand; "
         f"admitted latency counted from the actual send: p50 "
         f"{overload.p(50, from_send=True):.1f} ms, p99 {overload.p(99, from_send=True):.1f} ms"
     )
@@ -272,7 +278,7 @@ def main() -> None:
     if args.max_queue is not None:
         os.environ["RBMREC_MAX_QUEUE"] = str(args.max_queue)
     if args.capacity_concurrency is None:
-        args.capacity_concurrency = SCORING_THREADS + Settings().max_queue
+        args.capacity_concurrency = min(SCORING_THREADS + Settings().max_queue, 16)
     url, drop = create_database(args.postgres_url)
     with tempfile.TemporaryDirectory(prefix="rbmrec-overload-") as work:
         settings = Settings(database_url=url, model_dir=Path(work) / "models")
