@@ -289,7 +289,7 @@ def main() -> None:
             server = start_server(settings, port, 1)
             wait_ready(f"http://{HOST}:{port}", server)
             wait_listening(port, 1)
-            unloaded, _capacity, overload = asyncio.run(measure(port, server.pid, args))
+            unloaded, capacity, overload = asyncio.run(measure(port, server.pid, args))
         finally:
             if server is not None:
                 server.send_signal(signal.SIGTERM)
@@ -301,6 +301,10 @@ def main() -> None:
     print(
         f"admitted p99 / unloaded p99 = {overload.p(99):.1f} / {unloaded.p(99):.1f} ms "
         f"= {ratio:.2f} (target <= 3); other failures: {failures}"
+    )
+    print(
+        f"admitted p99 / p99 at capacity (closed loop, nothing shed) = "
+        f"{overload.p(99):.1f} / {capacity.p(99):.1f} ms = {overload.p(99) / capacity.p(99):.2f}"
     )
 
 
