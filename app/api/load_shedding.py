@@ -10,9 +10,11 @@ everyone's latency grows without limit. Two bounds, per worker process:
   (:data:`app.api.main.SCORING_THREADS`) with at most ``RBMREC_MAX_QUEUE`` requests
   waiting for one; one more is answered 503 at once.
 
-A refused request costs a few tens of microseconds and never waits: the client is
-told to come back (``Retry-After``) while the admitted requests keep the latency
-of a busy, not an overloaded, server (``benchmarks/overload.py``). The health
+A refused request never waits and costs little (about 20 us in the app, 0.1 ms with
+uvicorn's HTTP handling): the client is told to come back (``Retry-After``), and an
+admitted request waits behind at most ``2 + RBMREC_MAX_QUEUE`` others, so its
+latency stays near that of a full worker where, unbounded, it grew to tens of
+seconds (``benchmarks/overload.py``, ``docs/benchmarks.md``, "Overload"). The health
 probes and ``/metrics`` are never shed: an orchestrator must see a busy worker as
 alive and ready, and its numbers are needed most when it is overloaded.
 
