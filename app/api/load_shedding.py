@@ -194,8 +194,8 @@ class ScoringPool:
         except BaseException:
             self._release(None)
             raise
-        # Released when the work ends, or when a client's disconnect cancels it before
-        # it started: a cancelled request never holds a place in the queue.
+        # Released when the work ends, or when its waiter is cancelled (the server
+        # shutting down) before it started: a cancelled request holds no place.
         future.add_done_callback(self._release)
         return future
 

@@ -13,6 +13,7 @@ import contextlib
 import secrets
 import shutil
 import socket
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -26,7 +27,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.api.load_shedding import ScoringPool, ScoringQueueFullError
 from app.api.main import create_app
+from app.api.metrics import ApiMetrics
 from app.api.middleware import MAX_URL_BYTES
 from app.api.users import MAX_EXCLUDE, _longest_recommendations_url
 from app.settings import Settings
@@ -117,6 +120,26 @@ def test_the_scoring_queue_is_bounded(
     assert all("RBMREC_MAX_QUEUE" in r.json()["detail"] for r in shed)
     assert metric(metrics, 'rbmrec_shed_requests_total{reason="scoring_queue"}') == len(shed)
     assert pending == 0  # every place in the queue was given back
+
+
+def test_cancelled_scoring_work_gives_its_place_back() -> None:
+    pool = ScoringPool(threads=1, max_queue=1, metrics=ApiMetrics())
+    pool.start()
+    release = threading.Event()
+    try:
+        running_work = pool.submit(release.wait)
+        waiting = pool.submit(lambda: "queued")
+        with pytest.raises(ScoringQueueFullError, match="RBMREC_MAX_QUEUE"):
+            pool.submit(lambda: "refused")
+        assert waiting.cancel()  # not started: cancelled, and its place is free again
+        replacement = pool.submit(lambda: "admitted")
+        release.set()
+        assert running_work.result(timeout=10) is True
+        assert replacement.result(timeout=10) == "admitted"
+    finally:
+        release.set()
+        pool.shutdown()
+    assert pool.pending == 0
 
 
 def test_the_schema_documents_the_limits(make_client: Callable[..., TestClient]) -> None:
