@@ -154,6 +154,15 @@ class Settings(BaseSettings):
         "that every worker and replica shares them; unset: each process keeps its own.",
     )
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
     @field_validator("api_keys", "admin_api_keys", "cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:

@@ -178,7 +178,7 @@ class RedisBuckets:
     def _answer(self, result: object) -> float:
         if self._failing:
             self._failing = False
-            logger.warning("Redis answers again: rate limits are enforced again")
+            logger.info("the rate limits' Redis answers again: limits are enforced again")
         text = result.decode() if isinstance(result, bytes) else str(result)
         return float(text)
 

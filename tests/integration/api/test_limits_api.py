@@ -217,6 +217,12 @@ def test_redis_buckets_are_shared_by_processes(make_settings: Callable[..., Sett
     assert asyncio.run(run()) == [200, 200, 200, 429]
 
 
+def test_a_redis_url_that_is_not_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="redis://"):
+        Settings(redis_url="127.0.0.1:6379")
+    assert Settings(redis_url="").redis_url is None
+
+
 def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
