@@ -152,6 +152,43 @@ class Settings(BaseSettings):
         "`SO_REUSEPORT` socket on Linux).",
     )
 
+    # -- load shedding and rate limits (docs/reliability.md) --------------------------
+    max_concurrency: int = Field(
+        default=64,
+        ge=1,
+        description="Requests one worker process handles at once (health and metrics "
+        "excepted); more are answered 503 with Retry-After at once.",
+    )
+    max_queue: int = Field(
+        default=6,
+        ge=0,
+        description="Recommendation requests waiting for a scoring thread, per worker "
+        "process; more are answered 503 with Retry-After at once.",
+    )
+    rate_limit_per_second: float = Field(
+        default=0.0,
+        ge=0,
+        description="Requests per second allowed to each API key (or client address "
+        "without one), as a token bucket; 0 = no rate limit. Over it: 429 with Retry-After.",
+    )
+    rate_limit_burst: int = Field(
+        default=20, ge=1, description="Requests a client may send at once above its rate."
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis (redis://host:port/db) holding the rate limits' buckets, so "
+        "that every worker and replica shares them; unset: each process keeps its own.",
+    )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
     @field_validator(
         "api_keys",
         "admin_api_keys",

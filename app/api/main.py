@@ -15,7 +15,6 @@ import logging
 import signal
 import threading
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import anyio.to_thread
@@ -38,8 +37,9 @@ from app.api import (
 from app.api.contract import document_contract
 from app.api.deps import Recommender
 from app.api.errors import PROBLEM_MEDIA_TYPE, document_common_statuses, install_error_handlers
+from app.api.load_shedding import ConcurrencyLimitMiddleware, ScoringPool, add_limit_responses
 from app.api.metrics import ApiMetrics, MetricsMiddleware
-from app.api.middleware import BodySizeLimitMiddleware, ResponseGuard
+from app.api.middleware import BodySizeLimitMiddleware, ResponseGuard, UrlLengthLimitMiddleware
 from app.api.openapi_links import add_openapi_links
 from app.api.proxy import (
     REPLICA_HEADER,
@@ -48,6 +48,7 @@ from app.api.proxy import (
     TrustedProxies,
     replica_name,
 )
+from app.api.rate_limit import Buckets, LocalBuckets, RateLimitMiddleware, RedisBuckets
 from app.api.security import log_security_posture
 from app.db.engine import engine_from_settings, is_sqlite, make_sessionmaker
 from app.services.catalog import CatalogCache
@@ -163,6 +164,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=[REPLICA_HEADER],
         )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # Shed before anything else works on a request; a rate-limited one takes no slot.
+    scoring = ScoringPool(SCORING_THREADS, settings.max_queue, metrics)
+    app.state.scoring = scoring
+    app.add_middleware(
+        ConcurrencyLimitMiddleware,
+        limit=settings.max_concurrency,
+        metrics=metrics,
+        scoring=scoring,
+    )
+    buckets = _rate_limit_buckets(settings, metrics)
+    if buckets is not None:
+        app.state.rate_limit_buckets = buckets
+        app.add_middleware(
+            RateLimitMiddleware,
+            buckets=buckets,
+            metrics=metrics,
+            rate=settings.rate_limit_per_second,
+            burst=settings.rate_limit_burst,
+        )
+    app.add_middleware(UrlLengthLimitMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(ResponseGuard)
     app.add_middleware(ReplicaHeaderMiddleware, replica=replica)
@@ -170,9 +191,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # and scheme that a trusted proxy forwarded.
     app.add_middleware(ForwardedHeadersMiddleware, trusted=TrustedProxies(settings.trusted_proxies))
     _document_problems(app)
+    add_limit_responses(app, rate_limited=buckets is not None)
     add_openapi_links(app)
     document_contract(app, settings)
     return app
+
+
+def _rate_limit_buckets(settings: Settings, metrics: ApiMetrics) -> Buckets | None:
+    rate, burst = settings.rate_limit_per_second, settings.rate_limit_burst
+    if rate <= 0:
+        return None
+    if settings.redis_url:
+        return RedisBuckets(settings.redis_url, rate, burst, metrics)
+    return LocalBuckets(rate, burst)
 
 
 @contextlib.asynccontextmanager
@@ -199,13 +230,14 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.read_session_factory = make_sessionmaker(read_engine)
     app.state.model_holder = holder
     app.state.catalog = CatalogCache()
-    scoring = ThreadPoolExecutor(SCORING_THREADS, thread_name_prefix="rbmrec-scoring")
+    scoring: ScoringPool = app.state.scoring
+    scoring.start()
     app.state.recommender = Recommender(
         read_engine=read_engine,
         holder=holder,
         catalog=app.state.catalog,
         metrics=metrics,
-        executor=scoring,
+        scoring=scoring,
     )
     metrics.model_changed(None)
     # Load the active model before serving; a database that is down only delays it
@@ -223,7 +255,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             await poll
         # uvicorn has let the requests in flight finish; what is left belongs to
         # cancelled ones, which must not hold up the shutdown
-        scoring.shutdown(wait=False, cancel_futures=True)
+        scoring.shutdown()
+        buckets: Buckets | None = getattr(app.state, "rate_limit_buckets", None)
+        if buckets is not None:
+            await buckets.aclose()
         engine.dispose()
         blas.restore_original_limits()
 

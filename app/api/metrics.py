@@ -9,6 +9,10 @@
 * ``rbmrec_recommendations_total{strategy}``: ``rbm`` or ``popular``.
 * ``rbmrec_replica_info{replica}`` (value 1): which replica these numbers are from
   (the ``Rbmrec-Replica`` header of its answers).
+* ``rbmrec_shed_requests_total{reason}``, ``rbmrec_requests_in_flight``,
+  ``rbmrec_scoring_pending``, ``rbmrec_rate_limited_requests_total`` and
+  ``rbmrec_rate_limit_backend_errors_total``: load shedding and rate limits
+  (:mod:`app.api.load_shedding`, :mod:`app.api.rate_limit`).
 * ``rbmrec_http_client_requests_total{client}``: requests by client address (the one
   a trusted proxy forwarded, see :mod:`app.api.proxy`); the first
   ``MAX_CLIENT_LABELS`` addresses get a series each, later ones count as ``<other>``.
@@ -144,6 +148,35 @@ class ApiMetrics:
             f"HTTP requests by client address (the first {MAX_CLIENT_LABELS} addresses; "
             f"later ones as {OTHER_CLIENTS}).",
             ["client"],
+            registry=self.registry,
+        )
+        self.shed = Counter(
+            "rbmrec_shed_requests",
+            "Requests answered 503 at once because this process was at a bound: "
+            "concurrency (RBMREC_MAX_CONCURRENCY) or scoring_queue (RBMREC_MAX_QUEUE).",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in ("concurrency", "scoring_queue"):
+            self.shed.labels(reason=reason)
+        self.in_flight = Gauge(
+            "rbmrec_requests_in_flight",
+            "Requests in the app now (health and metrics excepted).",
+            registry=self.registry,
+        )
+        self.scoring_pending = Gauge(
+            "rbmrec_scoring_pending",
+            "Recommendation requests running in or waiting for a scoring thread.",
+            registry=self.registry,
+        )
+        self.rate_limited = Counter(
+            "rbmrec_rate_limited_requests",
+            "Requests answered 429: the client's token bucket was empty.",
+            registry=self.registry,
+        )
+        self.rate_limit_errors = Counter(
+            "rbmrec_rate_limit_backend_errors",
+            "Rate-limit checks that could not reach Redis (the request was let through).",
             registry=self.registry,
         )
         self._clients: set[str] = set()

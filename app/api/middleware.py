@@ -1,4 +1,4 @@
-"""The app's own ASGI middleware: the response guard and the request body size limit.
+"""The app's own ASGI middleware: the response guard, the URL and body size limits.
 
 :class:`ResponseGuard` wraps everything the app does: it puts the security headers
 on every response and answers a generic 500 problem for any unhandled exception.
@@ -11,6 +11,9 @@ forwarded and its 500 answers name the replica too.
 without one (chunked transfer encoding) are counted as they arrive, and reading
 stops with 413 as soon as the count passes the limit, so an endless body never
 fills memory.
+
+:class:`UrlLengthLimitMiddleware` answers 414 to a request whose path and query
+string together are longer than :data:`MAX_URL_BYTES`.
 
 (Request metrics are counted by :class:`app.api.metrics.MetricsMiddleware`.)
 """
@@ -28,7 +31,13 @@ from app.api.errors import internal_error, problem_response
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BodySizeLimitMiddleware", "BodyTooLargeError", "ResponseGuard"]
+__all__ = [
+    "MAX_URL_BYTES",
+    "BodySizeLimitMiddleware",
+    "BodyTooLargeError",
+    "ResponseGuard",
+    "UrlLengthLimitMiddleware",
+]
 
 CONTENT_SECURITY_POLICY: Final = "default-src 'none'; frame-ancestors 'none'"
 HSTS: Final = "max-age=63072000; includeSubDomains"
@@ -94,6 +103,39 @@ class ResponseGuard:
             if started:
                 raise
             await internal_error(str(scope.get("path", "")))(scope, receive, send_with_headers)
+
+
+MAX_URL_BYTES: Final = 8192
+"""Longest request target (path, ``?`` and query string, as sent) the API answers.
+
+Below what the HTTP parsers take whole (uvicorn's h11 refuses request heads over 16
+KiB; some proxies cut URLs past 8 KiB), so no URL is ever handled cut short: a longer
+one is refused with 414. The query bounds are sized to fit under it
+(:data:`app.api.users.MAX_EXCLUDE`)."""
+
+
+class UrlLengthLimitMiddleware:
+    """Answer 414 (problem details) to a request target longer than ``max_bytes``."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_URL_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            raw_path = scope.get("raw_path") or scope.get("path", "").encode()
+            query = scope.get("query_string", b"")
+            length = len(raw_path) + (1 + len(query) if query else 0)
+            if length > self.max_bytes:
+                response = problem_response(
+                    414,
+                    f"the URL is {length} bytes long; the limit is {self.max_bytes} bytes "
+                    "(path and query string)",
+                    instance=scope.get("path", "")[:200],
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 _METHODS_WITH_BODY: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})

@@ -80,8 +80,14 @@ def activate_model(
         info = registry.activate_version(session, version_id)
     except registry.VersionNotFoundError as exc:
         raise ProblemError(404, str(exc)) from None
-    except (registry.VersionNotActivatableError, ArtifactIntegrityError) as exc:
+    except registry.VersionNotActivatableError as exc:
         raise ProblemError(409, str(exc)) from None
+    except ArtifactIntegrityError as exc:
+        # The log gets the artifact's path; the client only the version and the digests.
+        logger.warning("model version %s cannot be activated: %s", version_id, exc)
+        raise ProblemError(
+            409, f"model version {version_id!r} cannot be activated: {exc.public_reason()}"
+        ) from None
     # Commit before reloading: the holder reads the active version in its own session.
     session.commit()
     try:

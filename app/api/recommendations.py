@@ -7,8 +7,6 @@ would be, and nothing is written.
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Depends, Response
 
 from app.api.deps import RecommenderDep, SettingsDep, model_response, require_json
@@ -73,4 +71,4 @@ async def recommend_for_ratings(
         )
         return model_response(answer, exclude_unset=True)
 
-    return await asyncio.get_running_loop().run_in_executor(recommender.executor, work)
+    return await recommender.score(work)

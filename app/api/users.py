@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response, status
@@ -18,6 +17,7 @@ from app.api.deps import (
     model_response,
 )
 from app.api.errors import ProblemError, problem_responses
+from app.api.middleware import MAX_URL_BYTES
 from app.api.security import require_read_key, require_write_key
 from app.domain import ID_MAX_LENGTH, ID_PATTERN
 from app.schemas.fields import MAX_N
@@ -30,6 +30,34 @@ router = APIRouter(prefix="/users", tags=["users"])
 
 MAX_OFFSET = 10_000
 """Deepest recommendation page (``offset``); deeper ranks are not useful."""
+
+GENRE_MAX_LENGTH = 64
+"""Longest ``genre`` filter (characters)."""
+
+
+def _longest_recommendations_url(n_exclude: int) -> int:
+    """Bytes of the longest valid ``/recommendations`` URL with ``n_exclude`` exclusions.
+
+    Each id at its longest and at its worst encoding (all ``:``, which clients send as
+    ``%3A``), the genre of four-byte UTF-8 characters, each percent-encoded, and every
+    other parameter at its longest.
+    """
+    worst_id = 3 * ID_MAX_LENGTH
+    path = len("/users/") + worst_id + len("/recommendations")
+    query = (
+        len(f"?n={MAX_N}&offset={MAX_OFFSET}&explain=false")
+        + len("&genre=")
+        + 12 * GENRE_MAX_LENGTH
+        + n_exclude * len(f"&exclude={'x' * worst_id}")
+    )
+    return path + query
+
+
+MAX_EXCLUDE = next(
+    n for n in range(1000, -1, -1) if _longest_recommendations_url(n) <= MAX_URL_BYTES
+)
+"""Most ``exclude`` ids: as many as fit in the longest valid URL under
+:data:`app.api.middleware.MAX_URL_BYTES`, so that no valid request is refused with 414."""
 
 ItemIdQuery = Annotated[str, Query(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)]
 
@@ -100,14 +128,18 @@ async def get_recommendations(
         str | None,
         Query(
             min_length=1,
-            max_length=64,
+            max_length=GENRE_MAX_LENGTH,
             description="Only items of this genre (case-insensitive).",
             examples=["Comedy"],
         ),
     ] = None,
     exclude: Annotated[
         list[ItemIdQuery],
-        Query(max_length=1000, description="Item ids never to return (repeat the parameter)."),
+        Query(
+            max_length=MAX_EXCLUDE,
+            description="Item ids never to return (repeat the parameter; at most "
+            f"{MAX_EXCLUDE}, so that any valid URL stays under {MAX_URL_BYTES} bytes).",
+        ),
     ] = [],  # noqa: B006 (FastAPI copies defaults per request)
     explain: Annotated[
         bool,
@@ -146,11 +178,7 @@ async def get_recommendations(
         )
         return model_response(body, exclude_unset=True)
 
-    # One hop to a small pool of its own for the whole request: the work is CPU-bound
-    # under the GIL, so more threads would only contend for it (each holding a pooled
-    # connection meanwhile), and a plain executor hands over in a third of the time
-    # of AnyIO's worker threads.
-    return await asyncio.get_running_loop().run_in_executor(recommender.executor, work)
+    return await recommender.score(work)
 
 
 @router.get(
@@ -196,4 +224,4 @@ async def get_predictions(
         )
         return model_response(body)
 
-    return await asyncio.get_running_loop().run_in_executor(recommender.executor, work)
+    return await recommender.score(work)

@@ -17,6 +17,10 @@ configuration, or the port held by another program): restarting it would only fa
 again. ``SO_REUSEPORT`` would also let a second ``rbmrec serve`` of the same user
 bind the same port and silently take half the connections, so the supervisor holds a
 lock named after the port for as long as it runs, and a second one refuses to start.
+The lock file is opened without following a symlink and checked through its
+descriptor (a regular file of this user, writable by no one else): in the shared
+temporary directory, a planted symlink could otherwise make it create or lock a
+file elsewhere.
 Platforms without a load-balancing ``SO_REUSEPORT`` (it exists on Linux) use
 uvicorn's supervisor instead (:func:`supports_reuse_port`).
 """
@@ -24,11 +28,13 @@ uvicorn's supervisor instead (:func:`supports_reuse_port`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import multiprocessing
 import os
 import signal
 import socket
+import stat
 import sys
 import tempfile
 import threading
@@ -42,7 +48,13 @@ from uvicorn.config import STARTUP_FAILURE
 
 logger = logging.getLogger("uvicorn.error")
 
-__all__ = ["WorkerSupervisor", "listening_sockets", "reuse_port_socket", "supports_reuse_port"]
+__all__ = [
+    "WorkerSupervisor",
+    "listening_sockets",
+    "port_lock_path",
+    "reuse_port_socket",
+    "supports_reuse_port",
+]
 
 _spawn = multiprocessing.get_context("spawn")
 
@@ -115,15 +127,39 @@ def _port_lock(port: int) -> int | None:
     """
     import fcntl  # POSIX only, like SO_REUSEPORT balancing
 
-    uid = os.getuid() if hasattr(os, "getuid") else 0
-    path = Path(tempfile.gettempdir()) / f"rbmrec-{uid}-serve-port-{port}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    path = port_lock_path(port)
+    # In the shared temporary directory another user may have planted a symlink under
+    # this name: never follow one (nor create a file where it points), and check what
+    # was opened through the descriptor itself.
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
     try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(exc.errno, f"{path} is a symlink; refusing to use it") from exc
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, f"{path} is not a regular file")
+        if info.st_uid != os.getuid():
+            raise OSError(errno.EPERM, f"{path} belongs to another user (uid {info.st_uid})")
+        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise OSError(errno.EPERM, f"{path} is writable by other users")
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         return None
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
+
+
+def port_lock_path(port: int) -> Path:
+    """The lock file of ``port``: per user, in the system temporary directory."""
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return Path(tempfile.gettempdir()) / f"rbmrec-{uid}-serve-port-{port}.lock"
 
 
 def _run_worker(config: uvicorn.Config) -> None:

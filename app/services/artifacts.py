@@ -35,7 +35,28 @@ _DIGEST_CHUNK: Final = 1 << 20
 
 
 class ArtifactIntegrityError(Exception):
-    """An artifact is missing, incomplete, or fails its SHA-256 check."""
+    """An artifact is missing, incomplete, or fails its SHA-256 check.
+
+    The message names the artifact's path (for the log); ``found`` and ``expected``
+    hold the two digests when they differ, so that an answer to a client can report
+    the mismatch without the path.
+    """
+
+    def __init__(
+        self, message: str, *, found: str | None = None, expected: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.found = found
+        self.expected = expected
+
+    def public_reason(self) -> str:
+        """Why, in words fit for clients: no file system path."""
+        if self.found is not None and self.expected is not None:
+            return (
+                f"its artifact fails its checksum (SHA-256 {self.found}; the registry "
+                f"recorded {self.expected})"
+            )
+        return "its artifact is missing, incomplete or cannot be loaded (see the server log)"
 
 
 def artifact_digest(artifact_dir: Path) -> str:
@@ -98,7 +119,9 @@ def check_artifact(artifact_dir: Path, sha256: str | None = None) -> str:
     if sha256 is not None and digest != sha256:
         raise ArtifactIntegrityError(
             f"artifact {artifact_dir} fails its checksum: SHA-256 is {digest}, "
-            f"the registry recorded {sha256}"
+            f"the registry recorded {sha256}",
+            found=digest,
+            expected=sha256,
         )
     try:
         load_model(artifact_dir, mmap=True, estimator=BaseEstimator)
@@ -107,14 +130,22 @@ def check_artifact(artifact_dir: Path, sha256: str | None = None) -> str:
     return digest
 
 
-def remove_artifact(path: Path | str) -> bool:
+def remove_artifact(path: Path | str, model_dir: Path | str) -> bool:
     """Delete an artifact directory (or a staging leftover); ``True`` when it is gone.
 
     Every deletion of model files goes through here: retention, the recovery of
-    abandoned runs, the clean-up after a failed run.
+    abandoned runs, the clean-up after a failed run. The paths come from the
+    database, so a row changed by mistake or by an attacker could name any
+    directory: nothing is deleted unless the path, symlinks resolved, lies strictly
+    inside ``model_dir`` (refused with an error in the log, and ``False``).
     """
     target = Path(path)
     if target == Path():  # an empty path names no artifact (and "." is the working directory)
         return False
-    shutil.rmtree(target, ignore_errors=True)
-    return not target.exists()
+    root = Path(model_dir).resolve()
+    resolved = target.resolve()
+    if resolved == root or not resolved.is_relative_to(root):
+        logger.error("refusing to delete %s: it is not inside the model directory %s", target, root)
+        return False
+    shutil.rmtree(resolved, ignore_errors=True)
+    return not resolved.exists()

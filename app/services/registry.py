@@ -404,7 +404,7 @@ def activate_version(
     return _info(row)
 
 
-def prune_artifacts(session: Session, keep: int) -> list[str]:
+def prune_artifacts(session: Session, keep: int, model_dir: Path) -> list[str]:
     """Delete the files of all but the newest ``keep`` versions; never the active one.
 
     Only versions with complete artifacts count (``training`` and ``failed`` ones
@@ -419,6 +419,9 @@ def prune_artifacts(session: Session, keep: int) -> list[str]:
         The unit of work; not committed here.
     keep : int
         How many versions keep their files (``RBMREC_KEEP_VERSIONS``, at least 1).
+    model_dir : Path
+        The model directory: files outside it are never deleted (the version is
+        skipped, with an error in the log).
 
     Returns
     -------
@@ -431,7 +434,7 @@ def prune_artifacts(session: Session, keep: int) -> list[str]:
     for row in version_rows.with_files(session, ACTIVATABLE_STATUSES)[keep:]:
         if row.status == "active":
             continue
-        if not remove_artifact(row.artifact_path):
+        if not remove_artifact(row.artifact_path, model_dir):
             logger.warning(
                 "could not delete the artifact of version %s at %s", row.id, row.artifact_path
             )

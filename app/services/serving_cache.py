@@ -13,6 +13,14 @@ changes a copy in place (a damaged one is replaced by a new directory, and a
 mapped file that is unlinked stays readable by the processes mapping it).
 
 Copies not used for ``grace_seconds`` are removed when another version is loaded.
+
+The default directory lies in the shared temporary directory, where another user
+could plant a symlink under its name before the first start. So the directory is
+opened with ``O_NOFOLLOW | O_DIRECTORY`` and its owner and mode are checked on that
+descriptor (``fstat``), never by path; the pruning lists, inspects and deletes
+entries relative to the same descriptor (``dir_fd``), never following a link. A
+symlink in its place, or a directory of another user or writable by others, makes
+the API read models into memory instead (logged), and nothing is deleted.
 """
 
 from __future__ import annotations
@@ -86,17 +94,25 @@ class ServingCache:
         ArtifactIntegrityError
             ``source`` is missing, or does not hash to ``sha256`` (it changed).
         ServingCacheError
-            The cache directory cannot be used.
+            The cache directory cannot be used (a symlink, another user's, writable
+            by others, not writable...).
         """
-        self._prepare_root()
+        root_fd = self._open_root()
+        try:
+            return self._materialize(root_fd, source, sha256)
+        finally:
+            os.close(root_fd)
+
+    # -- internals -------------------------------------------------------------------
+    def _materialize(self, root_fd: int, source: Path, sha256: str) -> Path:
         target = self.root / sha256
-        if target.is_dir():
+        if _is_real_dir(root_fd, sha256):
             if _digest_or_none(target) == sha256:
                 _touch(target)
-                self._prune(keep=target)
+                self._prune(root_fd, keep=sha256)
                 return target
-            logger.warning("serving copy %s is damaged: replacing it", target.name)
-            _remove(target)
+            logger.warning("serving copy %s is damaged: replacing it", sha256)
+            _remove(root_fd, sha256)
         try:
             staging = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{sha256[:16]}-", dir=self.root))
         except OSError as exc:
@@ -115,7 +131,7 @@ class ServingCache:
                 )
             _make_read_only(staging)
             try:
-                staging.rename(target)
+                os.rename(staging.name, sha256, src_dir_fd=root_fd, dst_dir_fd=root_fd)
             except OSError as exc:
                 if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                     raise ServingCacheError(f"cannot publish a serving copy: {exc}") from exc
@@ -125,45 +141,84 @@ class ServingCache:
                         f"the serving copy {target} changed while it was published"
                     ) from exc
         finally:
-            if staging.exists():
-                _remove(staging)
-        self._prune(keep=target)
+            if _exists(root_fd, staging.name):
+                _remove(root_fd, staging.name)
+        self._prune(root_fd, keep=sha256)
         return target
 
-    # -- internals -------------------------------------------------------------------
-    def _prepare_root(self) -> None:
+    def _open_root(self) -> int:
+        """A descriptor of the cache directory, checked to be ours alone.
+
+        Created (mode 0700) if missing; opened without following a symlink in its
+        place, and checked through the descriptor, so the checks and every later
+        operation concern the same directory.
+        """
         try:
-            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-            info = self.root.stat()
+            self.root.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                self.root.mkdir(mode=0o700)
         except OSError as exc:
             raise ServingCacheError(f"cannot create the model cache {self.root}: {exc}") from exc
-        if not stat.S_ISDIR(info.st_mode):
-            raise ServingCacheError(f"the model cache {self.root} is not a directory")
-        if hasattr(os, "getuid") and info.st_uid != os.getuid():
-            raise ServingCacheError(
-                f"the model cache {self.root} belongs to another user (uid {info.st_uid})"
-            )
-        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            raise ServingCacheError(f"the model cache {self.root} is writable by other users")
+        flags = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            fd = os.open(self.root, flags)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise ServingCacheError(
+                    f"the model cache {self.root} is a symlink or not a directory; "
+                    "refusing to use it"
+                ) from exc
+            raise ServingCacheError(f"cannot open the model cache {self.root}: {exc}") from exc
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISDIR(info.st_mode):
+                raise ServingCacheError(f"the model cache {self.root} is not a directory")
+            if hasattr(os, "getuid") and info.st_uid != os.getuid():
+                raise ServingCacheError(
+                    f"the model cache {self.root} belongs to another user (uid {info.st_uid})"
+                )
+            if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+                raise ServingCacheError(f"the model cache {self.root} is writable by other users")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
-    def _prune(self, *, keep: Path) -> None:
+    def _prune(self, root_fd: int, *, keep: str) -> None:
         """Remove copies and abandoned staging directories unused for the grace period."""
         cutoff = time.time() - self.grace_seconds
         try:
-            entries = list(self.root.iterdir())
+            names = os.listdir(root_fd)
         except OSError:
             return
-        for entry in entries:
-            if entry == keep:
+        for name in names:
+            if name == keep:
                 continue
             try:
-                if entry.stat().st_mtime < cutoff:
+                info = os.stat(name, dir_fd=root_fd, follow_symlinks=False)
+                if info.st_mtime < cutoff:
                     # Processes that still map its files keep reading them: an unlinked
                     # file lives on until its last mapping goes.
-                    _remove(entry)
-                    logger.info("removed the unused serving copy %s", entry.name)
+                    _remove(root_fd, name)
+                    logger.info("removed the unused serving copy %s", name)
             except OSError:
                 continue
+
+
+def _is_real_dir(root_fd: int, name: str) -> bool:
+    try:
+        info = os.stat(name, dir_fd=root_fd, follow_symlinks=False)
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode)
+
+
+def _exists(root_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=root_fd, follow_symlinks=False)
+    except OSError:
+        return False
+    return True
 
 
 def _digest_or_none(directory: Path) -> str | None:
@@ -184,5 +239,17 @@ def _make_read_only(directory: Path) -> None:
             path.chmod(0o444)
 
 
-def _remove(directory: Path) -> None:
-    shutil.rmtree(directory, ignore_errors=True)
+def _remove(root_fd: int, name: str) -> None:
+    """Delete the entry ``name`` of the cache directory, never following a symlink.
+
+    A symlink (or file) is unlinked itself; a directory is removed by
+    :func:`shutil.rmtree` relative to ``root_fd``, which does not follow links inside.
+    """
+    try:
+        info = os.stat(name, dir_fd=root_fd, follow_symlinks=False)
+        if stat.S_ISDIR(info.st_mode):
+            shutil.rmtree(name, dir_fd=root_fd, ignore_errors=True)
+        else:
+            os.unlink(name, dir_fd=root_fd)
+    except OSError:
+        logger.debug("cannot remove %s from the model cache", name, exc_info=True)

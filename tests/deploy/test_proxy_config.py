@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from _docker_support import ROOT
 
-from app.api.middleware import BodyTooLargeError
+from app.api.middleware import MAX_URL_BYTES, BodyTooLargeError
 from app.cli.serve import KEEP_ALIVE_SECONDS
 from app.settings import Settings
 
@@ -192,3 +192,11 @@ def test_a_bad_resolve_interval_stops_the_proxy_before_it_starts(bad: str, tmp_p
     )
     assert result.returncode == 1
     assert f"PROXY_RESOLVE_SECONDS={bad} is not a positive number of seconds" in result.stderr
+
+
+def test_the_longest_url_the_api_answers_passes_the_proxy() -> None:
+    count, size = server().value("large_client_header_buffers")
+    assert int(count) >= 2
+    assert size.endswith("k")
+    request_line = len("DELETE ") + MAX_URL_BYTES + len(" HTTP/1.1\r\n")
+    assert int(size[:-1]) * 1024 >= request_line

@@ -241,7 +241,7 @@ def test_retention_keeps_newest_and_the_active(
     newest = _register(session_factory, tiny_model, tmp_path)
 
     with session_factory.begin() as session:
-        deleted = registry.prune_artifacts(session, keep=2)
+        deleted = registry.prune_artifacts(session, keep=2, model_dir=tmp_path)
     # newest two kept (newest, middle[-1]); the active one (oldest) is never deleted
     assert sorted(deleted) == sorted(v.id for v in middle[:2])
     for version in middle[:2]:
@@ -259,7 +259,7 @@ def test_retention_keeps_newest_and_the_active(
     with pytest.raises(VersionNotActivatableError, match="retention"), session_factory.begin() as s:
         registry.activate_version(s, middle[0].id)
     with session_factory.begin() as session:
-        assert registry.prune_artifacts(session, keep=2) == []
+        assert registry.prune_artifacts(session, keep=2, model_dir=tmp_path) == []
 
 
 def test_concurrent_activations_leave_exactly_one_active(

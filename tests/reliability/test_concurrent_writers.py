@@ -115,6 +115,9 @@ def test_concurrent_writers_lose_nothing_and_see_no_errors(
         "RBMREC_MODEL_DIR": str(tmp_path / "models"),
         # the pool wait is bounded by this: room for a loaded 2-core CI box
         "RBMREC_DB_TIMEOUT_SECONDS": "10",
+        # all 100 writers in flight at once: this test is about lost or doubled writes;
+        # shedding what is over the bound is test_limits_api.py's subject
+        "RBMREC_MAX_CONCURRENCY": "200",
     }
     ledger = Ledger()
     with api_server(env, tmp_path) as server:

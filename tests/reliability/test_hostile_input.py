@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import event
 
 from app.api.main import create_app
+from app.api.users import MAX_EXCLUDE
 from app.db.engine import make_engine, make_sessionmaker
 from app.db.items import ItemIn, upsert_items
 from app.settings import Settings
@@ -239,7 +240,8 @@ def test_odd_ids_in_query_values_are_422(watched: Api) -> None:
         assert_problem(response, 422)
     response = watched.client.get("/users/u1/predictions", params={"item_id": ["m1"] * 101})
     assert_problem(response, 422)
-    response = watched.client.get("/users/u1/recommendations", params={"exclude": ["m1"] * 1001})
+    too_many = ["m1"] * (MAX_EXCLUDE + 1)
+    response = watched.client.get("/users/u1/recommendations", params={"exclude": too_many})
     assert_problem(response, 422)
 
 

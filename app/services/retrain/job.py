@@ -258,7 +258,7 @@ def _run(
             assert current is not None
             return current
         finally:
-            remove_artifact(staging)
+            remove_artifact(staging, model_dir)
     finally:
         lock.release()
 
@@ -472,7 +472,7 @@ def _retain(ctx: _Context) -> None:
     """Delete the files of old versions; the run's outcome stands whatever happens."""
     try:
         with ctx.session_factory.begin() as session:
-            registry.prune_artifacts(session, ctx.settings.keep_versions)
+            registry.prune_artifacts(session, ctx.settings.keep_versions, ctx.settings.model_dir)
     except Exception as exc:
         # The next run prunes again.
         logger.warning("retention after run %s failed: %s", ctx.run_id, _describe(exc))
@@ -499,7 +499,7 @@ def _record_failure(ctx: _Context, exc: BaseException) -> TrainingRunInfo | None
                 registry.set_version_status(
                     session, version.id, "failed", note=f"its run failed: {message}"
                 )
-                remove_artifact(version.artifact_path)
+                remove_artifact(version.artifact_path, ctx.settings.model_dir)
             return failed
     except Exception:
         # The database is gone too: the next run's recovery marks this run failed.

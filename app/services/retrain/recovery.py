@@ -41,7 +41,7 @@ def recover_abandoned(session_factory: sessionmaker[Session], model_dir: Path) -
         runs = abandon_running_runs(session)
         for version in registry.versions_with_status(session, "training"):
             registry.set_version_status(session, version.id, "failed", note=_ABANDONED_VERSION)
-            remove_artifact(version.artifact_path)
+            remove_artifact(version.artifact_path, model_dir)
     for run in runs:
         logger.warning("marked abandoned run %s (owner %s) failed", run.id, run.owner)
     _clean_model_dir(session_factory, Path(model_dir))
@@ -50,7 +50,7 @@ def recover_abandoned(session_factory: sessionmaker[Session], model_dir: Path) -
 
 def _clean_model_dir(session_factory: sessionmaker[Session], model_dir: Path) -> None:
     """Delete staging leftovers and unregistered version directories."""
-    remove_artifact(model_dir / STAGING_DIR)
+    remove_artifact(model_dir / STAGING_DIR, model_dir)
     if not model_dir.is_dir():
         return
     with session_factory() as session:
@@ -68,7 +68,7 @@ def _clean_model_dir(session_factory: sessionmaker[Session], model_dir: Path) ->
         name = entry.name.lstrip(".")
         if _looks_like_version(name):
             logger.warning("deleting unregistered model directory %s", entry)
-            remove_artifact(entry)
+            remove_artifact(entry, model_dir)
 
 
 def _looks_like_version(name: str) -> bool:

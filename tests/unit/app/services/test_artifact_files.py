@@ -53,14 +53,14 @@ def test_missing_or_empty_directories(tmp_path: Path) -> None:
 
 
 def test_remove_artifact(copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert remove_artifact(copy)
+    assert remove_artifact(copy, copy.parent)
     assert not copy.exists()
-    assert remove_artifact(copy)  # already gone
+    assert remove_artifact(copy, copy.parent)  # already gone
     # an empty path names no artifact (it would be the working directory)
     workdir = tmp_path / "workdir"
     workdir.mkdir()
     (workdir / "keep").write_text("x")
     monkeypatch.chdir(workdir)
-    assert not remove_artifact(Path(""))
-    assert not remove_artifact("")
+    assert not remove_artifact(Path(""), workdir)
+    assert not remove_artifact("", workdir)
     assert (workdir / "keep").is_file()

@@ -1,0 +1,305 @@
+"""The API's limits: load shedding (503), rate limits (429), URL length (414), and an
+activation conflict (409) that names no file system path.
+
+Concurrency is real: the app runs with its lifespan in this test's event loop and
+the requests go through ``httpx.ASGITransport`` all at once, so the bounds are hit
+exactly as a flood of clients would hit them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import shutil
+import socket
+import threading
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from _api_support import Subset, load_subset, register
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.api.load_shedding import ScoringPool, ScoringQueueFullError
+from app.api.main import create_app
+from app.api.metrics import ApiMetrics
+from app.api.middleware import MAX_URL_BYTES
+from app.api.users import MAX_EXCLUDE, _longest_recommendations_url
+from app.settings import Settings
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+PROBLEM = "application/problem+json"
+
+
+@contextlib.asynccontextmanager
+async def running(app: FastAPI, client: str = "10.1.2.3") -> AsyncIterator[httpx.AsyncClient]:
+    """The app started (lifespan) in this loop, and a client sending to it directly."""
+    transport = httpx.ASGITransport(app=app, client=(client, 40000))
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as http,
+    ):
+        yield http
+
+
+def metric(text: str, name: str) -> float:
+    """The value of one sample of the Prometheus text ``text``."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"no sample {name} in the metrics")
+
+
+@pytest.fixture
+def loaded_store(
+    store: sessionmaker[Session], ml_subset: Subset, model_artifacts: list[Path]
+) -> sessionmaker[Session]:
+    load_subset(store, ml_subset)
+    register(store, model_artifacts[0], active=True)
+    return store
+
+
+# -- load shedding ---------------------------------------------------------------------
+def test_requests_beyond_the_concurrency_bound_get_503_at_once(
+    loaded_store: sessionmaker[Session], make_settings: Callable[..., Settings]
+) -> None:
+    app = create_app(make_settings(max_concurrency=2, max_queue=100))
+
+    async def flood() -> tuple[list[httpx.Response], list[httpx.Response], str]:
+        async with running(app) as http:
+            responses = await asyncio.gather(
+                *(http.get(f"/users/{1 + i % 50}/recommendations") for i in range(40)),
+                *(http.get("/health/live") for _ in range(5)),
+                *(http.get("/health/ready") for _ in range(5)),
+            )
+            metrics = (await http.get("/metrics")).text
+        return list(responses[:40]), list(responses[40:]), metrics
+
+    recommendations, probes, metrics = asyncio.run(flood())
+    statuses = Counter(r.status_code for r in recommendations)
+    assert set(statuses) == {200, 503}, statuses
+    assert statuses[200] >= 2
+    shed = [r for r in recommendations if r.status_code == 503]
+    for response in shed:
+        assert response.headers["retry-after"] == "1"
+        assert response.headers["content-type"] == PROBLEM
+        body = response.json()
+        assert body["type"] == "urn:rbmrec:problem:overloaded"
+        assert "RBMREC_MAX_CONCURRENCY" in body["detail"]
+    # the probes are never shed, however busy the worker
+    assert [r.status_code for r in probes] == [200] * len(probes)
+    assert metric(metrics, 'rbmrec_shed_requests_total{reason="concurrency"}') == len(shed)
+
+
+def test_the_scoring_queue_is_bounded(
+    loaded_store: sessionmaker[Session], make_settings: Callable[..., Settings]
+) -> None:
+    app = create_app(make_settings(max_concurrency=1000, max_queue=1))
+
+    async def flood() -> tuple[list[httpx.Response], str, float]:
+        async with running(app) as http:
+            responses = await asyncio.gather(
+                *(http.get(f"/users/{1 + i % 50}/recommendations") for i in range(30))
+            )
+            metrics = (await http.get("/metrics")).text
+            pending = metric(metrics, "rbmrec_scoring_pending")
+        return list(responses), metrics, pending
+
+    responses, metrics, pending = asyncio.run(flood())
+    statuses = Counter(r.status_code for r in responses)
+    assert set(statuses) == {200, 503}, statuses
+    shed = [r for r in responses if r.status_code == 503]
+    assert all(r.headers["retry-after"] == "1" for r in shed)
+    assert all("RBMREC_MAX_QUEUE" in r.json()["detail"] for r in shed)
+    assert metric(metrics, 'rbmrec_shed_requests_total{reason="scoring_queue"}') == len(shed)
+    assert pending == 0  # every place in the queue was given back
+
+
+def test_cancelled_scoring_work_gives_its_place_back() -> None:
+    pool = ScoringPool(threads=1, max_queue=1, metrics=ApiMetrics())
+    pool.start()
+    release = threading.Event()
+    try:
+        running_work = pool.submit(release.wait)
+        waiting = pool.submit(lambda: "queued")
+        with pytest.raises(ScoringQueueFullError, match="RBMREC_MAX_QUEUE"):
+            pool.submit(lambda: "refused")
+        assert waiting.cancel()  # not started: cancelled, and its place is free again
+        replacement = pool.submit(lambda: "admitted")
+        release.set()
+        assert running_work.result(timeout=10) is True
+        assert replacement.result(timeout=10) == "admitted"
+    finally:
+        release.set()
+        pool.shutdown()
+    assert pool.pending == 0
+
+
+def test_the_schema_documents_the_limits(make_client: Callable[..., TestClient]) -> None:
+    schema = make_client(rate_limit_per_second=5).get("/openapi.json").json()
+    recommend = schema["paths"]["/users/{user_id}/recommendations"]["get"]["responses"]
+    assert "Retry-After" in recommend["503"]["headers"]
+    assert "RBMREC_MAX_QUEUE" in recommend["503"]["description"]
+    assert "Retry-After" in recommend["429"]["headers"]
+    assert "414" in recommend
+    rate = schema["paths"]["/ratings"]["post"]["responses"]
+    assert {"414", "429", "503"} <= set(rate)
+    live = schema["paths"]["/health/live"]["get"]["responses"]
+    assert "503" not in live
+    assert "429" not in live
+    plain = make_client().get("/openapi.json").json()
+    assert "429" not in plain["paths"]["/users/{user_id}/recommendations"]["get"]["responses"]
+
+
+# -- rate limits -----------------------------------------------------------------------
+def test_local_rate_limit_per_key_and_per_address(make_settings: Callable[..., Settings]) -> None:
+    app = create_app(make_settings(rate_limit_per_second=0.5, rate_limit_burst=3))
+    key_a = {"Authorization": f"Bearer {secrets.token_hex(16)}"}
+    key_b = {"Authorization": f"Bearer {secrets.token_hex(16)}"}
+
+    async def run() -> dict[str, list[httpx.Response]]:
+        async with running(app) as http:
+            out: dict[str, list[httpx.Response]] = {"a": [], "b": [], "anon": [], "live": []}
+            for _ in range(4):
+                out["a"].append(await http.get("/users/1/ratings", headers=key_a))
+            out["b"].append(await http.get("/users/1/ratings", headers=key_b))
+            for _ in range(4):
+                out["anon"].append(await http.get("/users/1/ratings"))
+            for _ in range(5):
+                out["live"].append(await http.get("/health/live"))
+            out["metrics"] = [await http.get("/metrics")]
+        return out
+
+    out = asyncio.run(run())
+    assert [r.status_code for r in out["a"]] == [200, 200, 200, 429]
+    limited = out["a"][3]
+    assert limited.headers["content-type"] == PROBLEM
+    assert int(limited.headers["retry-after"]) >= 1
+    assert limited.json()["type"] == "urn:rbmrec:problem:rate-limited"
+    assert [r.status_code for r in out["b"]] == [200]  # another key, another bucket
+    assert [r.status_code for r in out["anon"]] == [200, 200, 200, 429]  # by address
+    assert {r.status_code for r in out["live"]} == {200}
+    assert metric(out["metrics"][0].text, "rbmrec_rate_limited_requests_total") == 2
+
+
+def _redis_up() -> bool:
+    try:
+        return bool(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=0.5).ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.mark.skipif(not _redis_up(), reason=f"needs Redis at {REDIS_URL}")
+def test_redis_buckets_are_shared_by_processes(make_settings: Callable[..., Settings]) -> None:
+    settings: dict[str, Any] = {
+        "rate_limit_per_second": 0.5,
+        "rate_limit_burst": 3,
+        "redis_url": REDIS_URL,
+    }
+    # two apps: two worker processes as far as the buckets know
+    first, second = create_app(make_settings(**settings)), create_app(make_settings(**settings))
+    key = {"Authorization": f"Bearer {secrets.token_hex(16)}"}
+
+    async def run() -> list[int]:
+        async with running(first) as one, running(second) as two:
+            statuses = []
+            for http in (one, two, one, two):
+                statuses.append((await http.get("/users/1/ratings", headers=key)).status_code)
+        return statuses
+
+    assert asyncio.run(run()) == [200, 200, 200, 429]
+
+
+def test_a_redis_url_that_is_not_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="redis://"):
+        Settings(redis_url="127.0.0.1:6379")
+    assert Settings(redis_url="").redis_url is None
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def test_unreachable_redis_fails_open(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_app(
+        make_settings(
+            rate_limit_per_second=0.5,
+            rate_limit_burst=1,
+            redis_url=f"redis://127.0.0.1:{_closed_port()}/0",
+        )
+    )
+
+    async def run() -> tuple[list[int], str]:
+        async with running(app) as http:
+            statuses = [(await http.get("/users/1/ratings")).status_code for _ in range(4)]
+            return statuses, (await http.get("/metrics")).text
+
+    statuses, metrics = asyncio.run(run())
+    assert statuses == [200, 200, 200, 200]
+    assert metric(metrics, "rbmrec_rate_limit_backend_errors_total") == 4
+    assert "does not answer" in caplog.text
+
+
+# -- URL length --------------------------------------------------------------------------
+def test_urls_over_the_limit_get_414(client: TestClient) -> None:
+    long_query = {"item_id": ["m1"] * ((MAX_URL_BYTES // len("&item_id=m1")) + 10)}
+    response = client.get("/users/u1/predictions", params=long_query)
+    assert response.status_code == 414
+    assert response.headers["content-type"] == PROBLEM
+    assert str(MAX_URL_BYTES) in response.json()["detail"]
+    assert client.get("/users/" + "u" * MAX_URL_BYTES + "/ratings").status_code == 414
+
+
+def test_the_longest_valid_recommendations_url_fits(client: TestClient) -> None:
+    worst_id = ":" * 64  # each ':' is sent as %3A: the longest encoding of a valid id
+    params: dict[str, Any] = {
+        "n": 100,
+        "offset": 10_000,
+        "explain": "false",
+        "genre": "\U0001f3ac" * 64,  # four UTF-8 bytes per character, each percent-encoded
+        "exclude": [worst_id] * MAX_EXCLUDE,
+    }
+    request = client.build_request("GET", f"/users/{worst_id}/recommendations", params=params)
+    assert len(request.url.raw_path) <= _longest_recommendations_url(MAX_EXCLUDE) <= MAX_URL_BYTES
+    response = client.send(request)
+    assert response.status_code == 200, response.text
+    params["exclude"] = [worst_id] * (MAX_EXCLUDE + 1)
+    too_many = client.get("/users/u1/recommendations", params=params)
+    assert too_many.status_code == 422  # over the bound, and still under the URL limit
+
+
+# -- the activation conflict -------------------------------------------------------------
+def test_the_activation_conflict_names_no_path(
+    store: sessionmaker[Session],
+    model_artifacts: list[Path],
+    tmp_path: Path,
+    make_client: Callable[..., TestClient],
+) -> None:
+    copy = tmp_path / "models" / model_artifacts[1].name
+    shutil.copytree(model_artifacts[1], copy)
+    version = register(store, copy, active=False)
+    metadata = copy / "metadata.json"
+    metadata.write_text(metadata.read_text() + " ")
+    client = make_client()
+
+    response = client.post(f"/models/{version}/activate")
+
+    assert response.status_code == 409
+    detail = response.json()["detail"]
+    assert version in detail
+    assert "checksum" in detail
+    assert "SHA-256" in detail
+    assert str(tmp_path) not in response.text
+    assert "/" not in detail.replace("SHA-256", "")
