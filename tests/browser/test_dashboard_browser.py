@@ -30,12 +30,26 @@ WIDTHS = (1280, 390)
 
 
 def _wait(driver: Any, condition: Callable[[Any], Any], timeout: float = 15) -> Any:
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.common.exceptions import (
+        NoSuchElementException,
+        StaleElementReferenceException,
+        WebDriverException,
+    )
     from selenium.webdriver.support.ui import WebDriverWait
 
-    # a page that reloads (after an action) leaves stale elements for a moment
-    ignored = (NoSuchElementException, StaleElementReferenceException)
-    return WebDriverWait(driver, timeout, ignored_exceptions=ignored).until(condition)
+    def settled(d: Any) -> Any:
+        # a page that reloads (after an action) leaves stale elements for a moment;
+        # Chromium then reports the node as gone from the document: look again
+        try:
+            return condition(d)
+        except (NoSuchElementException, StaleElementReferenceException):
+            return False
+        except WebDriverException as exc:
+            if "does not belong to the document" in str(exc):
+                return False
+            raise
+
+    return WebDriverWait(driver, timeout).until(settled)
 
 
 def _viewport(driver: Any, width: int, height: int = 900) -> None:
