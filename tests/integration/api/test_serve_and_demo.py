@@ -24,6 +24,20 @@ from app.settings import Settings
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
 
+def wait_until_ready(process: subprocess.Popen[str], base: str, *, seconds: float) -> None:
+    """Wait for ``/health/ready`` of the server ``process`` started; fail if it exits."""
+    deadline = time.monotonic() + seconds
+    while True:
+        assert process.poll() is None, process.communicate()[0]
+        try:
+            if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"{base} did not become ready in {seconds} s"
+        time.sleep(0.2)
+
+
 @pytest.mark.e2e
 def test_rbmrec_serve_runs_the_api_and_stops_cleanly(sqlite_url: str, tmp_path: Path) -> None:
     port = free_port()
@@ -42,16 +56,7 @@ def test_rbmrec_serve_runs_the_api_and_stops_cleanly(sqlite_url: str, tmp_path: 
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, process.communicate()[0]
-            try:
-                if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not become ready"
-            time.sleep(0.2)
+        wait_until_ready(process, base, seconds=60)
         body = httpx.get(f"{base}/users/someone/recommendations", timeout=5).json()
         assert body["strategy"] == "popular"
         assert httpx.get(f"{base}/docs", timeout=5).status_code == 200
@@ -154,15 +159,7 @@ def test_demo_serves_the_api_and_runs_the_worker(ml_subset: Subset, tmp_path: Pa
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 240
-        while True:
-            assert process.poll() is None, process.communicate()[0]
-            try:
-                if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the demo did not start serving"
-            time.sleep(0.3)
+        wait_until_ready(process, base, seconds=240)
         assert httpx.get(f"{base}/dashboard", timeout=5).status_code == 200
         queued = httpx.post(f"{base}/admin/retrain", timeout=5)
         assert queued.status_code == 202
