@@ -367,10 +367,10 @@ class RBMRecommender(Recommender):
         return RatingParts(self.user_rbm_, self.item_rbm_, self.bias_)
 
     # -- rating prediction ------------------------------------------------------------------
-    def _blend_at(
+    def _blend_parts(
         self, codes: sp.csr_matrix, rows: NDArray[np.int64], items: NDArray[np.int64]
-    ) -> tuple[NDArray[np.floating], NDArray[np.floating]]:
-        """Blended expected rating and distribution for (user row, item) pairs."""
+    ) -> tuple[NDArray[np.floating], NDArray[np.floating], NDArray[np.floating]]:
+        """The two RBMs' distributions and the blended expected rating for (user, item) pairs."""
         user_dist, item_dist, bias_expected = self._rating_parts().predictions_at(
             codes, rows, items
         )
@@ -380,10 +380,39 @@ class RBMRecommender(Recommender):
             predictions, np.diff(codes.indptr)[rows], self.item_popularity_[items]
         )
         expected = np.clip(features @ self.blend_weights_, values[0], values[-1])
+        return user_dist, item_dist, expected
+
+    def _blend_at(
+        self, codes: sp.csr_matrix, rows: NDArray[np.int64], items: NDArray[np.int64]
+    ) -> tuple[NDArray[np.floating], NDArray[np.floating]]:
+        """Blended expected rating and distribution for (user row, item) pairs."""
+        user_dist, item_dist, expected = self._blend_parts(codes, rows, items)
+        values = self.scale_.values
         mixture = (user_dist.astype(np.float64) + item_dist) / 2.0
         dist = tilt_to_mean(mixture, values, expected).astype(DTYPE)
         # the tilt meets the target to ~1e-4: serve the distribution's own expectation
         return (dist @ values.astype(DTYPE)).astype(DTYPE), dist
+
+    def expected_ratings(
+        self, user_ratings: UserRatings, item_ids: Sequence[str]
+    ) -> NDArray[np.floating]:
+        """The blended expected rating of ``item_ids`` (all known to the model) alone.
+
+        What :meth:`predict` serves as ``expected``, to within the 1e-4 to which the
+        served distribution meets it, without computing that distribution: a page of
+        recommendations shows the expected ratings only.
+
+        Raises
+        ------
+        UnknownItemError
+            If an item is not known to the model.
+        """
+        self._check_fitted()
+        items, levels, _ = self._encode_one(user_ratings)
+        cols = np.asarray([self._column(item) for item in item_ids], dtype=np.int64)
+        codes = self._one_row(items, levels)
+        expected = self._blend_parts(codes, np.zeros(len(cols), dtype=np.int64), cols)[2]
+        return expected.astype(DTYPE)
 
     def distribution_at(
         self, codes: sp.csr_matrix, rows: NDArray[np.int64], items: NDArray[np.int64]

@@ -231,7 +231,7 @@ def recommend_from_ratings(
             allowed &= np.isfinite(score)
             top = _top(score, allowed, offset, n)
             ids = [str(i) for i in loaded.item_ids[top].tolist()]
-            predicted = np.asarray(loaded.model.predict(known, item_ids=ids).expected)
+            predicted = _page_ratings(loaded, known, ids)
             strategy: Strategy = "rbm"
             if explain:
                 support = _support(loaded, known, ids)
@@ -260,6 +260,16 @@ def recommend_from_ratings(
         None,
         _store_popular(session, catalog, ratings, n=n, offset=offset, genre=genre, exclude=exclude),
     )
+
+
+def _page_ratings(
+    loaded: LoadedModel, known: dict[str, float], ids: list[str]
+) -> NDArray[np.floating]:
+    """The predicted ratings shown beside a page of recommendations."""
+    if isinstance(loaded.model, RBMRecommender):
+        # the expected ratings alone: the page shows no distribution
+        return np.asarray(loaded.model.expected_ratings(known, ids))
+    return np.asarray(loaded.model.predict(known, item_ids=ids).expected)
 
 
 def _support(

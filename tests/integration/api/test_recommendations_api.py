@@ -87,6 +87,19 @@ def before_ids(body: dict[str, object]) -> list[str]:
     return [item["item_id"] for item in body["items"]]  # type: ignore[attr-defined]
 
 
+def test_recommended_items_carry_the_predictions_of_the_predictions_route(
+    model_client: TestClient,
+) -> None:
+    post_ratings(model_client, "consistent", FIRST_RATINGS)
+    page = model_client.get("/users/consistent/recommendations", params={"n": 5}).json()
+    assert page["strategy"] == "rbm"
+    ids = [item["item_id"] for item in page["items"]]
+    predicted = model_client.get("/users/consistent/predictions", params={"item_id": ids}).json()
+    by_id = {p["item_id"]: p["predicted_rating"] for p in predicted["items"]}
+    for item in page["items"]:
+        assert item["predicted_rating"] == pytest.approx(by_id[item["item_id"]], abs=1e-3)
+
+
 def test_predictions_change_after_a_new_rating(model_client: TestClient) -> None:
     post_ratings(model_client, "critic", FIRST_RATINGS)
     params = {"item_id": ["172", "174", "nope-item"]}

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from rbm_core import RatingMatrix, RatingScale
+from rbm_core.base import UnknownItemError
 from rbm_core.movielens import read_items, read_ratings
 from rbm_core.recommender import RBMRecommender, recommender_settings
 
@@ -92,6 +93,17 @@ def test_a_new_users_ratings_change_the_whole_list(model: RBMRecommender, films)
     assert films["horror"][0] not in after
     assert before != after
     assert after[:-1] != before[1:]  # not merely the rated item taken out
+
+
+def test_the_pages_expected_ratings_are_the_predictions_expected_ratings(
+    model: RBMRecommender, films
+) -> None:
+    user = {**dict.fromkeys(films["children"][:4], 5.0), films["horror"][0]: 1.0}
+    page = [r.item_id for r in model.recommend(user, n=10)]
+    served = model.predict(user, page).expected
+    np.testing.assert_allclose(model.expected_ratings(user, page), served, atol=1e-4)
+    with pytest.raises(UnknownItemError):
+        model.expected_ratings(user, ["no-such-item"])
 
 
 # -- explanations ----------------------------------------------------------------------------
