@@ -130,7 +130,7 @@ def _retrain_later(
                 "retrain",
                 "--json",
                 "--epochs",
-                "3",
+                "10",
                 "--hidden",
                 "16",
                 "--param",
@@ -167,8 +167,14 @@ def test_soak_with_a_retrain_and_activation_fails_no_request(
         "RBMREC_MODEL_POLL_SECONDS": "1",
         "RBMREC_DB_TIMEOUT_SECONDS": "10",
     }
-    # the retrain must publish, whatever the tiny models' scores
-    retrain_env = {**env, "RBMREC_PROMOTION_TOLERANCE": "100", "RBMREC_LOG_LEVEL": "INFO"}
+    # the retrain must publish, whatever the small models' scores against the active
+    # version (both tolerances); against the bias baseline it is trained long enough
+    retrain_env = {
+        **env,
+        "RBMREC_PROMOTION_TOLERANCE": "100",
+        "RBMREC_NDCG_TOLERANCE": "100",
+        "RBMREC_LOG_LEVEL": "INFO",
+    }
     traffic = Traffic()
     retrain: dict[str, Any] = {}
     with api_server(env, tmp_path) as server:
