@@ -18,7 +18,9 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import typer
 
+from app.cli.common import model_params
 from rbm_core import RatingMatrix, RatingScale
 from rbm_core.movielens import read_items, read_ratings
 from rbm_core.recommender import RBMRecommender, recommender_settings
@@ -44,7 +46,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="the ML-100K directory")
     parser.add_argument("--no-search", action="store_true", help="the default settings only")
     parser.add_argument(
-        "--param", action="append", default=[], help="NAME=VALUE or PART.NAME=VALUE"
+        "--param", action="append", default=[], help="NAME=VALUE or PART.NAME=VALUE (JSON)"
     )
     args = parser.parse_args()
     ratings = read_ratings(args.data / "u1.base")
@@ -54,8 +56,11 @@ def main() -> None:
     items = items.sort_values(["n", "id"], ascending=[False, True])
     genres = dict(zip(items["id"].astype(str), items["genres"], strict=True))
 
-    flat = dict(p.split("=", 1) for p in args.param)
-    settings = {k: _number(v) for k, v in flat.items()}
+    # the command line's own --param reading (JSON values), checked before training
+    try:
+        settings = model_params(None, None, None, args.param)
+    except typer.Exit as exc:  # the message is printed; exit as the CLI would
+        raise SystemExit(exc.exit_code) from None
     started = time.perf_counter()
     model = RBMRecommender(
         search=not args.no_search, random_state=0, **recommender_settings(settings)
@@ -73,15 +78,6 @@ def main() -> None:
         in_b = [sum(b in genres[i] for i in lst) for lst in lists]
         pair = f"{a} / {b}"
         print(f"{pair:<26}{shared:>8}{in_a[0]:>7} vs {in_a[1]:<4}{in_b[0]:>7} vs {in_b[1]:<4}")
-
-
-def _number(text: str) -> object:
-    for convert in (int, float):
-        try:
-            return convert(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text.lower(), text)
 
 
 if __name__ == "__main__":
