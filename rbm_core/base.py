@@ -133,6 +133,25 @@ class ItemScores:
     expected: NDArray[np.floating] | None
     rated: NDArray[np.bool_]
     ignored_ratings: list[str] = field(default_factory=list)
+    predict_columns: Callable[[NDArray[np.int64]], NDArray[np.floating]] | None = field(
+        default=None, repr=False, compare=False
+    )
+    """The model's expected ratings of chosen columns for the same user (see
+    :meth:`expected_at`)."""
+
+    def expected_at(self, columns: NDArray[np.int64]) -> NDArray[np.floating]:
+        """The expected ratings of the items at ``columns`` (of ``score``), for this user.
+
+        What a page of recommendations shows beside the ranking: when the scores were
+        computed without every item's expected rating, the model answers for these
+        columns alone from the fold-in it already made, without encoding or folding in
+        the user again.
+        """
+        if self.expected is not None:
+            return self.expected[columns]
+        if self.predict_columns is None:
+            raise ValueError("these scores carry no expected ratings")
+        return self.predict_columns(np.asarray(columns, dtype=np.int64))
 
 
 @dataclass(frozen=True)
@@ -496,6 +515,22 @@ class Recommender(RatingEstimator):
         scores: NDArray[Any] = self._score_one(items, levels)[0][0]
         return scores
 
+    def _rank_one_then_predict(
+        self, items: NDArray[np.int64], levels: NDArray[np.int64]
+    ) -> tuple[NDArray[Any], Callable[[NDArray[np.int64]], NDArray[np.floating]]]:
+        """One user's ranking scores, and a function of columns giving their expected
+        ratings (:attr:`ItemScores.predict_columns`).
+
+        Override to share the fold-in between the two; by default the function scores
+        the user again.
+        """
+
+        def predict_columns(columns: NDArray[np.int64]) -> NDArray[np.floating]:
+            expected: NDArray[np.floating] = self._score_one(items, levels)[1][0]
+            return expected[columns]
+
+        return self._rank_one(items, levels), predict_columns
+
     def score_items(self, user_ratings: UserRatings, *, predicted: bool = True) -> ItemScores:
         """Score every model item for one user.
 
@@ -504,7 +539,7 @@ class Recommender(RatingEstimator):
         user_ratings : mapping of str to float
         predicted : bool
             Also compute every item's predicted rating (``ItemScores.expected``); a
-            caller that needs a few can ask :meth:`predict` for those instead.
+            caller that needs a few asks :meth:`ItemScores.expected_at` for those.
 
         Returns
         -------
@@ -517,7 +552,8 @@ class Recommender(RatingEstimator):
         rated = np.zeros(self.n_items_, dtype=bool)
         rated[items] = True
         if not predicted:
-            return ItemScores(self._rank_one(items, levels), None, rated, ignored)
+            scores, predict_columns = self._rank_one_then_predict(items, levels)
+            return ItemScores(scores, None, rated, ignored, predict_columns)
         scores, expected = self._score_one(items, levels)
         return ItemScores(scores[0], expected[0], rated, ignored)
 

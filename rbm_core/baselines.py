@@ -230,6 +230,17 @@ class BiasBaseline(_Baseline, Recommender):
         raw = self.global_mean_ + self._user_bias(codes)[rows] + self.item_bias_[items]
         return np.clip(raw, self.scale_.min, self.scale_.max)
 
+    def _expected_one(
+        self, items: NDArray[np.int64], levels: NDArray[np.int64], columns: NDArray[np.int64]
+    ) -> NDArray[np.float64]:
+        """:meth:`expected_at` of one user (sorted columns and level indices) for the
+        items at ``columns``: no code matrix."""
+        residual = self.scale_.values[levels] - self.global_mean_ - self.item_bias_[items]
+        denom = float(self.reg_user) + len(items)
+        user_bias = float(residual.sum()) / denom if denom > 0 else 0.0
+        raw = self.global_mean_ + user_bias + self.item_bias_[columns]
+        return np.clip(raw, self.scale_.min, self.scale_.max)
+
     def _score_codes(self, codes: sp.csr_matrix) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         raw = self.global_mean_ + self._user_bias(codes)[:, None] + self.item_bias_[None, :]
         return raw, np.clip(raw, self.scale_.min, self.scale_.max)

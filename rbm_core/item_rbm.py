@@ -274,23 +274,46 @@ class ItemSoftmaxRBM(Recommender):
         without rating anything gets the same weights without solving again, and any
         new rating is a new key, so nothing stale is ever served.
         """
-        if codes.shape[0] == 1 and int(self.fold_in_cache_size) > 0:
-            key = codes.indices.tobytes() + b"|" + codes.data.tobytes()
-            cache = self._cached("fold_in_memory", lambda: FoldInMemory(self.fold_in_cache_size))
-            found = cache.get(key)
-            if found is None:
-                found = self._solve(codes)
-                cache.put(key, found)
-            return found
-        return self._solve(codes)
+        if codes.shape[0] == 1:
+            return self._fold_in_one(
+                codes.indices.astype(np.int64), codes.data.astype(np.int64) - 1
+            )
+        return self._solve(
+            codes.indices.astype(np.int64), codes.data.astype(np.int64) - 1, codes.indptr
+        )
 
-    def _solve(self, codes: sp.csr_matrix) -> tuple[NDArray[Any], NDArray[Any]]:
-        items = codes.indices.astype(np.int64)
+    def _fold_in_one(
+        self, items: NDArray[np.int64], levels: NDArray[np.int64]
+    ) -> tuple[NDArray[Any], NDArray[Any]]:
+        """:meth:`_fold_in_codes` of one user given as sorted columns and level indices."""
+        if int(self.fold_in_cache_size) <= 0:
+            return self._solve(items, levels, np.array([0, len(items)]))
+        key = items.astype(np.int32).tobytes() + b"|" + levels.astype(np.int8).tobytes()
+        cache = self._cached("fold_in_memory", lambda: FoldInMemory(self.fold_in_cache_size))
+        found = cache.get(key)
+        if found is None:
+            found = self._solve(items, levels, np.array([0, len(items)]))
+            cache.put(key, found)
+        return found
+
+    def _distribution_one(
+        self, items: NDArray[np.int64], levels: NDArray[np.int64], columns: NDArray[np.int64]
+    ) -> NDArray[np.floating]:
+        """:meth:`distribution_at` of one user (sorted columns and level indices) for the
+        items at ``columns``, shape (n_columns, K)."""
+        weights, bias = self._fold_in_one(items, levels)
+        return softmax_regression_distribution(
+            self.item_features_[columns], self.item_bias_[columns], weights[0], bias[0]
+        )
+
+    def _solve(
+        self, items: NDArray[np.int64], levels: NDArray[np.int64], indptr: NDArray[Any]
+    ) -> tuple[NDArray[Any], NDArray[Any]]:
         return fit_softmax_regression(
             self.item_features_[items],
             self.item_bias_[items],
-            codes.data.astype(np.int64) - 1,
-            codes.indptr,
+            levels,
+            indptr,
             self.prior_weights_,
             self.prior_bias_,
             l2=float(self.fold_in_l2),

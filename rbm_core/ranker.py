@@ -299,6 +299,7 @@ class RBMRanker(Recommender):
         self.item_popularity_ = counts.astype(DTYPE)
         self.item_mean_ = ((sums + 10.0 * mean) / (counts + 10.0)).astype(DTYPE)
         self.reference_count_ = float(train.n_ratings / max(train.n_users, 1))
+        self._reset_caches()  # what was derived from earlier weights
         return self
 
     def _held_out(
@@ -335,12 +336,17 @@ class RBMRanker(Recommender):
 
     def _personal(self, hidden: NDArray[np.floating], columns: Any = None) -> NDArray[Any]:
         """``sum_j (W_ij + W_{M+i,j}) h_j`` for items ``columns`` (all by default)."""
-        m = self.n_items_
-        rated, liked = self.weights_[:m], self.weights_[m:]
+        # W_i + W_{M+i} once per model: one product instead of two
+        both = self._cached("item_weights", self._item_weights)
         if columns is not None:
-            rated, liked = rated[columns], liked[columns]
-        result: NDArray[Any] = hidden @ rated.T + hidden @ liked.T
+            both = both[columns]
+        result: NDArray[Any] = hidden @ both.T
         return result
+
+    def _item_weights(self) -> NDArray[np.floating]:
+        m = self.n_items_
+        both: NDArray[np.floating] = self.weights_[:m] + self.weights_[m:]
+        return both
 
     def personal_scores(
         self, codes: sp.csr_matrix, evidence_exponent: float | None = None
@@ -369,7 +375,11 @@ class RBMRanker(Recommender):
         return own
 
     def _input_one(self, items: NDArray[np.int64], levels: NDArray[np.int64]) -> NDArray[Any]:
-        total: NDArray[Any] = self._own_inputs(items, levels).sum(axis=0)
+        """The sum of :meth:`_own_inputs` over the ratings, without the (n_rated, F) terms:
+        one product for the rated units and a sum over the liked ones."""
+        rated = np.where(levels <= self.disliked_level_, 1.0 - float(self.dislike_weight), 1.0)
+        total: NDArray[Any] = rated.astype(DTYPE) @ self.weights_[items]
+        total += self.weights_[items[levels >= self.liked_level_] + self.n_items_].sum(axis=0)
         return total
 
     def personal_scores_one(

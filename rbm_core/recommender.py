@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
@@ -56,7 +57,7 @@ from rbm_core.recommender_training import (
     train_parts,
 )
 from rbm_core.search import default_budget_seconds
-from rbm_core.softmax_inference import DTYPE
+from rbm_core.softmax_inference import DTYPE, FoldIn
 
 __all__ = [
     "PART_CLASSES",
@@ -374,13 +375,45 @@ class RBMRecommender(Recommender):
         user_dist, item_dist, bias_expected = self._rating_parts().predictions_at(
             codes, rows, items
         )
+        expected = self._blended_expected(
+            user_dist, item_dist, bias_expected, np.diff(codes.indptr)[rows], items
+        )
+        return user_dist, item_dist, expected
+
+    def _blended_expected(
+        self,
+        user_dist: NDArray[np.floating],
+        item_dist: NDArray[np.floating],
+        bias_expected: NDArray[np.floating],
+        counts: NDArray[Any],
+        items: NDArray[np.int64],
+    ) -> NDArray[np.floating]:
+        """The blend of the parts' answers for pairs whose users rated ``counts`` items."""
         values = self.scale_.values
         predictions = np.column_stack([user_dist @ values, item_dist @ values, bias_expected])
-        features = blend_features(
-            predictions, np.diff(codes.indptr)[rows], self.item_popularity_[items]
+        features = blend_features(predictions, counts, self.item_popularity_[items])
+        expected: NDArray[np.floating] = np.clip(
+            features @ self.blend_weights_, values[0], values[-1]
         )
-        expected = np.clip(features @ self.blend_weights_, values[0], values[-1])
-        return user_dist, item_dist, expected
+        return expected
+
+    def _expected_one(
+        self,
+        items: NDArray[np.int64],
+        levels: NDArray[np.int64],
+        fold: FoldIn,
+        columns: NDArray[np.int64],
+    ) -> NDArray[np.floating]:
+        """:meth:`_blend_parts`' expected rating of ``columns`` for one user, whose
+        user-RBM fold-in ``fold`` is already made: no code matrix, no second fold-in."""
+        expected = self._blended_expected(
+            self.user_rbm_._distribution_items(fold, columns)[0],
+            self.item_rbm_._distribution_one(items, levels, columns),
+            self.bias_._expected_one(items, levels, columns),
+            np.full(len(columns), len(items)),
+            columns,
+        )
+        return expected.astype(DTYPE)
 
     def _blend_at(
         self, codes: sp.csr_matrix, rows: NDArray[np.int64], items: NDArray[np.int64]
@@ -410,9 +443,7 @@ class RBMRecommender(Recommender):
         self._check_fitted()
         items, levels, _ = self._encode_one(user_ratings)
         cols = np.asarray([self._column(item) for item in item_ids], dtype=np.int64)
-        codes = self._one_row(items, levels)
-        expected = self._blend_parts(codes, np.zeros(len(cols), dtype=np.int64), cols)[2]
-        return expected.astype(DTYPE)
+        return self._expected_one(items, levels, self.user_rbm_._fold_in_one(items, levels), cols)
 
     def distribution_at(
         self, codes: sp.csr_matrix, rows: NDArray[np.int64], items: NDArray[np.int64]
@@ -464,10 +495,23 @@ class RBMRecommender(Recommender):
         )
 
     def _rank_one(self, items: NDArray[np.int64], levels: NDArray[np.int64]) -> NDArray[Any]:
+        return self._rank_folded(items, levels, self.user_rbm_._fold_in_one(items, levels))
+
+    def _rank_one_then_predict(
+        self, items: NDArray[np.int64], levels: NDArray[np.int64]
+    ) -> tuple[NDArray[Any], Callable[[NDArray[np.int64]], NDArray[np.floating]]]:
+        # one fold-in of the user RBM serves the ranking's P(high) and the page's ratings
+        fold = self.user_rbm_._fold_in_one(items, levels)
+        return self._rank_folded(items, levels, fold), partial(
+            self._expected_one, items, levels, fold
+        )
+
+    def _rank_folded(
+        self, items: NDArray[np.int64], levels: NDArray[np.int64], fold: FoldIn
+    ) -> NDArray[Any]:
         beta, omega, alpha = (float(w) for w in self.ranking_weights_)
-        rbm = self.user_rbm_
         high = self.scale_.values >= self.high_rating_ - 1e-9
-        dist = rbm._distribution_items(rbm._fold_in_one(items, levels))[0]
+        dist = self.user_rbm_._distribution_items(fold)[0]
         return ranking_scores(
             self.ranker_.personal_scores_one(items, levels, evidence_exponent=alpha),
             self.ranker_.item_bias,

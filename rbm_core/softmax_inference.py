@@ -23,7 +23,7 @@ from rbm_core.checks import check_positive_int
 from rbm_core.data import UserRatings, find_sorted
 from rbm_core.similarity import nearest_items, unit_rows
 
-__all__ = ["DTYPE", "PredictionMode", "RankingScore", "SoftmaxRBMInference"]
+__all__ = ["DTYPE", "FoldIn", "PredictionMode", "RankingScore", "SoftmaxRBMInference"]
 
 DTYPE = np.float32
 """dtype of every learned array and of all inference arithmetic."""
@@ -33,14 +33,14 @@ RankingScore = Literal["expected", "p_high", "p_high_popularity"]
 
 
 @dataclass(frozen=True)
-class _FoldIn:
+class FoldIn:
     """Users folded into the model: hidden inputs and conditional visible biases."""
 
     x: NDArray[np.floating]  # (n, F) hidden inputs
     user_bias: NDArray[np.floating] | None  # (n, K) or None
 
-    def __getitem__(self, rows: slice) -> _FoldIn:
-        return _FoldIn(self.x[rows], None if self.user_bias is None else self.user_bias[rows])
+    def __getitem__(self, rows: slice) -> FoldIn:
+        return FoldIn(self.x[rows], None if self.user_bias is None else self.user_bias[rows])
 
 
 class SoftmaxRBMInference(Recommender):
@@ -100,12 +100,12 @@ class SoftmaxRBMInference(Recommender):
         """Conditional visible bias ``u_k = a_k z_u`` of each user, shape (n, K)."""
         return None if offsets is None else fn.offset_bias(offsets, self.offset_weights_)
 
-    def _fold_in(self, codes: sp.csr_matrix) -> _FoldIn:
+    def _fold_in(self, codes: sp.csr_matrix) -> FoldIn:
         visible = fn.one_hot_visible(codes, self.scale_.n_levels, DTYPE)
         x = fn.hidden_input(visible, self.weights_, self._hidden_bias_of(codes))
-        return _FoldIn(x, self._user_bias(self._user_offsets(codes)))
+        return FoldIn(x, self._user_bias(self._user_offsets(codes)))
 
-    def _fold_in_one(self, items: NDArray[np.int64], levels: NDArray[np.int64]) -> _FoldIn:
+    def _fold_in_one(self, items: NDArray[np.int64], levels: NDArray[np.int64]) -> FoldIn:
         # sparse gather: only the rated items' rows of W take part
         x = self.weights_[items, levels].sum(axis=0, dtype=DTYPE)
         x += self.hidden_bias_
@@ -116,7 +116,7 @@ class SoftmaxRBMInference(Recommender):
             dev = self.scale_.values[levels] - self.item_means_[items]
             z = fn.shrunk_mean(dev.sum(), len(items), float(self.offset_shrinkage))
             ub = fn.offset_bias(z.reshape(1).astype(DTYPE), self.offset_weights_)
-        return _FoldIn(x[None, :], ub)
+        return FoldIn(x[None, :], ub)
 
     def leave_one_out_distribution(
         self, items: NDArray[np.int64], levels: NDArray[np.int64], query: NDArray[np.int64]
@@ -146,7 +146,7 @@ class SoftmaxRBMInference(Recommender):
             dev = self.scale_.values[levels] - self.item_means_[items]
             z = fn.shrunk_mean(dev.sum() - dev, len(items) - 1, float(self.offset_shrinkage))
             user_bias = fn.offset_bias(z.astype(DTYPE), self.offset_weights_)
-        return self._distribution_items(_FoldIn(x, user_bias), query)
+        return self._distribution_items(FoldIn(x, user_bias), query)
 
     def _top_down(self, x: NDArray[np.floating]) -> NDArray[np.floating]:
         """Hidden probabilities as the visible layer sees them (scaled for dropout)."""
@@ -175,7 +175,7 @@ class SoftmaxRBMInference(Recommender):
         return self._distribution_at(self._fold_in(codes), rows, items)
 
     def _distribution_at(
-        self, fold: _FoldIn, rows: NDArray[np.int64], items: NDArray[np.int64]
+        self, fold: FoldIn, rows: NDArray[np.int64], items: NDArray[np.int64]
     ) -> NDArray[np.floating]:
         """``p(v_q | V)`` for (user row, item) pairs, shape (n_pairs, K)."""
         if self.prediction == "exact":
@@ -187,7 +187,7 @@ class SoftmaxRBMInference(Recommender):
         )
 
     def _distribution_items(
-        self, fold: _FoldIn, query: NDArray[np.int64] | None = None
+        self, fold: FoldIn, query: NDArray[np.int64] | None = None
     ) -> NDArray[np.floating]:
         """``p(v_q | V)`` of every folded-in user for items ``query`` (all by default).
 

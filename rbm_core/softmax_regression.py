@@ -32,6 +32,8 @@ request's single user has a two-dimensional path of its own.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import scipy.linalg
 from numpy.typing import NDArray
@@ -185,21 +187,23 @@ def _solve_one(
     if n <= f + 1:
         inner = xs @ xt
         inner[np.diag_indices(n)] += 2.0
-        factor = scipy.linalg.cho_factor(inner, lower=True, overwrite_a=True, check_finite=False)
+        factor = scipy.linalg.cho_factor(inner, lower=True, overwrite_a=True, check_finite=False)[0]
+        potrs = _potrs(factor)
 
         def solve(grad: FloatArray) -> FloatArray:
             scaled = grad * inv_penalty
-            inside = scipy.linalg.cho_solve(factor, (scaled @ xt).T, check_finite=False)
+            inside = potrs(factor, (scaled @ xt).T, lower=1)[0]
             step: FloatArray = scaled - inside.T @ xs
             return step
 
     else:
         bound = 0.5 * (xt @ x)
         bound[np.diag_indices(f + 1)] += penalty
-        factor = scipy.linalg.cho_factor(bound, lower=True, overwrite_a=True, check_finite=False)
+        factor = scipy.linalg.cho_factor(bound, lower=True, overwrite_a=True, check_finite=False)[0]
+        potrs = _potrs(factor)
 
         def solve(grad: FloatArray) -> FloatArray:
-            step: FloatArray = scipy.linalg.cho_solve(factor, grad.T, check_finite=False).T
+            step: FloatArray = potrs(factor, grad.T, lower=1)[0].T
             return step
 
     prior = theta.copy()
@@ -216,6 +220,18 @@ def _solve_one(
         grad += (point - prior) * penalty
         previous, theta = theta, point - solve(grad)
     return theta
+
+
+def _potrs(factor: FloatArray) -> Callable[..., tuple[FloatArray, int]]:
+    """LAPACK's ``?potrs`` (solve with a Cholesky factor) for ``factor``'s dtype.
+
+    Called directly: ``scipy.linalg.cho_solve`` checks and converts its arguments on
+    every call, which at a request's sizes costs more than the solve itself.
+    """
+    potrs: Callable[..., tuple[FloatArray, int]] = scipy.linalg.get_lapack_funcs(
+        ("potrs",), (factor,)
+    )[0]
+    return potrs
 
 
 def _solve_chunk(

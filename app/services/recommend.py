@@ -225,13 +225,14 @@ def recommend_from_ratings(
         allowed = _allowed_mask(session, loaded, catalog, ratings, exclude, genre)
         support: list[list[tuple[str, float, float]]] | None = None
         if known:
-            # the ranking alone for every item; predicted ratings for the page only
-            score = np.asarray(loaded.model.score_items(known, predicted=False).score)
-            score = score.astype(np.float64, copy=False)
+            # the ranking alone for every item; predicted ratings for the page only,
+            # from the same fold-in
+            scored = loaded.model.score_items(known, predicted=False)
+            score = np.asarray(scored.score).astype(np.float64, copy=False)
             allowed &= np.isfinite(score)
             top = _top(score, allowed, offset, n)
             ids = [str(i) for i in loaded.item_ids[top].tolist()]
-            predicted = _page_ratings(loaded, known, ids)
+            predicted = np.asarray(scored.expected_at(top.astype(np.int64)))
             strategy: Strategy = "rbm"
             if explain:
                 support = _support(loaded, known, ids)
@@ -260,16 +261,6 @@ def recommend_from_ratings(
         None,
         _store_popular(session, catalog, ratings, n=n, offset=offset, genre=genre, exclude=exclude),
     )
-
-
-def _page_ratings(
-    loaded: LoadedModel, known: dict[str, float], ids: list[str]
-) -> NDArray[np.floating]:
-    """The predicted ratings shown beside a page of recommendations."""
-    if isinstance(loaded.model, RBMRecommender):
-        # the expected ratings alone: the page shows no distribution
-        return np.asarray(loaded.model.expected_ratings(known, ids))
-    return np.asarray(loaded.model.predict(known, item_ids=ids).expected)
 
 
 def _support(

@@ -253,6 +253,14 @@ def test_unseen_users_fold_in_from_their_ratings(name: str, fitted, data) -> Non
         # a user is the ratings given: the same ratings, the same answer, whoever it is
         np.testing.assert_allclose(scores.score, model.score_items(dict(users[0])).score)
         assert model.recommend({}, n=5)  # nobody at all is a user too
+        # the ranking alone, then the expected ratings of a page of it: those of all items
+        ranked = model.score_items(newcomer, predicted=False)
+        assert ranked.expected is None
+        np.testing.assert_allclose(ranked.score, scores.score, rtol=1e-5)
+        page = np.argsort(-ranked.score)[:10]
+        np.testing.assert_allclose(
+            ranked.expected_at(page), scores.expected[page], rtol=1e-5, atol=1e-4
+        )
 
 
 def test_save_and_load_give_identical_scores(name: str, fitted, data, tmp_path: Path) -> None:

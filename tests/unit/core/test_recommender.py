@@ -104,6 +104,27 @@ def test_the_pages_expected_ratings_are_the_predictions_expected_ratings(
     np.testing.assert_allclose(model.expected_ratings(user, page), served, atol=1e-4)
     with pytest.raises(UnknownItemError):
         model.expected_ratings(user, ["no-such-item"])
+    # the ranking's own fold-in answers for the page (what the service shows): the same
+    scores = model.score_items(user, predicted=False)
+    assert scores.expected is None
+    columns = np.array([list(model.item_ids_).index(i) for i in page])
+    np.testing.assert_allclose(scores.expected_at(columns), served, atol=1e-4)
+
+
+def test_the_pages_expected_ratings_are_the_users_own(model: RBMRecommender, films) -> None:
+    # every part answers for this user: the ratings of a user who loves what the other
+    # hates give other predictions for the same items
+    kid = {**dict.fromkeys(films["children"][:6], 5.0), **dict.fromkeys(films["horror"][:4], 1.0)}
+    fan = {item: 6.0 - value for item, value in kid.items()}
+    columns = np.arange(40)
+    for user in (kid, fan):
+        expected = model.score_items(user, predicted=False).expected_at(columns)
+        np.testing.assert_allclose(expected, model.score_items(user).expected[columns], atol=1e-4)
+    assert not np.allclose(
+        model.score_items(kid, predicted=False).expected_at(columns),
+        model.score_items(fan, predicted=False).expected_at(columns),
+        atol=0.05,
+    )
 
 
 # -- explanations ----------------------------------------------------------------------------
