@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -258,6 +259,7 @@ async def measure(port: int, server_pid: int, args: argparse.Namespace) -> list[
     print(f"offering {rate:.0f} requests/s ({args.factor:g}x capacity) for {args.seconds:g} s")
     overload = await open_loop(port, server_pid, rate, args.seconds, args.seed + 3)
     print(overload.summary(), flush=True)
+    print(f"the worker's scoring pool after it: {scoring_state(port)}")
     print(
         f"sent {overload.offered} ({overload.offered / args.seconds:.0f}/s); "
         f"the client was at most {1000 * overload.max_send_lag:.1f} ms behind its schedule "
@@ -267,6 +269,23 @@ async def measure(port: int, server_pid: int, args: argparse.Namespace) -> list[
         f"{overload.p(50, from_send=True):.1f} ms, p99 {overload.p(99, from_send=True):.1f} ms"
     )
     return [unloaded, capacity, overload]
+
+
+def scoring_state(port: int) -> str:
+    """The worker's overload-mode figures, from its ``/metrics``."""
+    with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    wanted = {
+        "rbmrec_scoring_overload_entries_total": "went into overload mode {} times",
+        "rbmrec_scoring_overloaded": "overload mode now {}",
+        "rbmrec_scoring_offered_load": "last offered load {}",
+    }
+    found = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in wanted:
+            found[name] = wanted[name].format(f"{float(value):g}")
+    return ", ".join(found[name] for name in wanted if name in found)
 
 
 def main() -> None:

@@ -2,29 +2,39 @@
 
 Without bounds, a client that floods the API makes every request wait behind its
 own: requests pile up in the event loop, the thread pool and the scoring queue, and
-everyone's latency grows without limit. Two bounds, per worker process:
+everyone's latency grows without limit. Two bounds, per worker process, held by one
+:class:`Admission`:
 
-* :class:`ConcurrencyLimitMiddleware`: at most ``RBMREC_MAX_CONCURRENCY`` requests
-  in the app at once; one more is answered 503 at once.
-* :class:`ScoringPool`: the recommendation route's scoring threads
-  (:data:`app.api.main.SCORING_THREADS`) with at most ``RBMREC_MAX_QUEUE`` requests
-  waiting for one; one more is answered 503 at once.
+* at most ``RBMREC_MAX_CONCURRENCY`` requests in the app at once
+  (:class:`ConcurrencyLimitMiddleware` counts them); one more is answered 503 at once;
+* :class:`ScoringPool`: the scoring threads of the recommendation and prediction
+  routes (:data:`app.api.main.SCORING_THREADS`) with at most ``RBMREC_MAX_QUEUE``
+  requests waiting for one, to absorb bursts; one more is answered 503 at once. When
+  the load offered to the pool stays above what it serves (a flood, not a burst), it
+  closes its queue and takes one request at a time until the load falls again: a
+  queue that never drains only adds its length to every admitted request's latency.
 
-A refused request never waits and costs little (about 20 us in the app, 0.1 ms with
-uvicorn's HTTP handling): the client is told to come back (``Retry-After``), and an
-admitted request waits behind at most ``2 + RBMREC_MAX_QUEUE`` others, so its
-latency stays near that of a full worker where, unbounded, it grew to tens of
-seconds (``benchmarks/overload.py``, ``docs/benchmarks.md``, "Overload"). The health
-probes and ``/metrics`` are never shed: an orchestrator must see a busy worker as
-alive and ready, and its numbers are needed most when it is overloaded.
+Under a flood most requests are refused, so a refusal must cost next to nothing: the
+check runs first, in front of every middleware and the router
+(:meth:`Admission.gate`, called by the app's ``__call__``), and the 503 is written
+directly (about 30 us less per refusal than through the middleware stack, which
+leaves that much more of the worker's core to the requests it admits;
+``benchmarks/overload.py``, ``docs/benchmarks.md``, "Overload"). The client is told
+to come back (``Retry-After``). The health probes and ``/metrics`` are never shed: an
+orchestrator must see a busy worker as alive and ready, and its numbers are needed
+most when it is overloaded.
 
 Shed requests are counted in ``rbmrec_shed_requests_total{reason}`` (``concurrency``
-or ``scoring_queue``).
+or ``scoring_queue``) and in the request metrics as ``<unmatched>`` 503s; the pool's
+estimate of its offered load and whether it is in overload mode are the gauges
+``rbmrec_scoring_offered_load`` and ``rbmrec_scoring_overloaded``.
 """
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Final, TypeVar
@@ -32,18 +42,24 @@ from typing import Any, Final, TypeVar
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api.errors import ProblemError, problem_response
-from app.api.metrics import ApiMetrics
-from app.api.middleware import MAX_URL_BYTES
+from app.api.errors import ProblemError
+from app.api.metrics import UNMATCHED, ApiMetrics
+from app.api.middleware import CONTENT_SECURITY_POLICY, MAX_URL_BYTES, SECURITY_HEADERS
+from app.api.proxy import REPLICA_HEADER
 
 __all__ = [
+    "ENTER_OVERLOAD",
+    "LEAVE_OVERLOAD",
+    "LOAD_WINDOW_SECONDS",
     "RETRY_AFTER_SECONDS",
     "TYPE_OVERLOADED",
+    "Admission",
     "ConcurrencyLimitMiddleware",
     "ScoringPool",
     "ScoringQueueFullError",
     "add_limit_responses",
     "is_exempt",
+    "is_scored",
     "overloaded",
 ]
 
@@ -55,12 +71,30 @@ filled the worker is usually gone a second later."""
 
 TYPE_OVERLOADED: Final = "urn:rbmrec:problem:overloaded"
 
+LOAD_WINDOW_SECONDS: Final = 0.1
+"""How often the scoring pool estimates the load offered to it (a hundred requests or
+so at this service's rates: enough to tell a flood from a burst, and a flood is met
+within a tenth of a second)."""
+ENTER_OVERLOAD: Final = 1.2
+"""Offered load (requests asked for per second x seconds of pool time each) at or
+above which, with requests refused in the same window, the pool closes its queue."""
+LEAVE_OVERLOAD: Final = 0.9
+"""Offered load under which it opens the queue again (below ``ENTER_OVERLOAD``, so
+that a load near capacity does not flip the mode back and forth)."""
+
 _EXEMPT_PREFIXES: Final = ("/health/", "/metrics")
 
 
 def is_exempt(path: str) -> bool:
     """Whether ``path`` is never shed nor rate limited (the probes and the metrics)."""
     return path.startswith(_EXEMPT_PREFIXES)
+
+
+def is_scored(path: str) -> bool:
+    """Whether requests for ``path`` run on the scoring pool (recommendations, predictions)."""
+    return path == "/recommendations" or (
+        path.startswith("/users/") and path.endswith(("/recommendations", "/predictions"))
+    )
 
 
 def overloaded(detail: str) -> ProblemError:
@@ -74,64 +108,136 @@ def overloaded(detail: str) -> ProblemError:
     )
 
 
-class ConcurrencyLimitMiddleware:
-    """Answer 503 at once when ``limit`` requests are already in the app.
+class Admission:
+    """What one worker process takes on now: its requests in the app and its scoring pool.
 
-    Runs on the event loop only, so a plain counter is exact. The probes and the
-    metrics route pass without being counted. A recommendation request that finds
-    the scoring queue full is refused here too, before routing and validation: under
-    a flood, most requests are refused, and each refusal must cost next to nothing
-    (the route checks the queue again when it submits).
+    Runs on the event loop only (the pool has a lock of its own), so the counter of
+    requests in the app is exact.
+
+    Parameters
+    ----------
+    limit : int
+        ``RBMREC_MAX_CONCURRENCY``.
+    scoring : ScoringPool
+    metrics : ApiMetrics
+    replica : str
+        This replica's name, for the ``Rbmrec-Replica`` header of refusals.
     """
 
-    def __init__(self, app: ASGIApp, limit: int, metrics: ApiMetrics, scoring: ScoringPool) -> None:
-        self.app = app
+    def __init__(self, limit: int, scoring: ScoringPool, metrics: ApiMetrics, replica: str) -> None:
         self.limit = limit
-        self.metrics = metrics
         self.scoring = scoring
+        self.metrics = metrics
         self.in_flight = 0
         metrics.in_flight.set_function(lambda: self.in_flight)
+        self._shed = {
+            reason: metrics.shed.labels(reason=reason)
+            for reason in ("concurrency", "scoring_queue")
+        }
+        self._series: dict[str, tuple[Any, Any]] = {}
+        problem = overloaded("")
+        self._body_start = (
+            json.dumps({"type": problem.type, "title": problem.title, "status": problem.status})
+            .encode()
+            .removesuffix(b"}")
+            + b', "detail": '
+        )
+        # what ResponseGuard and ReplicaHeaderMiddleware put on every response (HSTS
+        # aside: it needs the scheme a trusted proxy forwards, which is read later;
+        # the next answer the client gets carries it)
+        self._headers = [
+            (b"content-type", b"application/problem+json"),
+            (b"retry-after", str(RETRY_AFTER_SECONDS).encode()),
+            *((name.encode(), value.encode()) for name, value in SECURITY_HEADERS),
+            (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+            (REPLICA_HEADER.encode(), replica.encode("latin-1")),
+        ]
+
+    def refusal(self, path: str) -> tuple[str, str] | None:
+        """``(reason, detail)`` when a request for ``path`` must be refused now, else None.
+
+        A refusal for the scoring pool is recorded in its load estimate.
+        """
+        if is_exempt(path):
+            return None
+        if self.in_flight >= self.limit:
+            return (
+                "concurrency",
+                f"this server process is handling its limit of {self.limit} requests "
+                f"(RBMREC_MAX_CONCURRENCY); retry in {RETRY_AFTER_SECONDS} s",
+            )
+        if self.scoring.full and is_scored(path):
+            return "scoring_queue", self.scoring.refuse()
+        return None
+
+    async def gate(self, scope: Scope, send: Send) -> bool:
+        """Refuse an HTTP request that would be refused anyway, before any middleware runs.
+
+        Returns whether it was refused (and answered). The 503 problem is written
+        directly, with the headers the middleware would have added, and counted in the
+        shed and request metrics.
+        """
+        refusal = self.refusal(scope["path"])
+        if refusal is None:
+            return False
+        started = time.perf_counter()
+        await self.refuse(scope, send, *refusal)
+        # what MetricsMiddleware would have counted (each method's series looked up once)
+        method = str(scope.get("method", ""))
+        series = self._series.get(method)
+        if series is None:
+            series = self._series[method] = (
+                self.metrics.latency.labels(method, UNMATCHED),
+                self.metrics.requests.labels(method, UNMATCHED, "503"),
+            )
+        series[0].observe(time.perf_counter() - started)
+        series[1].inc()
+        return True
+
+    async def refuse(self, scope: Scope, send: Send, reason: str, detail: str) -> None:
+        """Answer the 503 problem of a shed request (``Retry-After``) and count it."""
+        self._shed[reason].inc()
+        # the problem document of overloaded(detail), as problem_response writes it
+        body = b"".join(
+            (
+                self._body_start,
+                json.dumps(detail).encode(),
+                b', "instance": ',
+                json.dumps(scope["path"]).encode(),
+                b"}",
+            )
+        )
+        headers = [*self._headers, (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+class ConcurrencyLimitMiddleware:
+    """Count the requests in the app, and refuse those over a bound (:class:`Admission`).
+
+    The probes and the metrics route pass without being counted. Most refusals happen
+    earlier, in :meth:`Admission.gate`; this check catches a bound reached while a
+    request was on its way in (the rate limiter awaits Redis, for one).
+    """
+
+    def __init__(self, app: ASGIApp, admission: Admission) -> None:
+        self.app = app
+        self.admission = admission
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or is_exempt(scope["path"]):
             await self.app(scope, receive, send)
             return
-        if self.in_flight >= self.limit:
-            self.metrics.shed.labels(reason="concurrency").inc()
-            await self._refuse(
-                scope,
-                receive,
-                send,
-                f"this server process is handling its limit of {self.limit} requests "
-                f"(RBMREC_MAX_CONCURRENCY); retry in {RETRY_AFTER_SECONDS} s",
-            )
+        admission = self.admission
+        refusal = admission.refusal(scope["path"])
+        if refusal is not None:
+            await admission.refuse(scope, send, *refusal)
             return
-        if self.scoring.full and _is_recommendation(scope["path"]):
-            self.metrics.shed.labels(reason="scoring_queue").inc()
-            await self._refuse(scope, receive, send, self.scoring.refusal())
-            return
-        self.in_flight += 1
+        admission.in_flight += 1
         try:
             await self.app(scope, receive, send)
         finally:
-            self.in_flight -= 1
-
-    @staticmethod
-    async def _refuse(scope: Scope, receive: Receive, send: Send, detail: str) -> None:
-        exc = overloaded(detail)
-        response = problem_response(
-            exc.status,
-            exc.detail,
-            title=exc.title,
-            type=exc.type,
-            instance=scope["path"],
-            headers=exc.headers,
-        )
-        await response(scope, receive, send)
-
-
-def _is_recommendation(path: str) -> bool:
-    return path.startswith("/users/") and path.endswith("/recommendations")
+            admission.in_flight -= 1
 
 
 class ScoringQueueFullError(Exception):
@@ -141,6 +247,18 @@ class ScoringQueueFullError(Exception):
 class ScoringPool:
     """A small thread pool with a bounded queue: :meth:`submit` refuses beyond it.
 
+    Its capacity is ``threads + max_queue`` requests running or waiting, enough to ride
+    out bursts. It also estimates the load offered to it, every
+    :data:`LOAD_WINDOW_SECONDS`: requests asked for per second (admitted or refused)
+    times the pool's time per request (seconds during which it scored anything, over
+    requests done: under the GIL, the cost of one more request). At
+    :data:`ENTER_OVERLOAD` or more, with refusals, the load is a flood: the pool goes
+    into overload mode and takes one request at a time, no queue, until the estimate
+    falls under :data:`LEAVE_OVERLOAD`. Under a flood a queue is always full, so each
+    place in it is one more request's wait for everyone admitted; one at a time, an
+    admitted request takes about as long as on an idle worker (measured:
+    ``benchmarks/overload.py``).
+
     Parameters
     ----------
     threads : int
@@ -149,7 +267,10 @@ class ScoringPool:
         Requests that may wait for a thread; one more raises
         :class:`ScoringQueueFullError` instead of waiting behind them.
     metrics : ApiMetrics
-        ``rbmrec_scoring_pending`` reports the requests running or waiting.
+        ``rbmrec_scoring_pending`` reports the requests running or waiting,
+        ``rbmrec_scoring_offered_load`` the last estimate of the load,
+        ``rbmrec_scoring_overloaded`` the mode and
+        ``rbmrec_scoring_overload_entries_total`` how often it went into overload.
     """
 
     def __init__(self, threads: int, max_queue: int, metrics: ApiMetrics) -> None:
@@ -159,7 +280,21 @@ class ScoringPool:
         self._pending = 0
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
+        self._overloaded = False
+        self._offered_load = 0.0
+        # the current window of the load estimate
+        self._window_started = time.monotonic()
+        self._arrivals = 0
+        self._refused = 0
+        self._done = 0
+        self._busy = 0.0
+        self._running = 0
+        self._busy_since = 0.0
+        self._seconds_per_request = 0.0
+        self._entries = metrics.scoring_overload_entries
         metrics.scoring_pending.set_function(lambda: self._pending)
+        metrics.scoring_offered_load.set_function(lambda: self._offered_load)
+        metrics.scoring_overloaded.set_function(lambda: int(self._overloaded))
 
     @property
     def pending(self) -> int:
@@ -167,30 +302,44 @@ class ScoringPool:
         return self._pending
 
     @property
+    def overloaded(self) -> bool:
+        """Whether the pool is in overload mode (one request at a time, no queue)."""
+        return self._overloaded
+
+    @property
+    def capacity(self) -> int:
+        """Requests it takes running or waiting now: 1 in overload mode."""
+        return 1 if self._overloaded else self._capacity
+
+    @property
     def full(self) -> bool:
         """Whether :meth:`submit` would refuse now."""
-        return self._pending >= self._capacity
+        return self._pending >= self.capacity
 
     def start(self) -> None:
         """Start the threads (the app's lifespan begins)."""
         self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="rbmrec-scoring")
 
     def submit(self, fn: Callable[[], T]) -> Future[T]:
-        """Run ``fn`` in a scoring thread, or refuse at once when the queue is full.
+        """Run ``fn`` in a scoring thread, or refuse at once when the pool is full.
 
         Raises
         ------
         ScoringQueueFullError
-            ``threads`` requests run and ``max_queue`` wait already.
+            ``threads`` requests run and ``max_queue`` wait already (in overload mode:
+            one request runs).
         """
         with self._lock:
-            if self._pending >= self._capacity:
+            self._estimate(time.monotonic())
+            self._arrivals += 1
+            if self._pending >= self.capacity:
+                self._refused += 1
                 raise ScoringQueueFullError(self.refusal())
             self._pending += 1
         try:
             if self._executor is None:
                 raise RuntimeError("the scoring pool is not started")
-            future = self._executor.submit(fn)
+            future = self._executor.submit(self._run, fn)
         except BaseException:
             self._release(None)
             raise
@@ -199,8 +348,23 @@ class ScoringPool:
         future.add_done_callback(self._release)
         return future
 
+    def refuse(self) -> str:
+        """Count a request refused for a full pool before it was submitted; its message."""
+        with self._lock:
+            self._estimate(time.monotonic())
+            self._arrivals += 1
+            self._refused += 1
+        return self.refusal()
+
     def refusal(self) -> str:
-        """What a request refused for a full queue is told."""
+        """What a request refused for a full pool is told."""
+        if self._overloaded:
+            return (
+                f"this server process is overloaded: it is offered {self._offered_load:.1f} "
+                "times the scoring it can do, so it scores one request at a time and "
+                f"queues none until the load falls (RBMREC_MAX_QUEUE is {self.max_queue} "
+                f"otherwise); retry in {RETRY_AFTER_SECONDS} s"
+            )
         return (
             f"all {self.threads} scoring threads of this server process are busy and "
             f"{self.max_queue} requests wait for one (RBMREC_MAX_QUEUE); retry in "
@@ -212,6 +376,47 @@ class ScoringPool:
         if self._executor is not None:
             executor, self._executor = self._executor, None
             executor.shutdown(wait=False, cancel_futures=True)
+
+    def _run(self, fn: Callable[[], T]) -> T:
+        """``fn`` in a scoring thread, timing the pool's busy time around it."""
+        with self._lock:
+            if self._running == 0:
+                self._busy_since = time.monotonic()
+            self._running += 1
+        try:
+            return fn()
+        finally:
+            with self._lock:
+                self._running -= 1
+                self._done += 1
+                if self._running == 0:
+                    self._busy += time.monotonic() - self._busy_since
+
+    def _estimate(self, now: float) -> None:
+        """Close the window of the load estimate once it is long enough (lock held).
+
+        ``load = arrivals / seconds x busy seconds / requests done``: the share of the
+        pool's time the requests asked for would take. It ticks on arrivals only, so
+        after a quiet spell the next request sees a low load at once.
+        """
+        elapsed = now - self._window_started
+        if elapsed < LOAD_WINDOW_SECONDS:
+            return
+        busy = self._busy + (now - self._busy_since if self._running else 0.0)
+        if self._done:
+            self._seconds_per_request = busy / self._done
+        load = self._arrivals / elapsed * self._seconds_per_request
+        if self._overloaded:
+            self._overloaded = load >= LEAVE_OVERLOAD
+        elif load >= ENTER_OVERLOAD and self._refused > 0:
+            self._overloaded = True
+            self._entries.inc()
+        self._offered_load = load
+        self._window_started = now
+        self._arrivals = self._refused = self._done = 0
+        self._busy = 0.0
+        if self._running:
+            self._busy_since = now
 
     def _release(self, _future: Future[Any] | None) -> None:
         with self._lock:

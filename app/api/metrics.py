@@ -10,7 +10,9 @@
 * ``rbmrec_replica_info{replica}`` (value 1): which replica these numbers are from
   (the ``Rbmrec-Replica`` header of its answers).
 * ``rbmrec_shed_requests_total{reason}``, ``rbmrec_requests_in_flight``,
-  ``rbmrec_scoring_pending``, ``rbmrec_rate_limited_requests_total`` and
+  ``rbmrec_scoring_pending``, ``rbmrec_scoring_offered_load``,
+  ``rbmrec_scoring_overloaded``, ``rbmrec_scoring_overload_entries_total``,
+  ``rbmrec_rate_limited_requests_total`` and
   ``rbmrec_rate_limit_backend_errors_total``: load shedding and rate limits
   (:mod:`app.api.load_shedding`, :mod:`app.api.rate_limit`).
 * ``rbmrec_http_client_requests_total{client}``: requests by client address (the one
@@ -166,7 +168,24 @@ class ApiMetrics:
         )
         self.scoring_pending = Gauge(
             "rbmrec_scoring_pending",
-            "Recommendation requests running in or waiting for a scoring thread.",
+            "Recommendation and prediction requests running in or waiting for a scoring thread.",
+            registry=self.registry,
+        )
+        self.scoring_offered_load = Gauge(
+            "rbmrec_scoring_offered_load",
+            "Load offered to the scoring pool in its last window: requests asked for per "
+            "second times its seconds per request (1 = all it can do).",
+            registry=self.registry,
+        )
+        self.scoring_overload_entries = Counter(
+            "rbmrec_scoring_overload_entries",
+            "Times the scoring pool went into overload mode.",
+            registry=self.registry,
+        )
+        self.scoring_overloaded = Gauge(
+            "rbmrec_scoring_overloaded",
+            "1 while the scoring pool is in overload mode (one request at a time, no "
+            "queue), else 0.",
             registry=self.registry,
         )
         self.rate_limited = Counter(

@@ -32,7 +32,9 @@ from app.api.errors import internal_error, problem_response
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "CONTENT_SECURITY_POLICY",
     "MAX_URL_BYTES",
+    "SECURITY_HEADERS",
     "BodySizeLimitMiddleware",
     "BodyTooLargeError",
     "ResponseGuard",
@@ -42,12 +44,13 @@ __all__ = [
 CONTENT_SECURITY_POLICY: Final = "default-src 'none'; frame-ancestors 'none'"
 HSTS: Final = "max-age=63072000; includeSubDomains"
 
-_ALWAYS: Final = (
+SECURITY_HEADERS: Final = (
     ("x-content-type-options", "nosniff"),
     ("x-frame-options", "DENY"),
     ("referrer-policy", "no-referrer"),
     ("cache-control", "no-store"),
 )
+"""Headers :class:`ResponseGuard` puts on every response (unless it has them)."""
 
 
 class ResponseGuard:
@@ -87,7 +90,7 @@ class ResponseGuard:
             if message["type"] == "http.response.start":
                 started = True
                 headers = MutableHeaders(scope=message)
-                for name, value in _ALWAYS:
+                for name, value in SECURITY_HEADERS:
                     headers.setdefault(name, value)
                 headers.setdefault("content-security-policy", CONTENT_SECURITY_POLICY)
                 if https:

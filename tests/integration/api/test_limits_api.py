@@ -14,6 +14,7 @@ import secrets
 import shutil
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -27,7 +28,12 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.api.load_shedding import ScoringPool, ScoringQueueFullError
+from app.api.load_shedding import (
+    ENTER_OVERLOAD,
+    LOAD_WINDOW_SECONDS,
+    ScoringPool,
+    ScoringQueueFullError,
+)
 from app.api.main import create_app
 from app.api.metrics import ApiMetrics
 from app.api.middleware import MAX_URL_BYTES
@@ -140,6 +146,133 @@ def test_cancelled_scoring_work_gives_its_place_back() -> None:
         release.set()
         pool.shutdown()
     assert pool.pending == 0
+
+
+def test_a_refusal_at_the_gate_is_the_refusal_the_middleware_would_write(
+    loaded_store: sessionmaker[Session], make_settings: Callable[..., Settings]
+) -> None:
+    # the pool held full by work that waits: every scored request is refused, before any
+    # middleware (the gate), or by ConcurrencyLimitMiddleware when the gate is off
+    app = create_app(make_settings(max_concurrency=1000, max_queue=0))
+    release = threading.Event()
+
+    async def refused(gate: bool) -> tuple[list[httpx.Response], str]:
+        async with running(app) as http:
+            if not gate:
+                app.admission = None
+            pool = app.state.scoring
+            busy = [pool.submit(release.wait) for _ in range(pool.threads)]
+            try:
+                if gate:
+                    # the gate answers by itself, or lets the request through
+                    messages: list[dict[str, Any]] = []
+
+                    async def keep(message: Any) -> None:
+                        messages.append(message)
+
+                    for path, refuses in [
+                        ("/users/3/recommendations", True),
+                        ("/health/live", False),
+                    ]:
+                        scope = {"type": "http", "method": "GET", "path": path}
+                        assert await app.admission.gate(scope, keep) is refuses
+                    assert [m["type"] for m in messages] == [
+                        "http.response.start",
+                        "http.response.body",
+                    ]
+                    assert messages[0]["status"] == 503
+                responses = [
+                    await http.get("/users/3/recommendations?n=5"),
+                    await http.get("/users/3/predictions?item_id=1"),
+                    await http.post("/recommendations", json={"ratings": []}),
+                    await http.get("/health/live"),
+                    await http.get("/items?limit=1"),
+                ]
+            finally:
+                release.set()
+                for work in busy:
+                    work.result(timeout=10)
+                release.clear()
+            metrics = (await http.get("/metrics")).text
+        return responses, metrics
+
+    admission = app.admission
+    at_gate, metrics = asyncio.run(refused(gate=True))
+    app.admission = admission  # the same app, its middleware refusing instead
+    in_stack, _ = asyncio.run(refused(gate=False))
+    assert [r.status_code for r in at_gate] == [503, 503, 503, 200, 200]
+    assert [r.status_code for r in in_stack] == [503, 503, 503, 200, 200]
+    for early, late in zip(at_gate[:3], in_stack[:3], strict=True):
+        assert early.json() == late.json()
+        assert early.json()["instance"] == early.request.url.path
+        assert "RBMREC_MAX_QUEUE" in early.json()["detail"]
+        assert dict(early.headers) == dict(late.headers)
+        assert early.headers["retry-after"] == "1"
+        assert early.headers["x-content-type-options"] == "nosniff"
+        assert early.headers["rbmrec-replica"]
+    assert metric(metrics, 'rbmrec_shed_requests_total{reason="scoring_queue"}') == 4
+    assert (
+        metric(
+            metrics,
+            'rbmrec_http_requests_total{method="GET",route="<unmatched>",status="503"}',
+        )
+        == 3
+    )
+
+
+def _flood(pool: ScoringPool, requests: int, work: Callable[[], object]) -> int:
+    """Submit ``requests`` at once; how many were refused."""
+    refused = 0
+    for _ in range(requests):
+        try:
+            pool.submit(work)
+        except ScoringQueueFullError:
+            refused += 1
+    return refused
+
+
+def test_a_flood_closes_the_scoring_queue_until_the_load_falls() -> None:
+    metrics = ApiMetrics()
+    pool = ScoringPool(threads=1, max_queue=4, metrics=metrics)
+    pool.start()
+    try:
+        # a burst that the queue absorbs, at a low rate: no overload
+        for _ in range(3):
+            assert _flood(pool, 5, lambda: time.sleep(0.002)) == 0
+            time.sleep(LOAD_WINDOW_SECONDS + 0.02)
+        _flood(pool, 1, lambda: None)
+        assert not pool.overloaded
+        assert pool.capacity == 5
+        # a flood: far more asked for than the pool does, window after window
+        for _ in range(3):
+            assert _flood(pool, 60, lambda: time.sleep(0.01)) > 0
+            time.sleep(LOAD_WINDOW_SECONDS + 0.02)
+        _flood(pool, 1, lambda: None)
+        assert pool.overloaded
+        assert pool.capacity == 1  # one at a time, no queue
+        while pool.pending:
+            time.sleep(0.01)
+        assert pool.submit(lambda: "one").result(timeout=10) == "one"
+        release = threading.Event()
+        pool.submit(release.wait)
+        try:
+            with pytest.raises(ScoringQueueFullError, match="overloaded"):
+                pool.submit(lambda: "a second one")
+        finally:
+            release.set()
+        text = metrics.render().decode()
+        assert metric(text, "rbmrec_scoring_overloaded") == 1
+        assert metric(text, "rbmrec_scoring_overload_entries_total") == 1
+        assert metric(text, "rbmrec_scoring_offered_load") >= ENTER_OVERLOAD
+        # the flood stops: after a quiet window the next request opens the queue again
+        while pool.pending:
+            time.sleep(0.01)
+        time.sleep(LOAD_WINDOW_SECONDS + 0.02)
+        _flood(pool, 1, lambda: None)
+        assert not pool.overloaded
+        assert pool.capacity == 5
+    finally:
+        pool.shutdown()
 
 
 def test_the_schema_documents_the_limits(make_client: Callable[..., TestClient]) -> None:
