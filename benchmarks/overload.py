@@ -169,17 +169,18 @@ async def open_loop(port: int, server_pid: int, rate: float, seconds: float, see
 
     async def one(scheduled: float) -> None:
         nonlocal opened
-        async with available:
-            while not idle and opened >= MAX_CONNECTIONS:
-                await available.wait()
-            if idle:
-                # the longest idle first: every connection stays in use, so none
-                # reaches uvicorn's 5 s keep-alive timeout
-                connection = idle.popleft()
-            else:
-                opened += 1
-                outcome.connections_opened += 1
-                connection = RawConnection(HOST, port)
+        if not idle and opened >= MAX_CONNECTIONS:
+            async with available:
+                while not idle:
+                    await available.wait()
+        if idle:
+            # the longest idle first: every connection stays in use, so none reaches
+            # uvicorn's 5 s keep-alive timeout (no lock: one event loop, no await here)
+            connection = idle.popleft()
+        else:
+            opened += 1
+            outcome.connections_opened += 1
+            connection = RawConnection(HOST, port)
         target = _target(rng)
         sent_at = time.perf_counter()
         reused = connection.writer is not None
@@ -203,9 +204,10 @@ async def open_loop(port: int, server_pid: int, rate: float, seconds: float, see
             done = time.perf_counter()
             outcome.latencies.append(done - scheduled)
             outcome.sent_latencies.append(done - sent_at)
-        async with available:
-            idle.append(connection)
-            available.notify()
+        idle.append(connection)
+        if opened >= MAX_CONNECTIONS:
+            async with available:
+                available.notify()
 
     # A pool opened beforehand, as a proxy's or a client library's would be: opening
     # hundreds of connections at once in a hiccup would measure the kernel's SYN

@@ -330,14 +330,16 @@ class RawConnection:
         if body is not None:
             head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         self.writer.write(head.encode() + b"\r\n" + (body or b""))
-        status_line = await self.reader.readline()
-        if not status_line:
+        try:
+            # the whole head in one read: a load generator's CPU is taken from the server
+            response_head = await self.reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError as exc:
             self.writer = self.reader = None
-            raise ConnectionError("the server closed the connection")
-        status = int(status_line.split()[1])
+            raise ConnectionError("the server closed the connection") from exc
+        status = int(response_head.split(b" ", 2)[1])
         length = 0
         close = False
-        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+        for line in response_head.split(b"\r\n")[1:]:
             name, _, value = line.partition(b":")
             name = name.strip().lower()
             if name == b"content-length":
