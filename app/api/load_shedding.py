@@ -17,9 +17,10 @@ everyone's latency grows without limit. Two bounds, per worker process, held by 
 Under a flood most requests are refused, so a refusal must cost next to nothing: the
 check runs first, in front of every middleware and the router
 (:meth:`Admission.gate`, called by the app's ``__call__``), and the 503 is written
-directly (about 30 us less per refusal than through the middleware stack, which
-leaves that much more of the worker's core to the requests it admits;
-``benchmarks/overload.py``, ``docs/benchmarks.md``, "Overload"). The client is told
+directly: 24 us of CPU per refusal against about 50 through the middleware stack
+(``benchmarks/refusal_cost.py``), which leaves that much more of the worker's core to
+the requests it admits (``benchmarks/overload.py``, ``docs/benchmarks.md``,
+"Overload"). The client is told
 to come back (``Retry-After``). The health probes and ``/metrics`` are never shed: an
 orchestrator must see a busy worker as alive and ready, and its numbers are needed
 most when it is overloaded.
@@ -44,7 +45,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.errors import ProblemError
 from app.api.metrics import UNMATCHED, ApiMetrics
-from app.api.middleware import CONTENT_SECURITY_POLICY, MAX_URL_BYTES, SECURITY_HEADERS
+from app.api.middleware import CONTENT_SECURITY_POLICY, HSTS, MAX_URL_BYTES, SECURITY_HEADERS
 from app.api.proxy import REPLICA_HEADER
 
 __all__ = [
@@ -143,8 +144,8 @@ class Admission:
             + b', "detail": '
         )
         # what ResponseGuard and ReplicaHeaderMiddleware put on every response (HSTS
-        # aside: it needs the scheme a trusted proxy forwards, which is read later;
-        # the next answer the client gets carries it)
+        # when the request itself came over HTTPS; at the gate, the scheme a trusted
+        # proxy forwards is not read yet, and the client's next answer carries it)
         self._headers = [
             (b"content-type", b"application/problem+json"),
             (b"retry-after", str(RETRY_AFTER_SECONDS).encode()),
@@ -208,6 +209,8 @@ class Admission:
             )
         )
         headers = [*self._headers, (b"content-length", str(len(body)).encode())]
+        if scope.get("scheme") == "https":
+            headers.append((b"strict-transport-security", HSTS.encode()))
         await send({"type": "http.response.start", "status": 503, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 

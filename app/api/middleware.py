@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "CONTENT_SECURITY_POLICY",
+    "HSTS",
     "MAX_URL_BYTES",
     "SECURITY_HEADERS",
     "BodySizeLimitMiddleware",

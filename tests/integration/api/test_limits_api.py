@@ -181,6 +181,10 @@ def test_a_refusal_at_the_gate_is_the_refusal_the_middleware_would_write(
                         "http.response.body",
                     ]
                     assert messages[0]["status"] == 503
+                    assert b"strict-transport-security" not in dict(messages[0]["headers"])
+                    https = {"type": "http", "method": "GET", "scheme": "https"}
+                    assert await app.admission.gate({**https, "path": "/users/3/predictions"}, keep)
+                    assert b"strict-transport-security" in dict(messages[2]["headers"])
                 responses = [
                     await http.get("/users/3/recommendations?n=5"),
                     await http.get("/users/3/predictions?item_id=1"),
@@ -210,13 +214,13 @@ def test_a_refusal_at_the_gate_is_the_refusal_the_middleware_would_write(
         assert early.headers["retry-after"] == "1"
         assert early.headers["x-content-type-options"] == "nosniff"
         assert early.headers["rbmrec-replica"]
-    assert metric(metrics, 'rbmrec_shed_requests_total{reason="scoring_queue"}') == 4
+    assert metric(metrics, 'rbmrec_shed_requests_total{reason="scoring_queue"}') == 5
     assert (
         metric(
             metrics,
             'rbmrec_http_requests_total{method="GET",route="<unmatched>",status="503"}',
         )
-        == 3
+        == 4
     )
 
 
