@@ -34,6 +34,7 @@ estimate of its offered load and whether it is in overload mode are the gauges
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -51,6 +52,7 @@ from app.api.proxy import REPLICA_HEADER
 __all__ = [
     "ENTER_OVERLOAD",
     "LEAVE_OVERLOAD",
+    "LOAD_SMOOTHING_SECONDS",
     "LOAD_WINDOW_SECONDS",
     "RETRY_AFTER_SECONDS",
     "TYPE_OVERLOADED",
@@ -76,12 +78,19 @@ LOAD_WINDOW_SECONDS: Final = 0.1
 """How often the scoring pool estimates the load offered to it (a hundred requests or
 so at this service's rates: enough to tell a flood from a burst, and a flood is met
 within a tenth of a second)."""
-ENTER_OVERLOAD: Final = 1.2
-"""Offered load (requests asked for per second x seconds of pool time each) at or
-above which, with requests refused in the same window, the pool closes its queue."""
-LEAVE_OVERLOAD: Final = 0.9
+LOAD_SMOOTHING_SECONDS: Final = 0.2
+"""Time constant of the exponential average of the windows' estimates: a flood of 5
+times the capacity crosses ``ENTER_OVERLOAD`` in one window, a window that a burst
+happens to fill does not, and a quiet spell brings the average down at once."""
+ENTER_OVERLOAD: Final = 2.0
+"""Offered load (requests asked for per second x seconds of pool time each, averaged)
+at or above which, with requests refused in the last window, the pool closes its
+queue. Not at 1: one request at a time leaves the pool idle between an answer and the
+next arrival (it refuses ``load / (1 + load)`` of them, where ``1 - 1 / load`` is all a
+full pool must refuse), a waste that only a flood makes small."""
+LEAVE_OVERLOAD: Final = 1.5
 """Offered load under which it opens the queue again (below ``ENTER_OVERLOAD``, so
-that a load near capacity does not flip the mode back and forth)."""
+that a load near that line does not flip the mode back and forth)."""
 
 _EXEMPT_PREFIXES: Final = ("/health/", "/metrics")
 
@@ -254,10 +263,10 @@ class ScoringPool:
     out bursts. It also estimates the load offered to it, every
     :data:`LOAD_WINDOW_SECONDS`: requests asked for per second (admitted or refused)
     times the pool's time per request (seconds during which it scored anything, over
-    requests done: under the GIL, the cost of one more request). At
-    :data:`ENTER_OVERLOAD` or more, with refusals, the load is a flood: the pool goes
-    into overload mode and takes one request at a time, no queue, until the estimate
-    falls under :data:`LEAVE_OVERLOAD`. Under a flood a queue is always full, so each
+    requests done: under the GIL, the cost of one more request), averaged over
+    windows. At :data:`ENTER_OVERLOAD` or more, with refusals, the load is a flood: the
+    pool goes into overload mode and takes one request at a time, no queue, until the
+    estimate falls under :data:`LEAVE_OVERLOAD`. Under a flood a queue is always full, so each
     place in it is one more request's wait for everyone admitted; one at a time, an
     admitted request takes about as long as on an idle worker (measured:
     ``benchmarks/overload.py``).
@@ -398,9 +407,10 @@ class ScoringPool:
     def _estimate(self, now: float) -> None:
         """Close the window of the load estimate once it is long enough (lock held).
 
-        ``load = arrivals / seconds x busy seconds / requests done``: the share of the
-        pool's time the requests asked for would take. It ticks on arrivals only, so
-        after a quiet spell the next request sees a low load at once.
+        ``arrivals / seconds x busy seconds / requests done``: the share of the pool's
+        time the requests asked for in the window would take, averaged exponentially
+        over windows (:data:`LOAD_SMOOTHING_SECONDS`). It ticks on arrivals only, so
+        after a quiet spell the next request's window is long and weighs all.
         """
         elapsed = now - self._window_started
         if elapsed < LOAD_WINDOW_SECONDS:
@@ -408,7 +418,9 @@ class ScoringPool:
         busy = self._busy + (now - self._busy_since if self._running else 0.0)
         if self._done:
             self._seconds_per_request = busy / self._done
-        load = self._arrivals / elapsed * self._seconds_per_request
+        window_load = self._arrivals / elapsed * self._seconds_per_request
+        weight = 1.0 - math.exp(-elapsed / LOAD_SMOOTHING_SECONDS)
+        load = self._offered_load + weight * (window_load - self._offered_load)
         if self._overloaded:
             self._overloaded = load >= LEAVE_OVERLOAD
         elif load >= ENTER_OVERLOAD and self._refused > 0:

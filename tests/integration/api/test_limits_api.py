@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.api.load_shedding import (
     ENTER_OVERLOAD,
+    LOAD_SMOOTHING_SECONDS,
     LOAD_WINDOW_SECONDS,
     ScoringPool,
     ScoringQueueFullError,
@@ -268,10 +269,10 @@ def test_a_flood_closes_the_scoring_queue_until_the_load_falls() -> None:
         assert metric(text, "rbmrec_scoring_overloaded") == 1
         assert metric(text, "rbmrec_scoring_overload_entries_total") == 1
         assert metric(text, "rbmrec_scoring_offered_load") >= ENTER_OVERLOAD
-        # the flood stops: after a quiet window the next request opens the queue again
+        # the flood stops: after a quiet spell the next request opens the queue again
         while pool.pending:
             time.sleep(0.01)
-        time.sleep(LOAD_WINDOW_SECONDS + 0.02)
+        time.sleep(3 * LOAD_SMOOTHING_SECONDS)
         _flood(pool, 1, lambda: None)
         assert not pool.overloaded
         assert pool.capacity == 5
