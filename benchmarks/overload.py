@@ -29,10 +29,7 @@ import argparse
 import asyncio
 import os
 import random
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections import Counter, deque
@@ -46,13 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_latency import (
     DEFAULT_POSTGRES,
     RawConnection,
-    create_database,
-    free_port,
-    prepare,
-    start_server,
+    prepared_settings,
+    serving,
     tree_cpu_seconds,
-    wait_listening,
-    wait_ready,
 )
 
 from app.api.main import SCORING_THREADS
@@ -300,22 +293,13 @@ def main() -> None:
         os.environ["RBMREC_MAX_QUEUE"] = str(args.max_queue)
     if args.capacity_concurrency is None:
         args.capacity_concurrency = min(SCORING_THREADS + Settings().max_queue, 16)
-    url, drop = create_database(args.postgres_url)
-    with tempfile.TemporaryDirectory(prefix="rbmrec-overload-") as work:
-        settings = Settings(database_url=url, model_dir=Path(work) / "models")
-        server: subprocess.Popen[bytes] | None = None
-        try:
-            prepare(settings, args.movielens_dir, args.epochs, args.seed)
-            port = free_port()
-            server = start_server(settings, port, 1)
-            wait_ready(f"http://{HOST}:{port}", server)
-            wait_listening(port, 1)
-            unloaded, capacity, overload = asyncio.run(measure(port, server.pid, args))
-        finally:
-            if server is not None:
-                server.send_signal(signal.SIGTERM)
-                server.wait(timeout=30)
-            drop()
+    with (
+        prepared_settings(
+            args.postgres_url, args.movielens_dir, args.epochs, args.seed
+        ) as settings,
+        serving(settings, 1) as (port, server),
+    ):
+        unloaded, capacity, overload = asyncio.run(measure(port, server.pid, args))
     ratio = overload.p(99) / unloaded.p(99) if unloaded.latencies else float("nan")
     failures = sum(overload.statuses.values()) - overload.admitted - overload.statuses["503"]
     print(f"\nload average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

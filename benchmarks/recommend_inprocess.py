@@ -26,15 +26,12 @@ import json
 import os
 import pstats
 import random
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-from serve_latency import DEFAULT_POSTGRES, create_database, prepare
+from serve_latency import DEFAULT_POSTGRES, prepared_settings
 
 from app.api.main import create_app
-from app.settings import Settings
 
 
 class GcPauses:
@@ -168,21 +165,12 @@ def main() -> None:
         help="Profile the recommendations and predictions phases (cProfile, cumulative).",
     )
     args = parser.parse_args()
-    url, drop = create_database(args.postgres_url)
-    with tempfile.TemporaryDirectory(prefix="rbmrec-bench-") as work:
-        try:
-            settings = Settings(
-                database_url=url,
-                model_dir=Path(work) / "models",
-                model_cache_dir=Path(work) / "serving",
-                log_level="WARNING",
-            )
-            prepare(settings, args.movielens_dir, args.epochs, args.seed)
-            asyncio.run(
-                measure(create_app(settings), args.requests, args.unfreeze, args.seed, args.profile)
-            )
-        finally:
-            drop()
+    with prepared_settings(
+        args.postgres_url, args.movielens_dir, args.epochs, args.seed
+    ) as settings:
+        asyncio.run(
+            measure(create_app(settings), args.requests, args.unfreeze, args.seed, args.profile)
+        )
 
 
 if __name__ == "__main__":

@@ -16,17 +16,14 @@ import cProfile
 import os
 import pstats
 import random
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-from serve_latency import DEFAULT_POSTGRES, create_database, prepare
+from serve_latency import DEFAULT_POSTGRES, prepared_settings
 from threadpoolctl import threadpool_limits
 
 from app.api.main import create_app
 from app.services import recommend as recommend_service
-from app.settings import Settings
 
 
 async def measure(app: Any, calls: int, seed: int, profile: bool) -> None:
@@ -66,19 +63,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", action="store_true", help="Profile the calls (cProfile).")
     args = parser.parse_args()
-    url, drop = create_database(args.postgres_url)
-    with tempfile.TemporaryDirectory(prefix="rbmrec-bench-") as work:
-        try:
-            settings = Settings(
-                database_url=url,
-                model_dir=Path(work) / "models",
-                model_cache_dir=Path(work) / "serving",
-                log_level="WARNING",
-            )
-            prepare(settings, args.movielens_dir, args.epochs, args.seed)
-            asyncio.run(measure(create_app(settings), args.calls, args.seed, args.profile))
-        finally:
-            drop()
+    with prepared_settings(
+        args.postgres_url, args.movielens_dir, args.epochs, args.seed
+    ) as settings:
+        asyncio.run(measure(create_app(settings), args.calls, args.seed, args.profile))
 
 
 if __name__ == "__main__":

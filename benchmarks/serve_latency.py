@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -36,7 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -183,6 +184,41 @@ def prepare(settings: Settings, movielens_dir: str | None, epochs: int, seed: in
         )
     finally:
         engine.dispose()
+
+
+@contextlib.contextmanager
+def prepared_settings(
+    postgres_url: str, movielens_dir: str | None, epochs: int, seed: int
+) -> Iterator[Settings]:
+    """Settings of a throwaway database with ML-100K and a trained model (:func:`prepare`);
+    the database and the model files are removed afterwards."""
+    url, drop = create_database(postgres_url)
+    with tempfile.TemporaryDirectory(prefix="rbmrec-bench-") as work:
+        try:
+            settings = Settings(
+                database_url=url,
+                model_dir=Path(work) / "models",
+                model_cache_dir=Path(work) / "serving",
+                log_level="WARNING",
+            )
+            prepare(settings, movielens_dir, epochs, seed)
+            yield settings
+        finally:
+            drop()
+
+
+@contextlib.contextmanager
+def serving(settings: Settings, workers: int) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """``rbmrec serve`` on a free port of 127.0.0.1, ready and listening; stopped after."""
+    port = free_port()
+    server = start_server(settings, port, workers)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", server)
+        wait_listening(port, workers)
+        yield port, server
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
 
 
 def start_server(settings: Settings, port: int, workers: int) -> subprocess.Popen[bytes]:
@@ -506,23 +542,14 @@ def main() -> None:
         f"{cpus} CPUs, concurrency {args.concurrency}, {args.workers} uvicorn worker(s), "
         f"{args.client} client"
     )
-    url, drop = create_database(args.postgres_url)
-    with tempfile.TemporaryDirectory(prefix="rbmrec-bench-") as work:
-        settings = Settings(database_url=url, model_dir=Path(work) / "models")
-        server: subprocess.Popen[bytes] | None = None
-        try:
-            prepare(settings, args.movielens_dir, args.epochs, args.seed)
-            port = free_port()
-            server = start_server(settings, port, args.workers)
-            wait_ready(f"http://127.0.0.1:{port}", server)
-            wait_listening(port, args.workers)
-            database = make_url(url).database
-            results = asyncio.run(load("127.0.0.1", port, server.pid, database, args))
-        finally:
-            if server is not None:
-                server.send_signal(signal.SIGTERM)
-                server.wait(timeout=30)
-            drop()
+    with (
+        prepared_settings(
+            args.postgres_url, args.movielens_dir, args.epochs, args.seed
+        ) as settings,
+        serving(settings, args.workers) as (port, server),
+    ):
+        database = make_url(settings.database_url).database
+        results = asyncio.run(load("127.0.0.1", port, server.pid, database, args))
     header = (
         "phase",
         "requests",

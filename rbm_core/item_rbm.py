@@ -286,13 +286,14 @@ class ItemSoftmaxRBM(Recommender):
         self, items: NDArray[np.int64], levels: NDArray[np.int64]
     ) -> tuple[NDArray[Any], NDArray[Any]]:
         """:meth:`_fold_in_codes` of one user given as sorted columns and level indices."""
+        indptr = np.array([0, len(items)])
         if int(self.fold_in_cache_size) <= 0:
-            return self._solve(items, levels, np.array([0, len(items)]))
+            return self._solve(items, levels, indptr)
         key = items.astype(np.int32).tobytes() + b"|" + levels.astype(np.int8).tobytes()
         cache = self._cached("fold_in_memory", lambda: FoldInMemory(self.fold_in_cache_size))
         found = cache.get(key)
         if found is None:
-            found = self._solve(items, levels, np.array([0, len(items)]))
+            found = self._solve(items, levels, indptr)
             cache.put(key, found)
         return found
 

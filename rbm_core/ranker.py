@@ -364,12 +364,16 @@ class RBMRanker(Recommender):
             codes, self.liked_level_ + 1, self.disliked_level_ + 1, float(self.dislike_weight)
         )
 
+    def _rated_units(self, levels: NDArray[np.int64]) -> NDArray[np.floating]:
+        """Each rating's "rated" unit: 1, or ``1 - dislike_weight`` for a low rating."""
+        rated = np.where(levels <= self.disliked_level_, 1.0 - float(self.dislike_weight), 1.0)
+        return rated.astype(DTYPE)
+
     def _own_inputs(self, items: NDArray[np.int64], levels: NDArray[np.int64]) -> NDArray[Any]:
         """Each rating's input to the hidden units, ``(n_rated, n_hidden)``: the rated
         unit (held at ``1 - dislike_weight`` for a low rating) and the liked one."""
         m = self.n_items_
-        rated = np.where(levels <= self.disliked_level_, 1.0 - float(self.dislike_weight), 1.0)
-        own: NDArray[Any] = rated.astype(DTYPE)[:, None] * self.weights_[items] + np.where(
+        own: NDArray[Any] = self._rated_units(levels)[:, None] * self.weights_[items] + np.where(
             (levels >= self.liked_level_)[:, None], self.weights_[items + m], 0.0
         )
         return own
@@ -377,8 +381,7 @@ class RBMRanker(Recommender):
     def _input_one(self, items: NDArray[np.int64], levels: NDArray[np.int64]) -> NDArray[Any]:
         """The sum of :meth:`_own_inputs` over the ratings, without the (n_rated, F) terms:
         one product for the rated units and a sum over the liked ones."""
-        rated = np.where(levels <= self.disliked_level_, 1.0 - float(self.dislike_weight), 1.0)
-        total: NDArray[Any] = rated.astype(DTYPE) @ self.weights_[items]
+        total: NDArray[Any] = self._rated_units(levels) @ self.weights_[items]
         total += self.weights_[items[levels >= self.liked_level_] + self.n_items_].sum(axis=0)
         return total
 

@@ -6,6 +6,10 @@ cannot express: the document describes this server as configured.
 * the rating scale: ``rating`` of a request is one of ``RBMREC_RATING_SCALE``'s values;
 * ``StorableJson``: the recursive schema of an item's ``attributes``.
 
+And what the document says that the server must enforce itself: a query parameter
+that is not an array takes one value (:func:`single_valued_query_parameters`, used by
+:class:`app.api.middleware.RepeatedQueryMiddleware`; Starlette would keep the last).
+
 A client (or Schemathesis) that follows the document then sends nothing the server
 refuses, and the server accepts nothing the document rules out.
 """
@@ -20,7 +24,7 @@ from app.api.security import apply_security
 from app.schemas.items import STORABLE_JSON_SCHEMA
 from app.settings import Settings
 
-__all__ = ["document_contract"]
+__all__ = ["document_contract", "single_valued_query_parameters"]
 
 _RATING_REQUESTS = ("RatingCreate", "GivenRating")
 
@@ -59,3 +63,22 @@ def document_contract(app: FastAPI, settings: Settings) -> None:
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def single_valued_query_parameters(schema: dict[str, Any]) -> frozenset[str]:
+    """The query parameters of an OpenAPI document that are never arrays.
+
+    A name that is an array in some operation (``exclude``, ``item_id``) may be repeated
+    everywhere.
+    """
+    single: set[str] = set()
+    repeatable: set[str] = set()
+    for item in schema.get("paths", {}).values():
+        for operation in item.values():
+            for parameter in operation.get("parameters", []):
+                if parameter.get("in") != "query":
+                    continue
+                kinds = [parameter.get("schema", {}), *parameter.get("schema", {}).get("anyOf", [])]
+                is_array = any(kind.get("type") == "array" for kind in kinds)
+                (repeatable if is_array else single).add(parameter["name"])
+    return frozenset(single - repeatable)

@@ -17,7 +17,7 @@ everyone's latency grows without limit. Two bounds, per worker process, held by 
 Under a flood most requests are refused, so a refusal must cost next to nothing: the
 check runs first, in front of every middleware and the router
 (:meth:`Admission.gate`, called by the app's ``__call__``), and the 503 is written
-directly: 24 us of CPU per refusal against about 50 through the middleware stack
+directly: about 25 us of CPU per refusal against about 48 through the middleware stack
 (``benchmarks/refusal_cost.py``), which leaves that much more of the worker's core to
 the requests it admits (``benchmarks/overload.py``, ``docs/benchmarks.md``,
 "Overload"). The client is told

@@ -21,13 +21,16 @@ string together are longer than :data:`MAX_URL_BYTES`.
 from __future__ import annotations
 
 import logging
-from typing import Final
+from collections.abc import Callable
+from typing import Any, Final
+from urllib.parse import parse_qsl
 
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.errors import internal_error, problem_response
+from app.api.contract import single_valued_query_parameters
+from app.api.errors import TYPE_VALIDATION, field_error, internal_error, problem_response
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +41,7 @@ __all__ = [
     "SECURITY_HEADERS",
     "BodySizeLimitMiddleware",
     "BodyTooLargeError",
+    "RepeatedQueryMiddleware",
     "ResponseGuard",
     "UrlLengthLimitMiddleware",
 ]
@@ -139,6 +143,53 @@ class UrlLengthLimitMiddleware:
                 )
                 await response(scope, receive, send)
                 return
+        await self.app(scope, receive, send)
+
+
+class RepeatedQueryMiddleware:
+    """Answer 422 (problem details) to a query parameter given more than once that takes
+    one value (``?genre=a&genre=b``): Starlette would silently keep the last.
+
+    Which parameters take one value comes from the app's OpenAPI document (every query
+    parameter that is not an array: :func:`app.api.contract.single_valued_query_parameters`),
+    read at the first request that has several parameters; a query string with one
+    parameter is not parsed at all.
+    """
+
+    def __init__(self, app: ASGIApp, openapi: Callable[[], dict[str, Any]]) -> None:
+        self.app = app
+        self.openapi = openapi
+        self._single: frozenset[str] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        query = scope.get("query_string", b"") if scope["type"] == "http" else b""
+        if b"&" in query:
+            names = [name for name, _ in parse_qsl(query.decode("latin-1"), keep_blank_values=True)]
+            if len(names) != len(set(names)):
+                if self._single is None:
+                    self._single = single_valued_query_parameters(self.openapi())
+                repeated = sorted(
+                    {name for name in names if name in self._single and names.count(name) > 1}
+                )
+                if repeated:
+                    response = problem_response(
+                        422,
+                        f"{len(repeated)} query parameter(s) given more than once; each takes "
+                        "one value",
+                        title="Invalid request",
+                        type=TYPE_VALIDATION,
+                        instance=scope.get("path", "")[:200],
+                        errors=[
+                            field_error(
+                                ["query", name],
+                                f"given {names.count(name)} times; give it once",
+                                "repeated",
+                            )
+                            for name in repeated
+                        ],
+                    )
+                    await response(scope, receive, send)
+                    return
         await self.app(scope, receive, send)
 
 

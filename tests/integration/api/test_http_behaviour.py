@@ -294,6 +294,22 @@ def test_cors_is_off_unless_configured(make_client: Callable[..., TestClient]) -
     assert response.headers["access-control-allow-origin"] == "https://shop.example"
 
 
+def test_a_single_valued_query_parameter_given_twice_is_a_422(client: TestClient) -> None:
+    # Starlette would keep the last genre; the document says genre is one string
+    response = client.get("/users/1/recommendations?genre=Comedy&n=3&genre=Horror&genre=x")
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["errors"] == [
+        {"loc": ["query", "genre"], "msg": "given 3 times; give it once", "type": "repeated"}
+    ]
+    two = client.get("/items?limit=2&offset=1&limit=3&offset=0").json()["errors"]
+    assert [e["loc"] for e in two] == [["query", "limit"], ["query", "offset"]]
+    # arrays repeat by design, and a parameter no operation has is ignored as before
+    assert client.get("/users/1/recommendations?exclude=1&exclude=2&n=3").status_code == 200
+    assert client.get("/users/1/predictions?item_id=1&item_id=2").status_code == 200
+    assert client.get("/items?limit=2&extra=1&extra=2").status_code == 200
+
+
 def test_metrics_label_unmatched_routes(client: TestClient) -> None:
     client.get("/users/abc/ratings")
     client.get("/this/does/not/exist")
