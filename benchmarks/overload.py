@@ -7,18 +7,24 @@ started as a separate process with the default load-shedding bounds unless
 
 1. **unloaded**: one request in flight at a time (closed loop), ``--unloaded-seconds``:
    the latency of ``GET /users/{id}/recommendations?n=10`` when nothing waits;
+   measured again after the overload (4.), and the two pooled: on a machine shared
+   with other work, its speed drifts between phases a minute apart, and a baseline
+   taken on both sides of the flood is not biased by which way it drifted;
 2. **capacity**: ``--capacity-concurrency`` requests in flight (closed loop, as many
    as the worker scores and queues, so none is shed), ``--capacity-seconds``: the
    recommendations per second the server sustains;
 3. **overload**: an open loop at ``--factor`` times that capacity for ``--seconds``:
    requests are sent at fixed arrival times whatever the answers (a new connection
    when every open one is busy), and each latency counts from the request's
-   scheduled time, so a client that falls behind shows up in the numbers.
+   scheduled time, so a client that falls behind shows up in the numbers. The times
+   are kept by a Linux timerfd (:class:`Metronome`): asyncio's own timers wait in
+   whole milliseconds, which would make the client, not the server, late;
+4. **unloaded again**, as 1.
 
 It prints the admitted throughput (200s per second), the p50/p99 latency of the
 admitted requests, the share of 503s (shed), any other failure, and the ratio of
-the admitted p99 to the unloaded p99 (the target: at most 3), with the load average
-of the machine. Example::
+the admitted p99 to the unloaded p99 (before and after, pooled; the target: at most
+3), with the load average of the machine. Example::
 
     RBMREC_MOVIELENS_DIR=path/to/ml-100k .venv/bin/python benchmarks/overload.py
 """
@@ -27,12 +33,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import os
 import random
 import sys
 import time
 import urllib.request
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,12 +66,57 @@ PREOPENED_CONNECTIONS = 256
 """Connections the open-loop client opens before it starts sending."""
 
 
+class Metronome:
+    """A Linux timerfd that fires every ``interval`` seconds from ``start`` (on the clock
+    of ``time.perf_counter``, CLOCK_MONOTONIC on Linux); the event loop reads it.
+
+    asyncio's timers wait in whole milliseconds (epoll's timeout is rounded up): with
+    requests due every 0.2 to 0.5 ms, a client pacing itself with ``asyncio.sleep``
+    sends most of them up to a millisecond late, and counts that as the server's
+    latency. The kernel's timer ends the loop's wait at the tick (the script prints
+    how late the requests left).
+    """
+
+    _CLOCK_MONOTONIC = 1
+    _TFD_TIMER_ABSTIME = 1
+
+    class _Itimerspec(ctypes.Structure):
+        _fields_ = [("it_interval", ctypes.c_long * 2), ("it_value", ctypes.c_long * 2)]
+
+    def __init__(self, start: float, interval: float) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = libc.timerfd_create(self._CLOCK_MONOTONIC, os.O_NONBLOCK | os.O_CLOEXEC)
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), "timerfd_create failed")
+        spec = self._Itimerspec(self._timespec(interval), self._timespec(start))
+        if libc.timerfd_settime(self.fd, self._TFD_TIMER_ABSTIME, ctypes.byref(spec), None):
+            raise OSError(ctypes.get_errno(), "timerfd_settime failed")
+
+    @staticmethod
+    def _timespec(seconds: float) -> ctypes.Array[ctypes.c_long]:
+        whole = int(seconds)
+        return (ctypes.c_long * 2)(whole, round((seconds - whole) * 1e9))
+
+    def ticks(self) -> int:
+        """Ticks since the last call (0 when none is due yet)."""
+        try:
+            return int.from_bytes(os.read(self.fd, 8), sys.byteorder)
+        except BlockingIOError:
+            return 0
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 @dataclass
 class Outcome:
     name: str
     seconds: float
     latencies: list[float] = field(default_factory=list)
     sent_latencies: list[float] = field(default_factory=list)
+    send_lags: list[float] = field(default_factory=list)
+    admitted_at: list[float] = field(default_factory=list)
+    """When each admitted request was due, in seconds from the start of the phase."""
     statuses: Counter[str] = field(default_factory=Counter)
     client_cpu: float = 0.0
     server_cpu: float = 0.0
@@ -151,87 +204,181 @@ async def closed_loop(
     return outcome
 
 
+class Exchange(asyncio.Protocol):
+    """One keep-alive connection of the open loop: a request at a time, its answer parsed
+    as its bytes arrive.
+
+    No task, no stream and no coroutine per request (what :class:`RawConnection` costs):
+    the load generator shares the cores with the server it measures, so each of its
+    microseconds is taken from the requests being timed.
+    """
+
+    def __init__(self, answered: Callable[[Exchange, str], None]) -> None:
+        self.answered = answered
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.target = ""
+        self.scheduled = self.sent = 0.0
+        self.busy = False
+        self.answers = 0
+        """Answers received on this connection (0: it is new)."""
+        self.retried = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def send(self, target: str, scheduled: float) -> None:
+        assert self.transport is not None
+        self.target, self.scheduled, self.busy = target, scheduled, True
+        self.sent = time.perf_counter()
+        self.transport.write(f"GET {target} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(buffer[:end]).lower()
+        at = head.find(b"\r\ncontent-length:")
+        stop = head.find(b"\r\n", at + 2) if at >= 0 else -1
+        length = int(head[at + 17 : stop if stop >= 0 else None]) if at >= 0 else 0
+        if len(buffer) < end + 4 + length:
+            return
+        del buffer[: end + 4 + length]
+        self.busy = False
+        self.answers += 1
+        self.answered(self, head[9:12].decode())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self.busy:
+            self.busy = False
+            self.answered(self, "ConnectionError")
+
+
 async def open_loop(port: int, server_pid: int, rate: float, seconds: float, seed: int) -> Outcome:
     """Send at ``rate`` per second for ``seconds``, whatever the server answers."""
     rng = random.Random(seed)
-    idle: deque[RawConnection] = deque()
-    opened = 0
-    available = asyncio.Condition()
+    loop = asyncio.get_running_loop()
     outcome = Outcome("overload", seconds)
-    tasks: set[asyncio.Task[None]] = set()
+    idle: deque[Exchange] = deque()
+    waiting: deque[tuple[str, float]] = deque()
+    """Requests due while every connection was busy and no more could be opened."""
+    opened = 0
+    in_flight = 0
+    total = int(rate * seconds)
+    sent = 0
+    finished = loop.create_future()
+    openers: set[asyncio.Task[None]] = set()
 
-    async def one(scheduled: float) -> None:
-        nonlocal opened
-        if not idle and opened >= MAX_CONNECTIONS:
-            async with available:
-                while not idle:
-                    await available.wait()
-        if idle:
-            # the longest idle first: every connection stays in use, so none reaches
-            # uvicorn's 5 s keep-alive timeout (no lock: one event loop, no await here)
-            connection = idle.popleft()
-        else:
-            opened += 1
-            outcome.connections_opened += 1
-            connection = RawConnection(HOST, port)
-        target = _target(rng)
-        sent_at = time.perf_counter()
-        reused = connection.writer is not None
-        try:
-            status = str(await connection.request("GET", target, None))
-        except (OSError, ValueError, asyncio.IncompleteReadError) as exc:
-            connection.close()
-            connection = RawConnection(HOST, port)
-            status = type(exc).__name__
-            if reused:
-                # the server closed an idle keep-alive connection (uvicorn's timeout):
-                # what an HTTP client does, send it again on a new one
-                try:
-                    status = str(await connection.request("GET", target, None))
-                except (OSError, ValueError, asyncio.IncompleteReadError) as again:
-                    connection.close()
-                    connection = RawConnection(HOST, port)
-                    status = type(again).__name__
+    def answered(exchange: Exchange, status: str) -> None:
+        nonlocal in_flight
+        now = time.perf_counter()
+        if status == "ConnectionError" and exchange.answers and not exchange.retried:
+            # the server closed an idle keep-alive connection (uvicorn's timeout): what an
+            # HTTP client does, send it again on a new one
+            start_opening(exchange.target, exchange.scheduled, retried=True)
+            return
+        in_flight -= 1
         outcome.statuses[status] += 1
         if status == "200":
-            done = time.perf_counter()
-            outcome.latencies.append(done - scheduled)
-            outcome.sent_latencies.append(done - sent_at)
-        idle.append(connection)
-        if opened >= MAX_CONNECTIONS:
-            async with available:
-                available.notify()
+            outcome.latencies.append(now - exchange.scheduled)
+            outcome.sent_latencies.append(now - exchange.sent)
+            outcome.admitted_at.append(exchange.scheduled - started)
+        outcome.send_lags.append(exchange.sent - exchange.scheduled)
+        if exchange.transport is not None:
+            if waiting:
+                exchange.send(*waiting.popleft())
+                return
+            idle.append(exchange)
+        if sent == total and in_flight == 0 and not finished.done():
+            finished.set_result(None)
+
+    async def open_and_send(target: str, scheduled: float, retried: bool) -> None:
+        nonlocal in_flight
+        try:
+            _, exchange = await loop.create_connection(lambda: Exchange(answered), HOST, port)
+        except OSError as exc:
+            in_flight -= 1
+            outcome.statuses[type(exc).__name__] += 1
+            return
+        exchange.retried = retried
+        exchange.send(target, scheduled)
+
+    def start_opening(target: str, scheduled: float, *, retried: bool = False) -> None:
+        nonlocal opened
+        opened += 1
+        outcome.connections_opened += 1
+        task = loop.create_task(open_and_send(target, scheduled, retried))
+        openers.add(task)
+        task.add_done_callback(openers.discard)
+
+    def dispatch(target: str, scheduled: float) -> None:
+        nonlocal in_flight
+        in_flight += 1
+        if idle:
+            # the longest idle first: every connection stays in use, so none reaches
+            # uvicorn's 5 s keep-alive timeout
+            idle.popleft().send(target, scheduled)
+        elif opened < MAX_CONNECTIONS:
+            start_opening(target, scheduled)
+        else:
+            waiting.append((target, scheduled))
 
     # A pool opened beforehand, as a proxy's or a client library's would be: opening
     # hundreds of connections at once in a hiccup would measure the kernel's SYN
     # back-off (1 s, 3 s...), not the server.
+    ready: asyncio.Future[None] = loop.create_future()
+    warming = PREOPENED_CONNECTIONS
+
+    def warmed(exchange: Exchange, status: str) -> None:
+        nonlocal warming
+        exchange.answered = answered
+        idle.append(exchange)
+        warming -= 1
+        if warming == 0:
+            ready.set_result(None)
+
     for _ in range(PREOPENED_CONNECTIONS):
-        connection = RawConnection(HOST, port)
-        await connection.request("GET", "/health/live", None)
-        idle.append(connection)
+        _, exchange = await loop.create_connection(lambda: Exchange(warmed), HOST, port)
+        exchange.send("/health/live", 0.0)
+    await ready
     opened = len(idle)
+    outcome.connections_opened = 0
     cpu = tree_cpu_seconds(server_pid)
     client_cpu = time.process_time()
     started = time.perf_counter()
-    total = int(rate * seconds)
-    sent = 0
-    while sent < total:
-        now = time.perf_counter()
-        due = min(total, int((now - started) * rate) + 1)
-        outcome.max_send_lag = max(outcome.max_send_lag, now - (started + sent / rate))
+    metronome = Metronome(started, 1 / rate)
+
+    def on_tick() -> None:
+        nonlocal sent
+        due = min(total, sent + metronome.ticks())
+        if due > sent:
+            lag = time.perf_counter() - (started + sent / rate)  # the earliest due
+            outcome.max_send_lag = max(outcome.max_send_lag, lag)
         while sent < due:
-            task = asyncio.create_task(one(started + sent / rate))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+            dispatch(_target(rng), started + sent / rate)
             sent += 1
-        await asyncio.sleep(max(0.0, started + sent / rate - time.perf_counter()))
+        if sent == total:
+            loop.remove_reader(metronome.fd)
+            if in_flight == 0 and not finished.done():
+                finished.set_result(None)
+
+    loop.add_reader(metronome.fd, on_tick)
+    try:
+        await finished
+    finally:
+        loop.remove_reader(metronome.fd)
+        metronome.close()
     outcome.offered = sent
-    await asyncio.gather(*tasks)
     outcome.seconds = time.perf_counter() - started
     outcome.server_cpu = tree_cpu_seconds(server_pid) - cpu
     outcome.client_cpu = time.process_time() - client_cpu
-    for connection in idle:
-        connection.close()
+    for exchange in idle:
+        if exchange.transport is not None:
+            exchange.transport.close()
     return outcome
 
 
@@ -254,15 +401,32 @@ async def measure(port: int, server_pid: int, args: argparse.Namespace) -> list[
     print(f"offering {rate:.0f} requests/s ({args.factor:g}x capacity) for {args.seconds:g} s")
     overload = await open_loop(port, server_pid, rate, args.seconds, args.seed + 3)
     print(overload.summary(), flush=True)
-    print(f"the worker's scoring pool after it: {scoring_state(port)}")
+    print(f"the worker's scoring pool after it: {scoring_state(port)}", flush=True)
+    lags = np.asarray(overload.send_lags) * 1000
+    at = np.asarray(overload.admitted_at)
+    latencies = np.asarray(overload.latencies) * 1000
     print(
-        f"sent {overload.offered} ({overload.offered / args.seconds:.0f}/s); "
-        f"the client was at most {1000 * overload.max_send_lag:.1f} ms behind its schedule "
-        f"and opened {overload.connections_opened} connections beyond the "
+        f"sent {overload.offered} ({overload.offered / args.seconds:.0f}/s), "
+        f"p50 {np.percentile(lags, 50):.2f} ms and p99 {np.percentile(lags, 99):.2f} ms "
+        f"after their scheduled time (at most {1000 * overload.max_send_lag:.1f} ms); "
+        f"opened {overload.connections_opened} connections beyond the "
         f"{PREOPENED_CONNECTIONS} opened beforehand; "
         f"admitted latency counted from the actual send: p50 "
         f"{overload.p(50, from_send=True):.1f} ms, p99 {overload.p(99, from_send=True):.1f} ms"
     )
+    if (at < 1).any() and (at >= 1).any():
+        print(
+            f"admitted p99 in the flood's first second {np.percentile(latencies[at < 1], 99):.1f} "
+            f"ms, after it {np.percentile(latencies[at >= 1], 99):.1f} ms"
+        )
+    after = await closed_loop(
+        "unloaded again (1 in flight)", port, server_pid, 1, args.unloaded_seconds, args.seed + 4
+    )
+    print(after.summary(), flush=True)
+    print(
+        f"unloaded p99 before the overload {unloaded.p(99):.1f} ms, after it {after.p(99):.1f} ms"
+    )
+    unloaded.latencies += after.latencies
     return [unloaded, capacity, overload]
 
 
@@ -304,8 +468,8 @@ def main() -> None:
     failures = sum(overload.statuses.values()) - overload.admitted - overload.statuses["503"]
     print(f"\nload average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(
-        f"admitted p99 / unloaded p99 = {overload.p(99):.1f} / {unloaded.p(99):.1f} ms "
-        f"= {ratio:.2f} (target <= 3); other failures: {failures}"
+        f"admitted p99 / unloaded p99 (before and after) = {overload.p(99):.1f} / "
+        f"{unloaded.p(99):.1f} ms = {ratio:.2f} (target <= 3); other failures: {failures}"
     )
     print(
         f"admitted p99 / p99 at capacity (closed loop, nothing shed) = "

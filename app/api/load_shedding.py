@@ -9,8 +9,9 @@ everyone's latency grows without limit. Two bounds, per worker process, held by 
   (:class:`ConcurrencyLimitMiddleware` counts them); one more is answered 503 at once;
 * :class:`ScoringPool`: the scoring threads of the recommendation and prediction
   routes (:data:`app.api.main.SCORING_THREADS`) with at most ``RBMREC_MAX_QUEUE``
-  requests waiting for one, to absorb bursts; one more is answered 503 at once. When
-  the load offered to the pool stays above what it serves (a flood, not a burst), it
+  requests waiting for one, to absorb bursts; one more is answered 503 at once. A
+  request takes its place on arrival and holds it until it is answered. When the
+  load offered to the pool stays above what it serves (a flood, not a burst), it
   closes its queue and takes one request at a time until the load falls again: a
   queue that never drains only adds its length to every admitted request's latency.
 
@@ -33,12 +34,14 @@ estimate of its offered load and whether it is in overload mode are the gauges
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextvars import ContextVar
 from typing import Any, Final, TypeVar
 
 from fastapi import FastAPI
@@ -51,6 +54,8 @@ from app.api.proxy import REPLICA_HEADER
 
 __all__ = [
     "ENTER_OVERLOAD",
+    "FLOOD_LOAD",
+    "FLOOD_WINDOW_SECONDS",
     "LEAVE_OVERLOAD",
     "LOAD_SMOOTHING_SECONDS",
     "LOAD_WINDOW_SECONDS",
@@ -58,9 +63,11 @@ __all__ = [
     "TYPE_OVERLOADED",
     "Admission",
     "ConcurrencyLimitMiddleware",
+    "Passage",
     "ScoringPool",
     "ScoringQueueFullError",
     "add_limit_responses",
+    "holding_scoring_place",
     "is_exempt",
     "is_scored",
     "overloaded",
@@ -91,8 +98,33 @@ full pool must refuse), a waste that only a flood makes small."""
 LEAVE_OVERLOAD: Final = 1.5
 """Offered load under which it opens the queue again (below ``ENTER_OVERLOAD``, so
 that a load near that line does not flip the mode back and forth)."""
+FLOOD_WINDOW_SECONDS: Final = 0.02
+"""How soon within a window an obvious flood is acted on: waiting for the window and
+the average to agree leaves the queue full for the first tenth of a second of a flood,
+and those requests' waits reach the admitted p99 of a whole 30 s flood (without this,
+9.3 and 10.5 ms against 6.8 to 7.7 ms in ``benchmarks/overload.py``, 5 times the
+capacity; ``docs/benchmarks.md``, "Overload")."""
+FLOOD_LOAD: Final = 2 * ENTER_OVERLOAD
+"""Offered load, over the first :data:`FLOOD_WINDOW_SECONDS` or more of a window, with
+refusals, at which the pool goes into overload mode at once (about 40 requests at once
+on a pool that takes 8, at 2 ms a request: a burst that large is a flood)."""
 
 _EXEMPT_PREFIXES: Final = ("/health/", "/metrics")
+
+holding_scoring_place: ContextVar[bool] = ContextVar("holding_scoring_place", default=False)
+"""Whether the current request took its place in the scoring pool at the gate (it holds
+it until it is answered, and :meth:`ScoringPool.submit` does not count it again)."""
+
+
+class Passage(enum.Enum):
+    """What :meth:`Admission.gate` did with a request."""
+
+    REFUSED = "refused"
+    """Answered 503 at the gate."""
+    PASSED = "passed"
+    """Goes on to the app."""
+    PLACED = "placed"
+    """Goes on to the app holding a place in the scoring pool, to release once answered."""
 
 
 def is_exempt(path: str) -> bool:
@@ -166,30 +198,48 @@ class Admission:
     def refusal(self, path: str) -> tuple[str, str] | None:
         """``(reason, detail)`` when a request for ``path`` must be refused now, else None.
 
-        A refusal for the scoring pool is recorded in its load estimate.
+        The middleware's check (the gate takes a place in the scoring pool instead); a
+        request holding a place is not refused for the pool's sake. A refusal for the
+        scoring pool is recorded in its load estimate.
         """
         if is_exempt(path):
             return None
         if self.in_flight >= self.limit:
-            return (
-                "concurrency",
-                f"this server process is handling its limit of {self.limit} requests "
-                f"(RBMREC_MAX_CONCURRENCY); retry in {RETRY_AFTER_SECONDS} s",
-            )
-        if self.scoring.full and is_scored(path):
+            return self._concurrency_refusal()
+        if is_scored(path) and not holding_scoring_place.get() and self.scoring.full:
             return "scoring_queue", self.scoring.refuse()
         return None
 
-    async def gate(self, scope: Scope, send: Send) -> bool:
-        """Refuse an HTTP request that would be refused anyway, before any middleware runs.
+    def _concurrency_refusal(self) -> tuple[str, str]:
+        return (
+            "concurrency",
+            f"this server process is handling its limit of {self.limit} requests "
+            f"(RBMREC_MAX_CONCURRENCY); retry in {RETRY_AFTER_SECONDS} s",
+        )
 
-        Returns whether it was refused (and answered). The 503 problem is written
-        directly, with the headers the middleware would have added, and counted in the
-        shed and request metrics.
+    async def gate(self, scope: Scope, send: Send) -> Passage:
+        """Admit or refuse an HTTP request, before any middleware runs.
+
+        A request for the scoring routes takes its place in the scoring pool here, and
+        holds it until it is answered (the caller releases it,
+        :meth:`ScoringPool.release_place`): in overload mode, one request at a time
+        from its arrival to its answer, so that no other admitted request's routing,
+        validation or answer runs beside its scoring. A refusal is the 503 problem,
+        written directly with the headers the middleware would have added, and counted
+        in the shed and request metrics.
         """
-        refusal = self.refusal(scope["path"])
-        if refusal is None:
-            return False
+        path = scope["path"]
+        if is_exempt(path):
+            return Passage.PASSED
+        if self.in_flight >= self.limit:
+            refusal = self._concurrency_refusal()
+        elif not is_scored(path):
+            return Passage.PASSED
+        else:
+            detail = self.scoring.take_place()
+            if detail is None:
+                return Passage.PLACED
+            refusal = ("scoring_queue", detail)
         started = time.perf_counter()
         await self.refuse(scope, send, *refusal)
         # what MetricsMiddleware would have counted (each method's series looked up once)
@@ -202,7 +252,7 @@ class Admission:
             )
         series[0].observe(time.perf_counter() - started)
         series[1].inc()
-        return True
+        return Passage.REFUSED
 
     async def refuse(self, scope: Scope, send: Send, reason: str, detail: str) -> None:
         """Answer the 503 problem of a shed request (``Retry-After``) and count it."""
@@ -266,10 +316,13 @@ class ScoringPool:
     requests done: under the GIL, the cost of one more request), averaged over
     windows. At :data:`ENTER_OVERLOAD` or more, with refusals, the load is a flood: the
     pool goes into overload mode and takes one request at a time, no queue, until the
-    estimate falls under :data:`LEAVE_OVERLOAD`. Under a flood a queue is always full, so each
-    place in it is one more request's wait for everyone admitted; one at a time, an
-    admitted request takes about as long as on an idle worker (measured:
-    ``benchmarks/overload.py``).
+    estimate falls under :data:`LEAVE_OVERLOAD` (or at once, within a window, at
+    :data:`FLOOD_LOAD`). Under a flood a queue is always full, so each place in it is
+    one more request's wait for everyone admitted; one at a time, an admitted request
+    takes about as long as on an idle worker (measured: ``benchmarks/overload.py``).
+
+    Requests through the gate take their place on arrival (:meth:`take_place`) and give
+    it back once answered (:meth:`release_place`); their :meth:`submit` runs in it.
 
     Parameters
     ----------
@@ -332,8 +385,30 @@ class ScoringPool:
         """Start the threads (the app's lifespan begins)."""
         self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="rbmrec-scoring")
 
+    def take_place(self) -> str | None:
+        """Take a place for a request that will be scored; None, or why it is refused.
+
+        For a request at the gate: it holds the place until it is answered
+        (:meth:`release_place`), and its :meth:`submit` runs in it.
+        """
+        with self._lock:
+            self._estimate(time.monotonic())
+            self._arrivals += 1
+            if self._pending >= self.capacity:
+                self._refused += 1
+                return self.refusal()
+            self._pending += 1
+        return None
+
+    def release_place(self) -> None:
+        """Give back a place taken by :meth:`take_place`."""
+        self._release(None)
+
     def submit(self, fn: Callable[[], T]) -> Future[T]:
         """Run ``fn`` in a scoring thread, or refuse at once when the pool is full.
+
+        A request that took its place at the gate (:data:`holding_scoring_place`) runs
+        in it, without another check.
 
         Raises
         ------
@@ -341,6 +416,10 @@ class ScoringPool:
             ``threads`` requests run and ``max_queue`` wait already (in overload mode:
             one request runs).
         """
+        if holding_scoring_place.get():
+            if self._executor is None:
+                raise RuntimeError("the scoring pool is not started")
+            return self._executor.submit(self._run, fn)
         with self._lock:
             self._estimate(time.monotonic())
             self._arrivals += 1
@@ -410,10 +489,18 @@ class ScoringPool:
         ``arrivals / seconds x busy seconds / requests done``: the share of the pool's
         time the requests asked for in the window would take, averaged exponentially
         over windows (:data:`LOAD_SMOOTHING_SECONDS`). It ticks on arrivals only, so
-        after a quiet spell the next request's window is long and weighs all.
+        after a quiet spell the next request's window is long and weighs all. Within a
+        window, a load of :data:`FLOOD_LOAD` or more over its first
+        :data:`FLOOD_WINDOW_SECONDS` is a flood at once.
         """
         elapsed = now - self._window_started
         if elapsed < LOAD_WINDOW_SECONDS:
+            if not self._overloaded and self._refused and elapsed >= FLOOD_WINDOW_SECONDS:
+                load = self._arrivals / elapsed * self._seconds_per_request
+                if load >= FLOOD_LOAD:
+                    self._overloaded = True
+                    self._entries.inc()
+                    self._offered_load = max(self._offered_load, load)
             return
         busy = self._busy + (now - self._busy_since if self._running else 0.0)
         if self._done:

@@ -41,8 +41,10 @@ from app.api.errors import PROBLEM_MEDIA_TYPE, document_common_statuses, install
 from app.api.load_shedding import (
     Admission,
     ConcurrencyLimitMiddleware,
+    Passage,
     ScoringPool,
     add_limit_responses,
+    holding_scoring_place,
 )
 from app.api.metrics import ApiMetrics, MetricsMiddleware
 from app.api.middleware import (
@@ -140,9 +142,19 @@ class RbmrecAPI(FastAPI):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         admission = self.admission
-        if admission is not None and scope["type"] == "http" and await admission.gate(scope, send):
+        if admission is None or scope["type"] != "http":
+            await super().__call__(scope, receive, send)
             return
-        await super().__call__(scope, receive, send)
+        passage = await admission.gate(scope, send)
+        if passage is Passage.PASSED:
+            await super().__call__(scope, receive, send)
+        elif passage is Passage.PLACED:
+            token = holding_scoring_place.set(True)
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                holding_scoring_place.reset(token)
+                admission.scoring.release_place()
 
 
 def create_app(settings: Settings | None = None) -> RbmrecAPI:

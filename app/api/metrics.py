@@ -168,7 +168,8 @@ class ApiMetrics:
         )
         self.scoring_pending = Gauge(
             "rbmrec_scoring_pending",
-            "Recommendation and prediction requests running in or waiting for a scoring thread.",
+            "Recommendation and prediction requests holding a place in the scoring pool "
+            "(from their arrival to their answer).",
             registry=self.registry,
         )
         self.scoring_offered_load = Gauge(

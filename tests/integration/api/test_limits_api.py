@@ -30,8 +30,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.api.load_shedding import (
     ENTER_OVERLOAD,
+    FLOOD_LOAD,
+    FLOOD_WINDOW_SECONDS,
     LOAD_SMOOTHING_SECONDS,
     LOAD_WINDOW_SECONDS,
+    Passage,
     ScoringPool,
     ScoringQueueFullError,
 )
@@ -176,7 +179,8 @@ def test_a_refusal_at_the_gate_is_the_refusal_the_middleware_would_write(
                         ("/health/live", False),
                     ]:
                         scope = {"type": "http", "method": "GET", "path": path}
-                        assert await app.admission.gate(scope, keep) is refuses
+                        passage = await app.admission.gate(scope, keep)
+                        assert (passage is Passage.REFUSED) is refuses
                     assert [m["type"] for m in messages] == [
                         "http.response.start",
                         "http.response.body",
@@ -184,7 +188,10 @@ def test_a_refusal_at_the_gate_is_the_refusal_the_middleware_would_write(
                     assert messages[0]["status"] == 503
                     assert b"strict-transport-security" not in dict(messages[0]["headers"])
                     https = {"type": "http", "method": "GET", "scheme": "https"}
-                    assert await app.admission.gate({**https, "path": "/users/3/predictions"}, keep)
+                    passage = await app.admission.gate(
+                        {**https, "path": "/users/3/predictions"}, keep
+                    )
+                    assert passage is Passage.REFUSED
                     assert b"strict-transport-security" in dict(messages[2]["headers"])
                 responses = [
                     await http.get("/users/3/recommendations?n=5"),
@@ -223,6 +230,62 @@ def test_a_refusal_at_the_gate_is_the_refusal_the_middleware_would_write(
         )
         == 4
     )
+
+
+def test_a_scored_request_holds_its_place_from_the_gate_to_its_answer(
+    loaded_store: sessionmaker[Session], make_settings: Callable[..., Settings]
+) -> None:
+    # No other admitted request's routing or answer runs beside a scoring that has the
+    # pool to itself (overload mode): the place is taken on arrival, given back answered.
+    app = create_app(make_settings(max_concurrency=1000, max_queue=0))
+
+    async def check() -> tuple[list[int], list[int], int]:
+        async with running(app) as http:
+            pool = app.state.scoring
+            sent: list[Any] = []
+
+            async def keep(message: Any) -> None:
+                sent.append(message)
+
+            scope = {"type": "http", "method": "GET", "path": "/users/3/recommendations"}
+            passages = [await app.admission.gate(dict(scope), keep) for _ in range(pool.threads)]
+            assert passages == [Passage.PLACED] * pool.threads
+            assert pool.pending == pool.threads  # before any of them reached the pool
+            assert await app.admission.gate(dict(scope), keep) is Passage.REFUSED
+            assert (await http.get("/users/3/recommendations")).status_code == 503
+            assert (await http.get("/items?limit=1")).status_code == 200  # not scored
+            for _ in range(pool.threads):
+                pool.release_place()
+            # through the app: the place is still held while the answer is written
+            pending_when_answering: list[int] = []
+
+            async def receive() -> dict[str, Any]:
+                return {"type": "http.request", "body": b"", "more_body": False}
+
+            async def send(message: Any) -> None:
+                if message["type"] == "http.response.start":
+                    statuses.append(message["status"])
+                    pending_when_answering.append(pool.pending)
+
+            statuses: list[int] = []
+            request = {
+                **scope,
+                "raw_path": b"/users/3/recommendations",
+                "query_string": b"n=5",
+                "headers": [(b"host", b"test")],
+                "http_version": "1.1",
+                "scheme": "http",
+                "server": ("test", 80),
+                "client": ("10.1.2.3", 40000),
+                "root_path": "",
+            }
+            await app(request, receive, send)
+            return statuses, pending_when_answering, pool.pending
+
+    statuses, pending_when_answering, pending_after = asyncio.run(check())
+    assert statuses == [200]
+    assert pending_when_answering == [1]
+    assert pending_after == 0
 
 
 def _flood(pool: ScoringPool, requests: int, work: Callable[[], object]) -> int:
@@ -276,6 +339,31 @@ def test_a_flood_closes_the_scoring_queue_until_the_load_falls() -> None:
         _flood(pool, 1, lambda: None)
         assert not pool.overloaded
         assert pool.capacity == 5
+    finally:
+        pool.shutdown()
+
+
+def test_a_sudden_flood_closes_the_scoring_queue_before_its_window_ends() -> None:
+    metrics = ApiMetrics()
+    pool = ScoringPool(threads=1, max_queue=4, metrics=metrics)
+    pool.start()
+    try:
+        # a window that measures the pool's time per request (10 ms)
+        for _ in range(3):
+            pool.submit(lambda: time.sleep(0.01)).result(timeout=10)
+        time.sleep(LOAD_WINDOW_SECONDS + 0.02)
+        _flood(pool, 1, lambda: None)  # closes that window, opens the next
+        opened = time.monotonic()
+        # then requests far faster than 4 per 10 ms, for as long as it takes
+        while not pool.overloaded and time.monotonic() - opened < 2 * LOAD_WINDOW_SECONDS:
+            _flood(pool, 1, lambda: time.sleep(0.01))
+            time.sleep(0.0005)
+        entered = time.monotonic() - opened
+        assert pool.overloaded
+        assert FLOOD_WINDOW_SECONDS <= entered < LOAD_WINDOW_SECONDS
+        text = metrics.render().decode()
+        assert metric(text, "rbmrec_scoring_overload_entries_total") == 1
+        assert metric(text, "rbmrec_scoring_offered_load") >= FLOOD_LOAD
     finally:
         pool.shutdown()
 
