@@ -159,14 +159,18 @@ def test_a_file_size_limit_fails_the_cli_run_cleanly(pg_store: Store, tmp_path: 
     command = [
         *rbmrec_command(),
         "retrain",
-        # long enough for the second run to pass the bias baseline, which the gate
-        # applies whatever the tolerances (two epochs sometimes did not)
+        # The second run must pass the bias baseline, which the gate applies whatever
+        # the tolerances: with a random seed it lost now and then, even at 10 epochs
+        # (RMSE 0.9968 against 0.9882). A fixed seed makes the run the same every time;
+        # this one's candidate beats the baseline by 0.02 (0.967 against 0.988).
         "--epochs",
         "10",
         "--hidden",
         "16",
         "--param",
         "search=false",
+        "--seed",
+        "4",
     ]
     done = subprocess.run(
         command,
