@@ -274,8 +274,10 @@ async def open_loop(port: int, server_pid: int, rate: float, seconds: float, see
     openers: set[asyncio.Task[None]] = set()
 
     def answered(exchange: Exchange, status: str) -> None:
-        nonlocal in_flight
+        nonlocal in_flight, opened
         now = time.perf_counter()
+        if exchange.transport is None:
+            opened -= 1  # the server closed it
         if status == "ConnectionError" and exchange.answers and not exchange.retried:
             # the server closed an idle keep-alive connection (uvicorn's timeout): what an
             # HTTP client does, send it again on a new one
@@ -293,6 +295,8 @@ async def open_loop(port: int, server_pid: int, rate: float, seconds: float, see
                 exchange.send(*waiting.popleft())
                 return
             idle.append(exchange)
+        elif waiting and opened < MAX_CONNECTIONS:
+            start_opening(*waiting.popleft())
         if sent == total and in_flight == 0 and not finished.done():
             finished.set_result(None)
 
@@ -315,13 +319,23 @@ async def open_loop(port: int, server_pid: int, rate: float, seconds: float, see
         openers.add(task)
         task.add_done_callback(openers.discard)
 
+    def idle_connection() -> Exchange | None:
+        """The longest idle open connection: every one stays in use, so none reaches
+        uvicorn's 5 s keep-alive timeout (one the server closed is dropped)."""
+        nonlocal opened
+        while idle:
+            exchange = idle.popleft()
+            if exchange.transport is not None:
+                return exchange
+            opened -= 1
+        return None
+
     def dispatch(target: str, scheduled: float) -> None:
         nonlocal in_flight
         in_flight += 1
-        if idle:
-            # the longest idle first: every connection stays in use, so none reaches
-            # uvicorn's 5 s keep-alive timeout
-            idle.popleft().send(target, scheduled)
+        exchange = idle_connection()
+        if exchange is not None:
+            exchange.send(target, scheduled)
         elif opened < MAX_CONNECTIONS:
             start_opening(target, scheduled)
         else:
@@ -336,7 +350,8 @@ async def open_loop(port: int, server_pid: int, rate: float, seconds: float, see
     def warmed(exchange: Exchange, status: str) -> None:
         nonlocal warming
         exchange.answered = answered
-        idle.append(exchange)
+        if exchange.transport is not None:
+            idle.append(exchange)
         warming -= 1
         if warming == 0:
             ready.set_result(None)
