@@ -417,27 +417,24 @@ class ScoringPool:
             one request runs).
         """
         if holding_scoring_place.get():
-            if self._executor is None:
-                raise RuntimeError("the scoring pool is not started")
-            return self._executor.submit(self._run, fn)
-        with self._lock:
-            self._estimate(time.monotonic())
-            self._arrivals += 1
-            if self._pending >= self.capacity:
-                self._refused += 1
-                raise ScoringQueueFullError(self.refusal())
-            self._pending += 1
+            return self._execute(fn)
+        refusal = self.take_place()
+        if refusal is not None:
+            raise ScoringQueueFullError(refusal)
         try:
-            if self._executor is None:
-                raise RuntimeError("the scoring pool is not started")
-            future = self._executor.submit(self._run, fn)
+            future = self._execute(fn)
         except BaseException:
-            self._release(None)
+            self.release_place()
             raise
         # Released when the work ends, or when its waiter is cancelled (the server
         # shutting down) before it started: a cancelled request holds no place.
         future.add_done_callback(self._release)
         return future
+
+    def _execute(self, fn: Callable[[], T]) -> Future[T]:
+        if self._executor is None:
+            raise RuntimeError("the scoring pool is not started")
+        return self._executor.submit(self._run, fn)
 
     def refuse(self) -> str:
         """Count a request refused for a full pool before it was submitted; its message."""

@@ -21,6 +21,7 @@ string together are longer than :data:`MAX_URL_BYTES`.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, Final
 from urllib.parse import parse_qsl
@@ -163,34 +164,32 @@ class RepeatedQueryMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         query = scope.get("query_string", b"") if scope["type"] == "http" else b""
-        if b"&" in query:
-            names = [name for name, _ in parse_qsl(query.decode("latin-1"), keep_blank_values=True)]
-            if len(names) != len(set(names)):
-                if self._single is None:
-                    self._single = single_valued_query_parameters(self.openapi())
-                repeated = sorted(
-                    {name for name in names if name in self._single and names.count(name) > 1}
-                )
-                if repeated:
-                    response = problem_response(
-                        422,
-                        f"{len(repeated)} query parameter(s) given more than once; each takes "
-                        "one value",
-                        title="Invalid request",
-                        type=TYPE_VALIDATION,
-                        instance=scope.get("path", "")[:200],
-                        errors=[
-                            field_error(
-                                ["query", name],
-                                f"given {names.count(name)} times; give it once",
-                                "repeated",
-                            )
-                            for name in repeated
-                        ],
-                    )
-                    await response(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
+        repeated = self._repeated(query) if b"&" in query else {}
+        if not repeated:
+            await self.app(scope, receive, send)
+            return
+        response = problem_response(
+            422,
+            f"{len(repeated)} query parameter(s) given more than once; each takes one value",
+            title="Invalid request",
+            type=TYPE_VALIDATION,
+            instance=scope.get("path", "")[:200],
+            errors=[
+                field_error(["query", name], f"given {count} times; give it once", "repeated")
+                for name, count in sorted(repeated.items())
+            ],
+        )
+        await response(scope, receive, send)
+
+    def _repeated(self, query: bytes) -> dict[str, int]:
+        """The single-valued parameters given more than once, with how often."""
+        counts = Counter(
+            name for name, _ in parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+        )
+        several = {name: count for name, count in counts.items() if count > 1}
+        if several and self._single is None:
+            self._single = single_valued_query_parameters(self.openapi())
+        return {name: count for name, count in several.items() if name in (self._single or ())}
 
 
 _METHODS_WITH_BODY: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})

@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -299,73 +299,79 @@ def _flood(pool: ScoringPool, requests: int, work: Callable[[], object]) -> int:
     return refused
 
 
-def test_a_flood_closes_the_scoring_queue_until_the_load_falls() -> None:
+@pytest.fixture
+def small_pool() -> Iterator[tuple[ScoringPool, ApiMetrics]]:
+    """A started scoring pool of one thread and 4 places of queue, and its metrics."""
     metrics = ApiMetrics()
     pool = ScoringPool(threads=1, max_queue=4, metrics=metrics)
     pool.start()
     try:
-        # a burst that the queue absorbs, at a low rate: no overload
-        for _ in range(3):
-            assert _flood(pool, 5, lambda: time.sleep(0.002)) == 0
-            time.sleep(LOAD_WINDOW_SECONDS + 0.02)
-        _flood(pool, 1, lambda: None)
-        assert not pool.overloaded
-        assert pool.capacity == 5
-        # a flood: far more asked for than the pool does, window after window
-        for _ in range(3):
-            assert _flood(pool, 60, lambda: time.sleep(0.01)) > 0
-            time.sleep(LOAD_WINDOW_SECONDS + 0.02)
-        _flood(pool, 1, lambda: None)
-        assert pool.overloaded
-        assert pool.capacity == 1  # one at a time, no queue
-        while pool.pending:
-            time.sleep(0.01)
-        assert pool.submit(lambda: "one").result(timeout=10) == "one"
-        release = threading.Event()
-        pool.submit(release.wait)
-        try:
-            with pytest.raises(ScoringQueueFullError, match="overloaded"):
-                pool.submit(lambda: "a second one")
-        finally:
-            release.set()
-        text = metrics.render().decode()
-        assert metric(text, "rbmrec_scoring_overloaded") == 1
-        assert metric(text, "rbmrec_scoring_overload_entries_total") == 1
-        assert metric(text, "rbmrec_scoring_offered_load") >= ENTER_OVERLOAD
-        # the flood stops: after a quiet spell the next request opens the queue again
-        while pool.pending:
-            time.sleep(0.01)
-        time.sleep(3 * LOAD_SMOOTHING_SECONDS)
-        _flood(pool, 1, lambda: None)
-        assert not pool.overloaded
-        assert pool.capacity == 5
+        yield pool, metrics
     finally:
         pool.shutdown()
 
 
-def test_a_sudden_flood_closes_the_scoring_queue_before_its_window_ends() -> None:
-    metrics = ApiMetrics()
-    pool = ScoringPool(threads=1, max_queue=4, metrics=metrics)
-    pool.start()
-    try:
-        # a window that measures the pool's time per request (10 ms)
-        for _ in range(3):
-            pool.submit(lambda: time.sleep(0.01)).result(timeout=10)
+def test_a_flood_closes_the_scoring_queue_until_the_load_falls(
+    small_pool: tuple[ScoringPool, ApiMetrics],
+) -> None:
+    pool, metrics = small_pool
+    # a burst that the queue absorbs, at a low rate: no overload
+    for _ in range(3):
+        assert _flood(pool, 5, lambda: time.sleep(0.002)) == 0
         time.sleep(LOAD_WINDOW_SECONDS + 0.02)
-        _flood(pool, 1, lambda: None)  # closes that window, opens the next
-        opened = time.monotonic()
-        # then requests far faster than 4 per 10 ms, for as long as it takes
-        while not pool.overloaded and time.monotonic() - opened < 2 * LOAD_WINDOW_SECONDS:
-            _flood(pool, 1, lambda: time.sleep(0.01))
-            time.sleep(0.0005)
-        entered = time.monotonic() - opened
-        assert pool.overloaded
-        assert FLOOD_WINDOW_SECONDS <= entered < LOAD_WINDOW_SECONDS
-        text = metrics.render().decode()
-        assert metric(text, "rbmrec_scoring_overload_entries_total") == 1
-        assert metric(text, "rbmrec_scoring_offered_load") >= FLOOD_LOAD
+    _flood(pool, 1, lambda: None)
+    assert not pool.overloaded
+    assert pool.capacity == 5
+    # a flood: far more asked for than the pool does, window after window
+    for _ in range(3):
+        assert _flood(pool, 60, lambda: time.sleep(0.01)) > 0
+        time.sleep(LOAD_WINDOW_SECONDS + 0.02)
+    _flood(pool, 1, lambda: None)
+    assert pool.overloaded
+    assert pool.capacity == 1  # one at a time, no queue
+    while pool.pending:
+        time.sleep(0.01)
+    assert pool.submit(lambda: "one").result(timeout=10) == "one"
+    release = threading.Event()
+    pool.submit(release.wait)
+    try:
+        with pytest.raises(ScoringQueueFullError, match="overloaded"):
+            pool.submit(lambda: "a second one")
     finally:
-        pool.shutdown()
+        release.set()
+    text = metrics.render().decode()
+    assert metric(text, "rbmrec_scoring_overloaded") == 1
+    assert metric(text, "rbmrec_scoring_overload_entries_total") == 1
+    assert metric(text, "rbmrec_scoring_offered_load") >= ENTER_OVERLOAD
+    # the flood stops: after a quiet spell the next request opens the queue again
+    while pool.pending:
+        time.sleep(0.01)
+    time.sleep(3 * LOAD_SMOOTHING_SECONDS)
+    _flood(pool, 1, lambda: None)
+    assert not pool.overloaded
+    assert pool.capacity == 5
+
+
+def test_a_sudden_flood_closes_the_scoring_queue_before_its_window_ends(
+    small_pool: tuple[ScoringPool, ApiMetrics],
+) -> None:
+    pool, metrics = small_pool
+    # a window that measures the pool's time per request (10 ms)
+    for _ in range(3):
+        pool.submit(lambda: time.sleep(0.01)).result(timeout=10)
+    time.sleep(LOAD_WINDOW_SECONDS + 0.02)
+    _flood(pool, 1, lambda: None)  # closes that window, opens the next
+    opened = time.monotonic()
+    # then requests far faster than 4 per 10 ms, for as long as it takes
+    while not pool.overloaded and time.monotonic() - opened < 2 * LOAD_WINDOW_SECONDS:
+        _flood(pool, 1, lambda: time.sleep(0.01))
+        time.sleep(0.0005)
+    entered = time.monotonic() - opened
+    assert pool.overloaded
+    assert FLOOD_WINDOW_SECONDS <= entered < LOAD_WINDOW_SECONDS
+    text = metrics.render().decode()
+    assert metric(text, "rbmrec_scoring_overload_entries_total") == 1
+    assert metric(text, "rbmrec_scoring_offered_load") >= FLOOD_LOAD
 
 
 def test_the_schema_documents_the_limits(make_client: Callable[..., TestClient]) -> None:
